@@ -1,0 +1,37 @@
+"""Records activity: keep the run's row in PostgreSQL in step with the workflow."""
+
+from __future__ import annotations
+
+from sqlalchemy.dialects.postgresql import insert
+from temporalio import activity
+
+from core import db
+from core.contracts import RunRecord, RunStatus
+from core.events import add_event
+from core.models import Run, utcnow
+
+
+@activity.defn
+async def record_run(rec: RunRecord) -> None:
+    """Upsert the run and add a feed event; replaying the same record is harmless."""
+    finished = rec.status != RunStatus.RUNNING
+    values = {
+        "id": rec.run_id,
+        "pipeline": rec.pipeline,
+        "repository": rec.repository,
+        "ref": rec.ref,
+        "trigger": rec.trigger,
+        "params": rec.params,
+        "status": rec.status.value,
+        "error": rec.error,
+        "stages": [s.model_dump(mode="json") for s in rec.stages],
+        "finished_at": utcnow() if finished else None,
+    }
+    stmt = insert(Run).values(**values, created_at=utcnow())
+    stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
+    async with db.session() as s:
+        await s.exec(stmt)  # type: ignore[call-overload]
+        if activity.info().attempt == 1:
+            kind = "run.finished" if finished else "run.started"
+            message = f"run {rec.status.value}" + (f": {rec.error}" if rec.error else "")
+            add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)

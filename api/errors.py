@@ -1,0 +1,34 @@
+"""Map domain errors to HTTP responses at the edge; nothing below the routes knows about HTTP."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.services.runs import RunConflict
+from api.services.tasks import TaskNotFound, TaskRefused
+from core.errors import InvalidPipeline, PipelineNotFound, RunNotFound, ServiceUnavailable
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(InvalidPipeline)
+    async def _invalid(_: Request, exc: InvalidPipeline) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "problems": exc.problems}, status_code=422)
+
+    @app.exception_handler(PipelineNotFound)
+    @app.exception_handler(RunNotFound)
+    @app.exception_handler(TaskNotFound)
+    async def _missing(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(RunConflict)
+    async def _conflict(_: Request, exc: RunConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(TaskRefused)
+    async def _refused(_: Request, exc: TaskRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)

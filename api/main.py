@@ -1,0 +1,42 @@
+"""The FastAPI application: lifespan wiring and routers; behaviour lives in the services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.routes import agent_tasks, pipelines, runs
+from core import db
+from core.temporal import connect
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    db.upgrade()
+    app.state.temporal = await connect()
+    yield
+    await db.engine().dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="devart",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Durable multi-stage pipelines run by teams of agents.",
+    )
+    errors.install(app)
+    for module in (runs, pipelines, agent_tasks):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+app = create_app()

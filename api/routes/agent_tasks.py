@@ -1,0 +1,58 @@
+"""Routes agents call with their API key: lanes to consume, and claim / heartbeat / complete / fail a task."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlmodel import select
+
+from api.deps import CurrentAgent, SessionDep, TemporalDep
+from api.schemas import CancelledRequest, CompleteRequest, FailRequest, HeartbeatReply, HeartbeatRequest
+from api.services import tasks
+from core.contracts import TaskDetail
+from core.models import Lane
+from core.topology import can_serve
+
+router = APIRouter(prefix="/v1/agent", tags=["agents"])
+
+
+@router.get("/me")
+async def me(agent: CurrentAgent) -> dict[str, object]:
+    return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active}
+
+
+@router.get("/lanes", response_model=list[str])
+async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
+    """Every known lane this agent can serve (its requirements are a subset of the agent's capabilities)."""
+    names = (await session.exec(select(Lane.name))).all()
+    return sorted(n for n in names if can_serve(agent.capabilities, n))
+
+
+@router.post("/tasks/{task_id}/claim", response_model=TaskDetail)
+async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, client: TemporalDep) -> TaskDetail:
+    return await tasks.claim(session, client, task_id, agent)
+
+
+@router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply)
+async def heartbeat(
+    task_id: str, req: HeartbeatRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+) -> HeartbeatReply:
+    return await tasks.heartbeat(session, client, task_id, agent, req.claim_id, req.details)
+
+
+@router.post("/tasks/{task_id}/complete", status_code=204)
+async def complete(
+    task_id: str, req: CompleteRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+) -> None:
+    await tasks.complete(session, client, task_id, agent, req)
+
+
+@router.post("/tasks/{task_id}/fail", status_code=204)
+async def fail(task_id: str, req: FailRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep) -> None:
+    await tasks.fail(session, client, task_id, agent, req)
+
+
+@router.post("/tasks/{task_id}/cancelled", status_code=204)
+async def cancelled(
+    task_id: str, req: CancelledRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+) -> None:
+    await tasks.cancelled(session, client, task_id, agent, req.claim_id)

@@ -1,0 +1,54 @@
+"""Pipeline routes: list, validate, publish a new version."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from api.deps import SessionDep
+from api.schemas import PipelineSummary, ValidationReport
+from api.services import catalog
+from core.contracts import PipelineDefinition
+from core.errors import InvalidPipeline
+
+PipelineBody = Annotated[dict[str, Any], Body(description="A pipeline definition (the YAML template as JSON).")]
+
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+
+
+def _summary(d: PipelineDefinition, builtin: bool) -> PipelineSummary:
+    return PipelineSummary(
+        name=d.name,
+        version=d.version,
+        description=d.description,
+        stages=[s.name for s in d.stages],
+        params=d.params,
+        builtin=builtin,
+    )
+
+
+@router.get("", response_model=list[PipelineSummary])
+async def list_pipelines(session: SessionDep) -> list[PipelineSummary]:
+    return [_summary(d, b) for d, b in await catalog.all_latest(session)]
+
+
+@router.get("/{name}", response_model=PipelineDefinition)
+async def get_pipeline(name: str, session: SessionDep, version: int | None = None) -> PipelineDefinition:
+    return await catalog.get(session, name, version)
+
+
+@router.post("/validate", response_model=ValidationReport)
+async def validate(body: PipelineBody) -> ValidationReport:
+    """Always 200: the report says whether the definition is valid and lists every problem."""
+    try:
+        d = catalog.validate(body)
+    except InvalidPipeline as exc:
+        return ValidationReport(valid=False, pipeline=exc.pipeline, problems=exc.problems)
+    return ValidationReport(valid=True, pipeline=d.name)
+
+
+@router.post("", status_code=201, response_model=PipelineSummary)
+async def publish(session: SessionDep, body: PipelineBody) -> PipelineSummary:
+    """Store a new version; invalid definitions are refused with 422 naming every problem."""
+    return _summary(await catalog.publish(session, body), False)

@@ -1,0 +1,53 @@
+"""Run routes: start, list, inspect, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from api.deps import SessionDep, TemporalDep
+from api.schemas import RunCreated, RunRequest, RunView
+from api.services import runs
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+@router.post("", status_code=201, response_model=RunCreated)
+async def start_run(req: RunRequest, session: SessionDep, client: TemporalDep) -> RunCreated:
+    """Validate the pipeline, parameters and repository, then start the run."""
+    return await runs.start(session, client, req)
+
+
+@router.get("")
+async def list_runs(
+    session: SessionDep,
+    pipeline: str | None = None,
+    status: str | None = Query(default=None, pattern="^(running|succeeded|failed|cancelled)$"),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[dict[str, Any]]:
+    rows = await runs.list_runs(session, pipeline=pipeline, status=status, limit=limit)
+    return [
+        {
+            "run_id": r.id,
+            "pipeline": r.pipeline,
+            "status": r.status,
+            "repository": r.repository,
+            "trigger": r.trigger,
+            "created_at": r.created_at,
+            "finished_at": r.finished_at,
+            "error": r.error,
+        }
+        for r in rows
+    ]
+
+
+@router.get("/{run_id}", response_model=RunView)
+async def get_run(run_id: str, session: SessionDep, client: TemporalDep) -> RunView:
+    return await runs.view(session, client, run_id)
+
+
+@router.post("/{run_id}/cancel", status_code=202)
+async def cancel_run(run_id: str, session: SessionDep, client: TemporalDep) -> dict[str, str]:
+    await runs.cancel(session, client, run_id)
+    return {"run_id": run_id, "status": "cancelling"}

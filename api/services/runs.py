@@ -1,0 +1,168 @@
+"""Starting, listing, inspecting and cancelling runs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
+from api.services import catalog
+from core import pipelines, settings
+from core.contracts import RunInput, RunStatus, Source, StageState
+from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
+from core.events import add_event
+from core.models import Run, TaskAttempt, utcnow
+from core.temporal import search_attributes, ui_link
+from workflows.pipeline import PipelineWorkflow
+
+GIT_URL = re.compile(r"^(https?://|git@|ssh://|file://|git://)")
+
+#: Temporal's terminal states that the workflow itself could not record (it was not running to do so).
+_EXTERNAL_END = {
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.TIMED_OUT: "timed out",
+}
+
+
+class RunConflict(DevartError):
+    """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
+
+
+def check_source(repo: str, ref: str | None) -> Source:
+    """A git URL, or an absolute path to an existing directory; anything else is refused up front."""
+    if not GIT_URL.match(repo):
+        path = Path(repo)
+        if not path.is_absolute():
+            raise InvalidPipeline("run", [f"repository path '{repo}' must be absolute (or a git URL)"])
+        if not path.is_dir():
+            raise InvalidPipeline("run", [f"repository path '{repo}' does not exist or is not a directory"])
+    return Source(repo=repo, ref=ref or None)
+
+
+async def start(session: AsyncSession, client: Client, req: RunRequest) -> RunCreated:
+    """Validate everything, record the run, then start its workflow (workflow id = run id)."""
+    definition = await catalog.get(session, req.pipeline, req.version)
+    params = pipelines.resolve_params(definition, req.params)
+    source = check_source(req.repo, req.ref)
+    run_id = f"{definition.name}-{uuid.uuid4().hex[:12]}"
+    stages = [StageState(name=s.name, depends_on=s.depends_on).model_dump(mode="json") for s in definition.stages]
+    session.add(
+        Run(
+            id=run_id,
+            pipeline=definition.name,
+            pipeline_version=definition.version,
+            repository=source.repo,
+            ref=source.ref,
+            trigger=req.trigger,
+            params=params,
+            status="running",
+            stages=stages,
+        )
+    )
+    add_event(session, "run.requested", f"{definition.name} on {source.repo}", run_id=run_id, trigger=req.trigger)
+    await session.commit()
+    try:
+        await client.start_workflow(
+            PipelineWorkflow.run,
+            RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger),
+            id=run_id,
+            task_queue=settings.temporal().task_queue,
+            search_attributes=search_attributes(definition.name, source.repo, req.trigger),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+    except RPCError as exc:
+        run = await session.get(Run, run_id)
+        if run is not None:
+            run.status, run.error, run.finished_at = "failed", f"could not start: {exc.message}", utcnow()
+            await session.commit()
+        raise ServiceUnavailable(f"Temporal refused to start the run: {exc.message}") from exc
+    return RunCreated(
+        run_id=run_id, pipeline=definition.name, version=definition.version, status="running", ui_url=ui_link(run_id)
+    )
+
+
+async def list_runs(session: AsyncSession, *, pipeline: str | None, status: str | None, limit: int) -> list[Run]:
+    query = select(Run)
+    if pipeline:
+        query = query.where(Run.pipeline == pipeline)
+    if status:
+        query = query.where(Run.status == status)
+    return list((await session.exec(query.order_by(col(Run.created_at).desc()).limit(limit))).all())
+
+
+async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
+    """The run as PostgreSQL records it, with live stage states from the workflow while it runs."""
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"run '{run_id}' not found")
+    stages = [StageState.model_validate(s) for s in run.stages]
+    if run.status == RunStatus.RUNNING:
+        handle = client.get_workflow_handle(run_id)
+        try:
+            stages = await handle.query(PipelineWorkflow.stages)
+        except RPCError:
+            pass  # no worker is polling right now; the last recorded states stand
+        try:
+            ended = _EXTERNAL_END.get((await handle.describe()).status)  # type: ignore[arg-type]
+        except RPCError:
+            ended = None
+        if ended:
+            run.status, run.error, run.finished_at = "failed", f"workflow {ended}", utcnow()
+            await session.commit()
+    attempts = (
+        await session.exec(select(TaskAttempt).where(TaskAttempt.run_id == run_id).order_by(col(TaskAttempt.attempt)))
+    ).all()
+    views = []
+    for stage in stages:
+        log = [
+            AttemptView(
+                attempt=a.attempt,
+                status=a.status,
+                agent=a.claimed_by,
+                lane=a.lane,
+                created_at=a.created_at,
+                claimed_at=a.claimed_at,
+                finished_at=a.finished_at,
+                error=a.error,
+                late_reports=a.late_reports,
+            )
+            for a in attempts
+            if a.stage == stage.name
+        ]
+        views.append(StageView(**stage.model_dump(), attempt_log=log))
+    return RunView(
+        run_id=run.id,
+        pipeline=run.pipeline,
+        status=run.status,
+        repository=run.repository,
+        ref=run.ref,
+        trigger=run.trigger,
+        params=run.params,
+        error=run.error,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        stages=views,
+        ui_url=ui_link(run.id),
+    )
+
+
+async def cancel(session: AsyncSession, client: Client, run_id: str) -> None:
+    """Ask the workflow to cancel; its stages tear down their sandboxes and the agents learn on heartbeat."""
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"run '{run_id}' not found")
+    if run.status != RunStatus.RUNNING:
+        raise RunConflict(f"run '{run_id}' already {run.status}; only a running run can be cancelled")
+    try:
+        await client.get_workflow_handle(run_id).cancel()
+    except RPCError as exc:
+        raise ServiceUnavailable(f"Temporal could not cancel the run: {exc.message}") from exc
+    add_event(session, "run.cancel_requested", "cancellation requested", run_id=run_id)
+    await session.commit()

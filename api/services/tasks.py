@@ -1,0 +1,186 @@
+"""The agent side of a task: claim, heartbeat, complete, fail, report cancellation.
+
+Each call locks the attempt's row, checks that the caller holds the claim of the *current* attempt, forwards
+the call to Temporal through the activity's task token, and commits only once Temporal accepted it. A report
+on an attempt that is no longer current is refused, counted on the attempt and written to the feed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import AsyncActivityCancelledError, Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
+from core import db, settings
+from core.contracts import AgentTaskInput, StageResult, TaskDetail
+from core.errors import DevartError
+from core.events import add_event
+from core.models import Agent, TaskAttempt, utcnow
+from core.topology import can_serve
+
+
+class TaskRefused(DevartError):
+    """The caller may not act on this task (not its claim, not the current attempt, already finished)."""
+
+    def __init__(self, message: str, status_code: int = 409) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TaskNotFound(DevartError):
+    """No task with that id."""
+
+
+async def _locked(session: AsyncSession, task_id: str) -> TaskAttempt:
+    row = (await session.exec(select(TaskAttempt).where(TaskAttempt.id == task_id).with_for_update())).first()
+    if row is None:
+        raise TaskNotFound(f"task '{task_id}' not found")
+    return row
+
+
+async def _refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, status_code: int = 409) -> TaskRefused:
+    """Record a refused report in its own transaction and build the error.
+
+    The caller's transaction is rolled back first: it holds the row lock the record needs.
+    """
+    await session.rollback()
+    async with db.session() as s:
+        row = await s.get(TaskAttempt, task_id)
+        if row is not None:
+            row.late_reports += 1
+            add_event(
+                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=agent.name, attempt=row.attempt
+            )
+    return TaskRefused(why, status_code)
+
+
+async def _check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
+    row = await _locked(session, task_id)
+    if row.claimed_by != agent.name or row.claim_id != claim_id:
+        why = f"agent {agent.name} does not hold the claim on task {task_id}"
+        raise await _refuse(session, task_id, agent, why, 403)
+    if row.status != "claimed":
+        why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
+        raise await _refuse(session, task_id, agent, why)
+    return row
+
+
+async def _gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused:
+    """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
+    if exc.status != RPCStatusCode.NOT_FOUND:
+        raise exc
+    row.status, row.finished_at = "superseded", utcnow()
+    await session.commit()
+    why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
+    return await _refuse(session, row.id, agent, why)
+
+
+async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agent) -> TaskDetail:
+    row = await _locked(session, task_id)
+    if not can_serve(agent.capabilities, row.lane):
+        raise TaskRefused(f"agent {agent.name} lacks capabilities for lane {row.lane}", 403)
+    if row.status != "queued":
+        holder = f" by {row.claimed_by}" if row.claimed_by else ""
+        raise TaskRefused(f"task {task_id} is already {row.status}{holder}")
+    handle = client.get_async_activity_handle(task_token=row.task_token)
+    try:
+        await handle.heartbeat({"claimed_by": agent.name})  # the agent's heartbeat clock starts now
+    except AsyncActivityCancelledError:
+        await handle.report_cancellation()
+        row.status, row.finished_at = "cancelled", utcnow()
+        await session.commit()
+        raise TaskRefused(f"task {task_id} was cancelled") from None
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    row.status, row.claimed_by, row.claim_id = "claimed", agent.name, uuid.uuid4().hex
+    row.claimed_at = row.heartbeat_at = utcnow()
+    add_event(
+        session,
+        "stage.attempt.started",
+        f"attempt {row.attempt} claimed by {agent.name}",
+        run_id=row.run_id,
+        stage=row.stage,
+        agent=agent.name,
+        attempt=row.attempt,
+    )
+    await session.commit()
+    return TaskDetail(
+        **AgentTaskInput.model_validate(row.input).model_dump(),
+        task_id=row.id,
+        attempt=row.attempt,
+        claim_id=row.claim_id,
+        heartbeat_interval=settings.agent().heartbeat_interval,
+    )
+
+
+async def heartbeat(
+    session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str, details: dict[str, Any]
+) -> HeartbeatReply:
+    row = await _check_claim(session, task_id, agent, claim_id)
+    try:
+        await client.get_async_activity_handle(task_token=row.task_token).heartbeat(details)
+    except AsyncActivityCancelledError:
+        return HeartbeatReply(cancel_requested=True)
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    row.heartbeat_at = utcnow()
+    await session.commit()
+    return HeartbeatReply(cancel_requested=False)
+
+
+async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
+    row = await _check_claim(session, task_id, agent, req.claim_id)
+    result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name})
+    try:
+        await client.get_async_activity_handle(task_token=row.task_token).complete(result)
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    _finish(session, row, "succeeded", result, None)
+    await session.commit()
+
+
+async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
+    row = await _check_claim(session, task_id, agent, req.claim_id)
+    result = (req.result or StageResult(status="failed", summary=req.message)).model_copy(
+        update={"attempt": row.attempt, "agent": agent.name, "status": "failed"}
+    )
+    error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
+    try:
+        await client.get_async_activity_handle(task_token=row.task_token).fail(error)
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    _finish(session, row, "failed", result, f"{req.error_type}: {req.message}")
+    await session.commit()
+
+
+async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
+    row = await _check_claim(session, task_id, agent, claim_id)
+    try:
+        await client.get_async_activity_handle(task_token=row.task_token).report_cancellation()
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    _finish(session, row, "cancelled", None, "cancelled")
+    await session.commit()
+
+
+def _finish(
+    session: AsyncSession, row: TaskAttempt, status: str, result: StageResult | None, error: str | None
+) -> None:
+    row.status, row.finished_at, row.error = status, utcnow(), error
+    row.result = result.model_dump(mode="json") if result else None
+    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed"}.get(status, "stage.cancelled")
+    add_event(
+        session,
+        kind,
+        error or (result.summary if result else status),
+        run_id=row.run_id,
+        stage=row.stage,
+        agent=row.claimed_by,
+        attempt=row.attempt,
+    )

@@ -1,0 +1,1 @@
+"""The ``devart`` command line (typer + rich)."""

@@ -1,0 +1,34 @@
+"""Entry point of the ``devart`` command; each group of commands lives in its own module."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from cli import pipelines, processes, runs, stack
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
+)
+app.add_typer(runs.runs_app, name="runs")
+app.add_typer(pipelines.app, name="pipelines")
+app.add_typer(processes.db_app, name="db")
+app.add_typer(processes.agents_app, name="agents")
+app.command()(runs.run)
+app.command()(stack.up)
+app.command()(stack.down)
+app.command()(stack.doctor)
+app.command()(processes.api)
+app.command()(processes.worker)
+app.command()(processes.agent)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("DEVART_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app()

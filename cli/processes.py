@@ -1,0 +1,108 @@
+"""Long-running processes (``devart api``, ``worker``, ``agent``) and administration (``db``, ``agents``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import typer
+
+from cli.output import console, fail
+from core import db, settings
+from core.errors import DevartError
+
+db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
+agents_app = typer.Typer(no_args_is_help=True, help="Agent registry.")
+
+
+def api(
+    host: str = typer.Option(None, help="Listen address (default DEVART_API_HOST)."),
+    port: int = typer.Option(None, help="Listen port (default DEVART_API_PORT)."),
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    cfg = settings.api()
+    db.database_url()  # resolve (and start, if embedded) before uvicorn's workers import the app
+    uvicorn.run("api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning")
+
+
+def worker() -> None:
+    """Run the pipeline worker (workflows and activities)."""
+    from workers.pipeline_worker import serve
+
+    try:
+        asyncio.run(serve())
+    except DevartError as exc:
+        fail(str(exc))
+
+
+def agent(
+    name: str = typer.Option(..., help="The agent's registered name."),
+    capabilities: str = typer.Option(..., help="Comma-separated capabilities, e.g. python,test."),
+    key: str = typer.Option(None, envvar="DEVART_AGENT_KEY", help="The agent's API key."),
+    concurrency: int = typer.Option(1, min=1, help="Tasks run at once."),
+) -> None:
+    """Run an agent that consumes every lane its capabilities can serve."""
+    if not key:
+        fail("no agent key: pass --key or set DEVART_AGENT_KEY (`devart agents create NAME` prints one)")
+    caps = [c.strip() for c in capabilities.split(",") if c.strip()]
+    try:
+        asyncio.run(_run_agent(name, caps, key, concurrency))
+    except DevartError as exc:
+        fail(str(exc))
+
+
+async def _run_agent(name: str, caps: list[str], key: str, concurrency: int) -> None:
+    from core.topology import Topology
+    from sandboxes.factory import get_sandbox
+    from workers.agent import Agent
+    from workers.agent_client import AgentClient, Refused
+
+    client = AgentClient(settings.api().url, key)
+    try:
+        await client.me()
+    except Refused as exc:
+        fail(f"the API refused agent {name}: {exc.detail}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker_agent = Agent(
+        name,
+        caps,
+        client,
+        get_sandbox(),
+        settings.amqp().amqp_url,
+        Topology.from_settings(),
+        concurrency=concurrency,
+        heartbeat_interval=settings.agent().heartbeat_interval,
+    )
+    try:
+        await worker_agent.run(stop)
+    finally:
+        await client.close()
+
+
+@db_app.command("upgrade")
+def upgrade() -> None:
+    """Apply the schema migrations."""
+    db.upgrade()
+    console.print("database schema is up to date")
+
+
+@agents_app.command("create")
+def create_agent(
+    name: str,
+    capabilities: str = typer.Option(..., help="Comma-separated capabilities."),
+) -> None:
+    """Register an agent (or re-key an existing one) and print its key once."""
+    from core.agents import create_or_rotate
+
+    async def _create() -> str:
+        async with db.session() as s:
+            return await create_or_rotate(s, name, capabilities.split(","))
+
+    db.upgrade()
+    key = asyncio.run(_create())
+    console.print(f"agent {name} registered; its key (shown once, store it now):\n{key}")

@@ -1,0 +1,218 @@
+"""Pydantic contracts shared by the API, the pipeline worker, the workflow and the agents.
+
+Every workflow and activity takes one of these models and returns one, and the AMQP task message is one too, so
+the wire format between processes is defined in exactly one place. The module has no side effects and imports
+only pydantic and the standard library: workflows import it inside Temporal's deterministic sandbox.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Skills an agent knows how to run; a pipeline naming another skill is refused before it starts.
+BUILTIN_SKILLS: frozenset[str] = frozenset({"build", "test", "lint", "review", "shell", "noop"})
+
+
+class Strict(BaseModel):
+    """Base for contracts: unknown fields are an error, so a typo in a template never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetrySpec(Strict):
+    """How Temporal retries one stage's agent task (maps onto ``temporalio.common.RetryPolicy``)."""
+
+    initial_interval: timedelta = Field(default=timedelta(seconds=2), description="Delay before the 2nd attempt.")
+    backoff_coefficient: float = Field(default=2.0, ge=1.0, description="Growth factor of the delay.")
+    maximum_interval: timedelta = Field(default=timedelta(seconds=60), description="Cap on the delay.")
+    maximum_attempts: int = Field(default=3, ge=1, le=100, description="Attempts in all, the first included.")
+    non_retryable_error_types: list[str] = Field(
+        default_factory=lambda: ["TestsFailed", "BuildFailed", "LintFailed", "InvalidInput", "SkillNotFound"],
+        description="Error types that fail the stage at once.",
+    )
+
+    @field_validator("initial_interval", "maximum_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+
+class SandboxSpec(Strict):
+    """What a stage's sandbox needs; the local backend honours what it can, Kubernetes all of it."""
+
+    image: str = Field(default="python:3.11-slim", description="Container image (Kubernetes backend).")
+    cpu: float = Field(default=1.0, gt=0, description="CPU cores.")
+    memory_mb: int = Field(default=1024, ge=32, description="Memory limit in MiB.")
+    pids: int = Field(default=512, ge=8, description="Maximum number of processes.")
+    network: Literal["none", "egress"] = Field(default="none", description="Outbound network access.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every command.")
+
+
+class StageSpec(Strict):
+    """One stage of a pipeline template."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    skill: str
+    requires: list[str] = Field(default_factory=list, description="Capabilities an agent needs for this stage.")
+    depends_on: list[str] = Field(default_factory=list)
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Skill inputs; ${param} is substituted.")
+    timeout: timedelta = Field(default=timedelta(minutes=10), description="Start-to-close timeout of a task.")
+    heartbeat_timeout: timedelta = Field(default=timedelta(seconds=30), description="A silent agent is dead.")
+    retry: RetrySpec = Field(default_factory=RetrySpec)
+    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+
+
+class PipelineDefinition(Strict):
+    """A pipeline template: a DAG of stages plus the parameters it accepts."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    version: int = Field(default=1, ge=1)
+    description: str = ""
+    params: dict[str, str] = Field(default_factory=dict, description="Parameter names and their defaults.")
+    stages: list[StageSpec] = Field(min_length=1)
+
+
+class Source(Strict):
+    """The repository a run works on: a local path or a git URL, at a ref."""
+
+    repo: str = Field(min_length=1, description="Local path or git URL.")
+    ref: str | None = Field(default=None, description="Branch, tag or commit; None means the working tree.")
+
+
+class RunInput(Strict):
+    """Input of ``PipelineWorkflow``: the validated definition plus everything that varies per run."""
+
+    run_id: str
+    pipeline: PipelineDefinition
+    source: Source
+    params: dict[str, str] = Field(default_factory=dict)
+    trigger: str = "api"
+
+
+class StageStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Usage(Strict):
+    """Resources one task consumed; costs are derived from these."""
+
+    model_tokens: dict[str, int] = Field(default_factory=dict, description="Tokens by model name.")
+    sandbox_cpu_seconds: float = 0.0
+
+
+class StageResult(Strict):
+    """What an agent reports when a task finishes (successfully or not)."""
+
+    status: Literal["succeeded", "failed"]
+    summary: str
+    output: dict[str, Any] = Field(default_factory=dict, description="Structured, skill-specific figures.")
+    log_tail: str = ""
+    usage: Usage = Field(default_factory=Usage)
+    attempt: int = Field(default=0, description="Attempt that produced this result (set by the API).")
+    agent: str | None = Field(default=None, description="Agent that produced it (set by the API).")
+
+
+class StageState(Strict):
+    """A stage as the workflow sees it; returned by the ``stages`` query and kept in the run's record."""
+
+    name: str
+    status: StageStatus = StageStatus.PENDING
+    depends_on: list[str] = Field(default_factory=list)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: StageResult | None = None
+    error: str | None = None
+
+
+class RunResult(Strict):
+    """Output of ``PipelineWorkflow``."""
+
+    run_id: str
+    status: RunStatus
+    stages: list[StageState]
+    error: str | None = None
+
+
+class SandboxHandle(Strict):
+    """A provisioned sandbox: enough for any process on the backend to exec in it and tear it down."""
+
+    backend: str
+    id: str
+    workspace: str = Field(description="Path of the repository checkout as commands see it.")
+    spec: SandboxSpec = Field(default_factory=SandboxSpec)
+
+
+class ProvisionInput(Strict):
+    run_id: str
+    stage: str
+    source: Source
+    spec: SandboxSpec
+
+
+class TeardownInput(Strict):
+    handle: SandboxHandle
+
+
+class AgentTaskInput(Strict):
+    """Input of the dispatch activity: everything the agent needs, minus the per-attempt identity."""
+
+    run_id: str
+    pipeline: str
+    stage: str
+    skill: str
+    requires: list[str]
+    inputs: dict[str, Any]
+    sandbox: SandboxHandle
+    source: Source
+
+
+class AgentTaskMessage(Strict):
+    """The AMQP message on a capability lane; the agent claims ``task_id`` through the API before working."""
+
+    task_id: str
+    run_id: str
+    stage: str
+    attempt: int
+    lane: str
+
+
+class TaskDetail(AgentTaskInput):
+    """What a successful claim returns to the agent."""
+
+    task_id: str
+    attempt: int
+    claim_id: str
+    heartbeat_interval: float
+
+
+class RunRecord(Strict):
+    """Input of the records activity: the run's state to persist."""
+
+    run_id: str
+    pipeline: str
+    repository: str
+    ref: str | None
+    trigger: str
+    params: dict[str, str]
+    status: RunStatus
+    stages: list[StageState]
+    error: str | None = None

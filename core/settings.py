@@ -1,0 +1,116 @@
+"""Settings, one class per subsystem, read from the environment (and a ``.env`` file if present).
+
+Every default works on a development machine with nothing configured: the embedded PostgreSQL, the local
+Temporal dev server and the RabbitMQ service. Production deployments set the URLs explicitly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+
+
+class StateSettings(BaseSettings):
+    """Where devart keeps its local state: Temporal's db file, the embedded PostgreSQL, sandboxes, logs."""
+
+    model_config = _config("DEVART_")
+    home: Path = Field(default=Path(".devart"), description="State folder (relative to the working directory).")
+
+    @property
+    def root(self) -> Path:
+        return self.home.expanduser().resolve()
+
+
+class TemporalSettings(BaseSettings):
+    """How to reach Temporal, and which task queue the pipeline worker polls."""
+
+    model_config = _config("TEMPORAL_")
+    address: str = Field(default="127.0.0.1:7233", description="Temporal frontend host:port.")
+    namespace: str = Field(default="default", description="Temporal namespace.")
+    task_queue: str = Field(default="devart-pipelines", description="Task queue of the pipeline worker.")
+    ui_url: str = Field(
+        default="http://127.0.0.1:8233", validation_alias="DEVART_UI_URL", description="Temporal Web UI base URL."
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    """PostgreSQL with pgvector. Unset: devart starts an embedded server under the state folder."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://...")
+
+
+class AmqpSettings(BaseSettings):
+    """RabbitMQ connection and the names of devart's exchanges."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_prefix: str = Field(default="devart", description="Prefix of every exchange and queue devart declares.")
+    amqp_delivery_limit: int = Field(default=5, description="Deliveries before a task message is dead-lettered.")
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP API: where it listens and where agents and the CLI find it."""
+
+    model_config = _config("DEVART_API_")
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: int = Field(default=8000, description="Listen port.")
+    url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
+
+
+class SandboxSettings(BaseSettings):
+    """Which sandbox backend runs agent tasks."""
+
+    model_config = _config("DEVART_SANDBOX_")
+    backend: Literal["local"] = Field(default="local", description="Sandbox backend.")
+    root: Path | None = Field(default=None, description="Folder of local sandboxes (default: <home>/sandboxes).")
+    isolation: Literal["bubblewrap", "none"] = Field(
+        default="bubblewrap", description="Local isolation; 'none' runs untrusted code unisolated."
+    )
+
+
+class AgentSettings(BaseSettings):
+    """An agent process's identity and pacing."""
+
+    model_config = _config("DEVART_AGENT_")
+    key: str | None = Field(default=None, description="The agent's API key (shown once at creation).")
+    heartbeat_interval: float = Field(default=3.0, gt=0, description="Seconds between heartbeats.")
+    prefetch: int = Field(default=1, ge=1, description="Tasks an agent runs at once.")
+
+
+@lru_cache
+def state() -> StateSettings:
+    return StateSettings()
+
+
+@lru_cache
+def temporal() -> TemporalSettings:
+    return TemporalSettings()
+
+
+@lru_cache
+def amqp() -> AmqpSettings:
+    return AmqpSettings()
+
+
+@lru_cache
+def api() -> ApiSettings:
+    return ApiSettings()
+
+
+@lru_cache
+def sandbox() -> SandboxSettings:
+    return SandboxSettings()
+
+
+@lru_cache
+def agent() -> AgentSettings:
+    return AgentSettings()

@@ -1,0 +1,47 @@
+"""Temporal client construction and the search attributes runs are tagged with."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from core import settings
+from core.errors import ServiceUnavailable
+
+#: Filter runs in the Web UI with e.g. ``DevartPipeline = "build-test-review"``.
+PIPELINE = SearchAttributeKey.for_keyword("DevartPipeline")
+REPOSITORY = SearchAttributeKey.for_keyword("DevartRepository")
+TRIGGER = SearchAttributeKey.for_keyword("DevartTrigger")
+SEARCH_ATTRIBUTES = (PIPELINE, REPOSITORY, TRIGGER)
+
+
+def search_attributes(pipeline: str, repository: str, trigger: str) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(PIPELINE, pipeline),
+            SearchAttributePair(REPOSITORY, repository[:255]),
+            SearchAttributePair(TRIGGER, trigger),
+        ]
+    )
+
+
+async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+    """Connect with the pydantic data converter every devart client and worker must share."""
+    cfg = settings.temporal()
+    address = address or cfg.address
+    try:
+        return await Client.connect(
+            address, namespace=namespace or cfg.namespace, data_converter=pydantic_data_converter
+        )
+    except RuntimeError as exc:
+        raise ServiceUnavailable(
+            f"Temporal is not reachable at {address} ({exc}); start it with `devart up` "
+            "or set TEMPORAL_ADDRESS to a running server"
+        ) from exc
+
+
+def ui_link(run_id: str) -> str:
+    """The Web UI page of a run."""
+    cfg = settings.temporal()
+    return f"{cfg.ui_url.rstrip('/')}/namespaces/{cfg.namespace}/workflows/{run_id}"

@@ -1,0 +1,1 @@
+"""Alembic migrations of devart's schema (``devart db upgrade`` applies them)."""

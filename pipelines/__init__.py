@@ -1,0 +1,1 @@
+"""Built-in pipeline templates (the YAML files beside this module)."""

@@ -1,0 +1,1 @@
+"""Sandboxes: where agent tasks run untrusted code. One interface, several backends chosen by configuration."""

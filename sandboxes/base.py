@@ -1,0 +1,62 @@
+"""The sandbox interface shared by the provisioning activities and the agents.
+
+The pipeline worker provisions and tears down; the agent only execs. Both talk to the same backend through a
+``SandboxHandle``, which is plain data, so it can travel inside workflow history and AMQP messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from core.contracts import SandboxHandle, SandboxSpec, Source
+
+#: Output kept from one command; the rest is dropped (and ``truncated`` set) so a chatty build can't fill memory.
+DEFAULT_OUTPUT_CAP = 1_000_000
+
+
+class ExecResult(BaseModel):
+    """The outcome of one command run inside a sandbox."""
+
+    exit_code: int
+    output: str
+    truncated: bool = False
+    timed_out: bool = False
+    duration: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+OutputCallback = Callable[[str], None]
+
+
+class Sandbox(Protocol):
+    """A sandbox backend. Implementations must be safe to use from several processes at once."""
+
+    backend: str
+
+    async def provision(self, run_id: str, stage: str, source: Source, spec: SandboxSpec) -> SandboxHandle:
+        """Create a fresh, isolated workspace holding ``source`` and return its handle."""
+        ...
+
+    async def exec(
+        self,
+        handle: SandboxHandle,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+        on_output: OutputCallback | None = None,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+    ) -> ExecResult:
+        """Run ``command`` in the workspace; kill its whole process tree on timeout or cancellation."""
+        ...
+
+    async def teardown(self, handle: SandboxHandle) -> None:
+        """Kill anything still running in the sandbox and remove it. Idempotent."""
+        ...
+
+    async def list(self) -> list[SandboxHandle]:
+        """Every sandbox this backend currently holds (for sweeping)."""
+        ...

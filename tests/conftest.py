@@ -1,0 +1,79 @@
+"""Session fixtures: the real services (Temporal dev server, PostgreSQL, RabbitMQ) and devart's own processes.
+
+Each session gets its own Temporal server and database under a temporary state folder, and its own AMQP
+prefix and task queue, so the suite never sees a developer's running stack. A missing service skips the suite
+on a laptop but fails it under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from core import db, services
+from core.supervisor import Child, Supervisor, stop_process
+from tests.stack import Stack, clear_settings_caches, free_port, require
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url} (rabbitmq-server -detached)")
+    state = tmp_path_factory.mktemp("devart-state")
+    tag = uuid.uuid4().hex[:8]
+    api_port, temporal_port = free_port(), free_port()
+    env = {
+        "DEVART_HOME": str(state),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "TEMPORAL_TASK_QUEUE": f"devart-test-{tag}",
+        "AMQP_URL": amqp_url,
+        "AMQP_PREFIX": f"devart-test-{tag}",
+        "DEVART_API_HOST": "127.0.0.1",
+        "DEVART_API_PORT": str(api_port),
+        "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
+        "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
+        "DEVART_LOG_LEVEL": "INFO",
+    }
+    os.environ.update(env)
+    clear_settings_caches()
+    env["DATABASE_URL"] = db.database_url()
+    db.upgrade()
+    sup = Supervisor(state / "logs", env=env)
+    s = Stack(state=state, env=env, supervisor=sup, temporal_port=temporal_port,
+              temporal_db=state / "temporal.db", api_url=env["DEVART_API_URL"])
+    try:
+        s.restart_temporal()
+        api_child = sup.api("127.0.0.1", api_port)
+        sup.wait_healthy(s.api_url, api_child)
+        s.worker = sup.worker()
+        yield s
+    finally:
+        sup.stop_all(grace=5)
+        if s.temporal is not None:
+            stop_process(s.temporal.pid, grace=5)
+
+
+@pytest.fixture(scope="session")
+def pool(stack: Stack) -> dict[str, Child]:
+    """The default agent pool of ``devart up``, serving the built-in pipelines."""
+    from cli.stack import DEFAULT_POOL
+
+    return {name: stack.start_agent(f"{name}-{uuid.uuid4().hex[:4]}", caps) for name, caps in DEFAULT_POOL.items()}
+
+
+@pytest.fixture
+async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def temporal(stack: Stack) -> Client:
+    from core.temporal import connect
+
+    return await connect(stack.env["TEMPORAL_ADDRESS"])

@@ -1,0 +1,106 @@
+"""Invalid pipelines are refused with messages naming the problem, before anything starts."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from core import pipelines
+from core.errors import InvalidPipeline
+
+VALID: dict[str, Any] = {
+    "name": "ci",
+    "params": {"flags": ""},
+    "stages": [
+        {"name": "build", "skill": "build", "requires": ["python"]},
+        {"name": "test", "skill": "test", "depends_on": ["build"], "inputs": {"pytest_args": "${flags}"}},
+        {"name": "lint", "skill": "lint", "depends_on": ["build"]},
+    ],
+}
+
+
+def problems_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(InvalidPipeline) as info:
+        pipelines.parse(data)
+    return info.value.problems
+
+
+def mutate(**changes: Any) -> dict[str, Any]:
+    data = copy.deepcopy(VALID)
+    for path, value in changes.items():
+        node: Any = data
+        *parents, last = path.split("__")
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def test_valid_pipeline_parses() -> None:
+    definition = pipelines.parse(VALID)
+    assert [s.name for s in definition.stages] == ["build", "test", "lint"]
+
+
+def test_builtin_templates_are_valid() -> None:
+    assert {"build-test-review", "lint-test"} <= set(pipelines.builtin())
+
+
+def test_cycle_is_named() -> None:
+    problems = problems_of(mutate(stages__0__depends_on=["lint"]))
+    assert any("cycle" in p and "build -> lint -> build" in p for p in problems), problems
+
+
+def test_unknown_dependency_suggests_the_close_name() -> None:
+    problems = problems_of(mutate(stages__1__depends_on=["buld"]))
+    assert "stage 'test' depends on unknown stage 'buld' (did you mean 'build'?)" in problems
+
+
+def test_unknown_skill_is_named_with_suggestion() -> None:
+    problems = problems_of(mutate(stages__2__skill="lnt"))
+    assert any("unknown skill 'lnt' (did you mean 'lint'?)" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("backoff_coefficient", 0.5, "retry.backoff_coefficient"),
+        ("maximum_attempts", 0, "retry.maximum_attempts"),
+        ("initial_interval", -1, "retry.initial_interval"),
+    ],
+)
+def test_bad_retry_values_are_named(field: str, value: Any, expected: str) -> None:
+    problems = problems_of(mutate(stages__0__retry={field: value}))
+    assert any(p.startswith(f"stages[build].{expected}") for p in problems), problems
+
+
+def test_maximum_interval_shorter_than_initial() -> None:
+    problems = problems_of(mutate(stages__0__retry={"initial_interval": 10, "maximum_interval": 1}))
+    assert any("retry.maximum_interval" in p and "shorter" in p for p in problems), problems
+
+
+def test_missing_fields_are_named() -> None:
+    data = mutate()
+    del data["stages"][1]["skill"]
+    problems = problems_of(data)
+    assert "stages[test].skill: Field required" in problems
+
+
+def test_missing_stages() -> None:
+    assert any(p.startswith("stages:") for p in problems_of({"name": "empty"}))
+
+
+def test_undeclared_parameter() -> None:
+    problems = problems_of(mutate(stages__1__inputs={"pytest_args": "${flag}"}))
+    assert any("'${flag}'" in p and "did you mean 'flags'" in p for p in problems), problems
+
+
+def test_all_problems_reported_at_once() -> None:
+    data = mutate(stages__1__depends_on=["nope"], stages__2__skill="unknown")
+    assert len(problems_of(data)) >= 2
+
+
+def test_unknown_run_parameter_is_refused() -> None:
+    with pytest.raises(InvalidPipeline, match="unknown parameter 'flag' \\(did you mean 'flags'\\?\\)"):
+        pipelines.resolve_params(pipelines.parse(VALID), {"flag": "x"})

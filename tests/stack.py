@@ -1,0 +1,123 @@
+"""The test stack: the real services (Temporal dev server, PostgreSQL, RabbitMQ) and devart's own processes.
+
+Each session gets its own Temporal server and database under a temporary state folder, and its own AMQP
+prefix and task queue, so the suite never sees a developer's running stack. A missing service skips the suite
+on a laptop but fails it under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from core import db, services, settings
+from core.supervisor import Child, Supervisor, stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_REPO = ROOT / "examples" / "sample-app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally, fail under CI: a CI run that silently skips the real services proves nothing."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def clear_settings_caches() -> None:
+    for fn in (settings.state, settings.temporal, settings.amqp, settings.api, settings.sandbox, settings.agent,
+               db.database_url, db.engine, db._sessions):
+        fn.cache_clear()
+    from sandboxes.factory import get_sandbox
+
+    get_sandbox.cache_clear()
+
+
+@dataclass
+class Stack:
+    """The running stack of one test session, with handles to restart its parts."""
+
+    state: Path
+    env: dict[str, str]
+    supervisor: Supervisor
+    temporal_port: int
+    temporal_db: Path
+    api_url: str
+    temporal: subprocess.Popen[bytes] | None = None
+    worker: Child | None = None
+    agents: dict[str, Child] = field(default_factory=dict)
+
+    def restart_temporal(self) -> None:
+        if self.temporal is not None:
+            stop_process(self.temporal.pid, grace=10)
+            self.temporal.wait()
+        self.temporal = services.start_temporal(self.temporal_db, port=self.temporal_port, headless=True,
+                                                log_file=self.state / "logs" / "temporal.log")
+
+    def restart_worker(self, kill: bool = True) -> None:
+        if self.worker is not None:
+            if kill:
+                self.worker.proc.kill()
+                self.worker.proc.wait()
+                self.supervisor.children.remove(self.worker)
+            else:
+                self.supervisor.stop(self.worker)
+        self.worker = self.supervisor.worker()
+
+    def start_agent(self, name: str, capabilities: list[str]) -> Child:
+        key = register_agent(name, capabilities)
+        child = self.supervisor.agent(name, capabilities, key)
+        self.agents[name] = child
+        return child
+
+
+def register_agent(name: str, capabilities: list[str]) -> str:
+    """Create the agent directly in the registry and return its key.
+
+    Runs on its own thread and event loop, so it works from sync and async tests alike.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.agents import create_or_rotate
+
+    async def _create() -> str:
+        db.engine.cache_clear()
+        db._sessions.cache_clear()
+        try:
+            async with db.session() as s:
+                return await create_or_rotate(s, name, capabilities)
+        finally:
+            await db.engine().dispose()
+            db.engine.cache_clear()
+            db._sessions.cache_clear()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _create()).result()
+
+
+def sql(query: str, **params: object) -> list[dict[str, object]]:
+    """Run a query on the suite's database with a plain synchronous connection (for assertions)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db.database_url())
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(query), params)
+            return [dict(r._mapping) for r in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+

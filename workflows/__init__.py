@@ -1,0 +1,1 @@
+"""Temporal workflows. Deterministic and light: standard library, temporalio and the contracts only."""

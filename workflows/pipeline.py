@@ -1,0 +1,201 @@
+"""PipelineWorkflow: runs a pipeline's stages as a DAG, each stage being sandbox → agent task → teardown.
+
+The workflow owns ordering and the stage states; Temporal owns retries, backoff, timeouts and heartbeats of the
+agent task through the stage's ``RetryPolicy``. Independent stages run concurrently; a failed stage skips its
+dependents and fails the run with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from core.contracts import (
+        AgentTaskInput,
+        ProvisionInput,
+        RunInput,
+        RunRecord,
+        RunResult,
+        RunStatus,
+        SandboxHandle,
+        StageResult,
+        StageSpec,
+        StageState,
+        StageStatus,
+        TeardownInput,
+    )
+    from core.pipelines import substitute
+    from workflows import policies
+
+
+def stage_retry_policy(stage: StageSpec) -> RetryPolicy:
+    """The template's retry settings as a Temporal ``RetryPolicy``."""
+    r = stage.retry
+    return RetryPolicy(
+        initial_interval=r.initial_interval,
+        backoff_coefficient=r.backoff_coefficient,
+        maximum_interval=r.maximum_interval,
+        maximum_attempts=r.maximum_attempts,
+        non_retryable_error_types=r.non_retryable_error_types,
+    )
+
+
+def describe_failure(err: BaseException) -> str:
+    """A one-line reason for a failed activity, from the innermost cause Temporal gives us."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
+    if isinstance(cause, TimeoutError):
+        return f"timed out ({cause.type.name.lower().replace('_', '-')})" if cause.type else "timed out"
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type}: {cause.message}" if cause.type else cause.message
+    return str(cause)
+
+
+@workflow.defn
+class PipelineWorkflow:
+    def __init__(self) -> None:
+        self._states: dict[str, StageState] = {}
+
+    @workflow.query
+    def stages(self) -> list[StageState]:
+        """Every stage's current state, in template order."""
+        return list(self._states.values())
+
+    @workflow.run
+    async def run(self, inp: RunInput) -> RunResult:
+        specs = {s.name: s for s in inp.pipeline.stages}
+        self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
+        await self._record(inp, RunStatus.RUNNING)
+        tasks: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                self._skip_blocked()
+                for name in self._ready(tasks):
+                    tasks[name] = asyncio.create_task(self._run_stage(inp, specs[name]))
+                running = [t for t in tasks.values() if not t.done()]
+                if not running:
+                    break
+                await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for task in tasks.values():
+                task.cancel()
+            # Let every stage run its teardown before the run is reported cancelled.
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            for state in self._states.values():
+                if state.status in (StageStatus.PENDING, StageStatus.RUNNING):
+                    state.status = StageStatus.CANCELLED
+            await self._record(inp, RunStatus.CANCELLED, "cancelled")
+            raise
+        failed = [s for s in self._states.values() if s.status == StageStatus.FAILED]
+        status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+        error = "; ".join(f"stage '{s.name}' failed: {s.error}" for s in failed) or None
+        await self._record(inp, status, error)
+        return RunResult(run_id=inp.run_id, status=status, stages=self.stages(), error=error)
+
+    def _ready(self, started: dict[str, asyncio.Task[None]]) -> list[str]:
+        return [
+            name
+            for name, st in self._states.items()
+            if st.status == StageStatus.PENDING
+            and name not in started
+            and all(self._states[d].status == StageStatus.SUCCEEDED for d in st.depends_on)
+        ]
+
+    def _skip_blocked(self) -> None:
+        """Mark pending stages whose dependency failed or was skipped; repeat until nothing changes."""
+        changed = True
+        while changed:
+            changed = False
+            for st in self._states.values():
+                if st.status != StageStatus.PENDING:
+                    continue
+                done_badly = (StageStatus.FAILED, StageStatus.SKIPPED)
+                blocked = [d for d in st.depends_on if self._states[d].status in done_badly]
+                if blocked:
+                    st.status = StageStatus.SKIPPED
+                    st.error = f"skipped because '{blocked[0]}' did not succeed"
+                    changed = True
+
+    async def _run_stage(self, inp: RunInput, spec: StageSpec) -> None:
+        state = self._states[spec.name]
+        state.status = StageStatus.RUNNING
+        state.started_at = workflow.now()
+        handle: SandboxHandle | None = None
+        try:
+            handle = await workflow.execute_activity(
+                "provision_sandbox",
+                ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
+                result_type=SandboxHandle,
+                start_to_close_timeout=policies.PROVISION_TIMEOUT,
+                retry_policy=policies.PROVISION_RETRY,
+            )
+            task = AgentTaskInput(
+                run_id=inp.run_id,
+                pipeline=inp.pipeline.name,
+                stage=spec.name,
+                skill=spec.skill,
+                requires=spec.requires,
+                inputs=substitute(spec.inputs, inp.params),
+                sandbox=handle,
+                source=inp.source,
+            )
+            result = await workflow.execute_activity(
+                "run_agent_task",
+                task,
+                result_type=StageResult,
+                start_to_close_timeout=spec.timeout,
+                heartbeat_timeout=spec.heartbeat_timeout,
+                retry_policy=stage_retry_policy(spec),
+            )
+            state.result = result
+            state.attempts = result.attempt
+            state.status = StageStatus.SUCCEEDED
+        except ActivityError as err:
+            state.status = StageStatus.FAILED
+            state.error = describe_failure(err)
+            state.result = _failed_result(err)
+            if state.result is not None:
+                state.attempts = state.result.attempt
+        except asyncio.CancelledError:
+            state.status = StageStatus.CANCELLED
+            state.error = "cancelled"
+            raise
+        finally:
+            state.finished_at = workflow.now()
+            if handle is not None:
+                await workflow.execute_activity(
+                    "teardown_sandbox",
+                    TeardownInput(handle=handle),
+                    start_to_close_timeout=policies.TEARDOWN_TIMEOUT,
+                    retry_policy=policies.TEARDOWN_RETRY,
+                )
+
+    async def _record(self, inp: RunInput, status: RunStatus, error: str | None = None) -> None:
+        record = RunRecord(
+            run_id=inp.run_id,
+            pipeline=inp.pipeline.name,
+            repository=inp.source.repo,
+            ref=inp.source.ref,
+            trigger=inp.trigger,
+            params=inp.params,
+            status=status,
+            stages=self.stages(),
+            error=error,
+        )
+        await workflow.execute_activity(
+            "record_run", record, start_to_close_timeout=policies.RECORD_TIMEOUT, retry_policy=policies.RECORD_RETRY
+        )
+
+
+def _failed_result(err: ActivityError) -> StageResult | None:
+    """The agent's structured report attached to a failure (test counts, log tail), when it sent one."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        try:
+            return StageResult.model_validate(cause.details[0])
+        except Exception:  # details from an older agent version: keep the failure, drop the report
+            return None
+    return None

@@ -1,0 +1,36 @@
+"""Timeouts and retry policies of the pipeline's housekeeping activities (stage policies come from templates)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+#: Cloning a repository into a fresh workspace; generous for large repositories over slow links.
+PROVISION_TIMEOUT = timedelta(minutes=5)
+#: Provisioning hits the filesystem and git only; a few quick retries ride over a transient hiccup.
+PROVISION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+    non_retryable_error_types=["SandboxUnavailable", "SandboxProvisionFailed"],
+)
+#: Tearing down kills processes and removes a folder.
+TEARDOWN_TIMEOUT = timedelta(minutes=1)
+#: Teardown must eventually happen, so it retries longer than anything else.
+TEARDOWN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+)
+#: Writing a run's record to PostgreSQL.
+RECORD_TIMEOUT = timedelta(seconds=30)
+#: The database may restart; keep trying for about two minutes before the record write fails the run.
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=15,
+)
