@@ -30,5 +30,6 @@ def main() -> None:
         level=os.environ.get("DEVART_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "alembic", "aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app()

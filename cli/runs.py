@@ -91,7 +91,12 @@ def run(
 
 def _follow(run_id: str, quiet: bool) -> dict[str, Any]:
     current = api_call("GET", f"/v1/runs/{run_id}")
-    with Live(stage_table(current), console=console, refresh_per_second=4, transient=True, disable=quiet) as live:
+    if quiet:
+        while current["status"] == "running":
+            time.sleep(POLL_SECONDS)
+            current = api_call("GET", f"/v1/runs/{run_id}")
+        return dict(current)
+    with Live(stage_table(current), console=console, refresh_per_second=4, transient=True) as live:
         while current["status"] == "running":
             time.sleep(POLL_SECONDS)
             current = api_call("GET", f"/v1/runs/{run_id}")

@@ -16,7 +16,7 @@ from rich.table import Table
 from cli.output import console, fail
 from core import db, services, settings
 from core.errors import DevartError
-from core.supervisor import Supervisor, stop_process
+from core.supervisor import Supervisor, stop_child, stop_process
 
 #: The default agent pool: together they serve every built-in pipeline, each lane by at least one agent.
 DEFAULT_POOL = {
@@ -49,6 +49,11 @@ def up(
     state = settings.state().root
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    api_cfg = settings.api()
+    if _api_healthy(api_cfg.url):
+        console.print(f"devart is already up at {api_cfg.url} (stop it with devart down)")
+        _print_addresses(api_cfg.url, logs)
+        return
     started_temporal = None
     try:
         amqp_url = settings.amqp().amqp_url
@@ -68,7 +73,6 @@ def up(
         keys = asyncio.run(_register_pool())
     except DevartError as exc:
         fail(str(exc))
-    api_cfg = settings.api()
     sup = Supervisor(logs, env={"DATABASE_URL": url, "DEVART_HOME": str(state)})
     try:
         api_child = sup.api(api_cfg.host, api_cfg.port)
@@ -95,7 +99,16 @@ def up(
     console.print("stopping …")
     sup.stop_all()
     if started_temporal is not None:
-        stop_process(started_temporal.pid)
+        stop_child(started_temporal)
+
+
+def _api_healthy(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _print_addresses(api_url: str, logs: os.PathLike[str]) -> None:

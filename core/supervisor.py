@@ -5,6 +5,7 @@ Used by ``devart up`` and by the test suite, so the tests run exactly the proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,12 +83,15 @@ class Supervisor:
 
     def stop(self, child: Child, grace: float = 10.0) -> None:
         """SIGTERM the child's group, then SIGKILL after ``grace`` seconds."""
-        stop_process(child.proc.pid, grace)
-        child.proc.wait()
+        stop_child(child.proc, grace)
         if child in self.children:
             self.children.remove(child)
 
     def stop_all(self, grace: float = 10.0) -> None:
+        """Signal every child at once, then give them one shared grace period."""
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
         for child in reversed(list(self.children)):
             self.stop(child, grace)
 
@@ -96,7 +100,22 @@ class Supervisor:
         path.write_text(json.dumps({c.name: c.proc.pid for c in self.children}))
 
 
+def stop_child(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a child we started (and its process group), reaping it so it does not linger as a zombie."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # grandchildren left in the group
+
+
 def stop_process(pid: int, grace: float = 10.0) -> None:
+    """Stop a process group we did not start ourselves (e.g. from ``devart down``)."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

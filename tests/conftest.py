@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import Client
 
 from core import db, services
-from core.supervisor import Child, Supervisor, stop_process
+from core.supervisor import Child, Supervisor, stop_child
 from tests.stack import Stack, clear_settings_caches, free_port, require
 
 
@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         sup.stop_all(grace=5)
         if s.temporal is not None:
-            stop_process(s.temporal.pid, grace=5)
+            stop_child(s.temporal, grace=5)
 
 
 @pytest.fixture(scope="session")

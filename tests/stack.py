@@ -12,11 +12,12 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core import db, services, settings
-from core.supervisor import Child, Supervisor, stop_process
+from core.supervisor import Child, Supervisor, stop_child
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_REPO = ROOT / "examples" / "sample-app"
@@ -61,8 +62,7 @@ class Stack:
 
     def restart_temporal(self) -> None:
         if self.temporal is not None:
-            stop_process(self.temporal.pid, grace=10)
-            self.temporal.wait()
+            stop_child(self.temporal, grace=10)
         self.temporal = services.start_temporal(self.temporal_db, port=self.temporal_port, headless=True,
                                                 log_file=self.state / "logs" / "temporal.log")
 
@@ -108,7 +108,7 @@ def register_agent(name: str, capabilities: list[str]) -> str:
         return pool.submit(asyncio.run, _create()).result()
 
 
-def sql(query: str, **params: object) -> list[dict[str, object]]:
+def sql(query: str, **params: object) -> list[dict[str, Any]]:
     """Run a query on the suite's database with a plain synchronous connection (for assertions)."""
     from sqlalchemy import create_engine, text
 

@@ -11,7 +11,8 @@ import asyncio
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
@@ -149,11 +150,18 @@ class PipelineWorkflow:
                 start_to_close_timeout=spec.timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
                 retry_policy=stage_retry_policy(spec),
+                # On cancel, wait for the agent to stop (it learns on its next heartbeat, or the heartbeat times
+                # out) so the sandbox is torn down only once nothing runs in it.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             state.result = result
             state.attempts = result.attempt
             state.status = StageStatus.SUCCEEDED
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):  # the agent acknowledged the run's cancellation
+                state.status = StageStatus.CANCELLED
+                state.error = "cancelled"
+                raise
             state.status = StageStatus.FAILED
             state.error = describe_failure(err)
             state.result = _failed_result(err)

@@ -21,7 +21,7 @@ from core import db, settings
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.errors import DevartError
 from core.events import add_event
-from core.models import Agent, TaskAttempt, utcnow
+from core.models import Agent, Run, TaskAttempt, utcnow
 from core.topology import can_serve
 
 
@@ -49,13 +49,14 @@ async def _refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, s
 
     The caller's transaction is rolled back first: it holds the row lock the record needs.
     """
+    name = agent.name  # read before the rollback expires every loaded object
     await session.rollback()
     async with db.session() as s:
         row = await s.get(TaskAttempt, task_id)
         if row is not None:
             row.late_reports += 1
             add_event(
-                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=agent.name, attempt=row.attempt
+                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
             )
     return TaskRefused(why, status_code)
 
@@ -75,7 +76,8 @@ async def _gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCE
     """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
     if exc.status != RPCStatusCode.NOT_FOUND:
         raise exc
-    row.status, row.finished_at = "superseded", utcnow()
+    run = await session.get(Run, row.run_id)
+    row.status, row.finished_at = ("cancelled" if run and run.status == "cancelled" else "superseded"), utcnow()
     await session.commit()
     why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
     return await _refuse(session, row.id, agent, why)

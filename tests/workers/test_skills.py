@@ -1,0 +1,358 @@
+"""The built-in skills, run for real on ``examples/sample-app`` inside bubblewrap sandboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
+from core.errors import SkillError
+from sandboxes.base import Sandbox
+from workers.skills.base import SkillContext
+from workers.skills.registry import SKILLS, get_skill
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample-app"
+XFAIL_TEST = "tests/test_slug.py::test_slugify_transliterates_accented_letters"
+#: The deliberate ruff findings of the sample: (file, line, code).
+SAMPLE_RUFF = [
+    ("src/textstats/counting.py", 38, "B006"),
+    ("src/textstats/counting.py", 53, "E722"),
+    ("src/textstats/slug.py", 6, "F401"),
+]
+
+Provision = Callable[..., Awaitable[SandboxHandle]]
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    if shutil.which("bwrap") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("bubblewrap (bwrap) is required under CI")
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    from sandboxes.local import LocalSandbox
+
+    return LocalSandbox(tmp_path_factory.mktemp("sandboxes"), isolation="bubblewrap")
+
+
+@pytest.fixture
+async def provision(sandbox: Sandbox) -> AsyncIterator[Provision]:
+    handles: list[SandboxHandle] = []
+
+    async def make(repo: Path = SAMPLE, ref: str | None = None) -> SandboxHandle:
+        handle = await sandbox.provision(f"run-{uuid.uuid4().hex[:8]}", "skills", Source(repo=str(repo), ref=ref),
+                                         SandboxSpec())
+        handles.append(handle)
+        return handle
+
+    yield make
+    for handle in handles:
+        await sandbox.teardown(handle)
+
+
+def task(handle: SandboxHandle, skill: str, inputs: dict[str, Any] | None = None, attempt: int = 1) -> TaskDetail:
+    return TaskDetail(run_id="run-skills", pipeline="skills", stage=skill, skill=skill, requires=[],
+                      inputs=inputs or {}, sandbox=handle, source=Source(repo=str(SAMPLE)),
+                      task_id=uuid.uuid4().hex, attempt=attempt, claim_id=uuid.uuid4().hex, heartbeat_interval=5.0)
+
+
+async def run_skill(sandbox: Sandbox, handle: SandboxHandle, skill: str, inputs: dict[str, Any] | None = None,
+                    attempt: int = 1) -> StageResult:
+    ctx = SkillContext(task(handle, skill, inputs, attempt), sandbox, python=sys.executable)
+    return await get_skill(skill)(ctx)
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=devart", "-c", "user.email=devart@example.com", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+def make_git_sample(top: Path, subdir: str = "") -> Path:
+    """A git copy of the sample (at ``subdir`` of the repository) whose second commit leaves debugging code behind."""
+    repo = top / subdir
+    shutil.copytree(SAMPLE, repo, ignore=shutil.ignore_patterns("__pycache__", ".devart*", "dist", ".*cache"))
+    git(top, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "textstats 0.3.1")
+    slug = repo / "src/textstats/slug.py"
+    lines = slug.read_text().splitlines()
+    lines[17:17] = ['    print("slugify", text)', "    breakpoint()"]  # become lines 18 and 19
+    slug.write_text("\n".join(lines) + "\n")
+    body = "\n".join(f"    total += {i}" for i in range(70))
+    (repo / "src/textstats/report.py").write_text(f'"""Reports."""\n\n\ndef report():\n    total = 0\n{body}\n'
+                                                  "    return total\n")
+    (repo / "tests/test_report.py").write_text('def test_report():\n    print("fine in tests")\n')
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "debugging slugify")
+    return repo
+
+
+@pytest.fixture
+def git_sample(tmp_path: Path) -> Path:
+    return make_git_sample(tmp_path / "repo")
+
+
+async def test_registry_matches_the_builtin_skills() -> None:
+    assert set(SKILLS) == BUILTIN_SKILLS
+    with pytest.raises(SkillError) as caught:
+        get_skill("deploy")
+    assert caught.value.error_type == "SkillNotFound" and caught.value.non_retryable
+
+
+async def test_build_makes_a_wheel_and_imports_it_from_a_fresh_venv(sandbox: Sandbox, provision: Provision) -> None:
+    handle = await provision()
+    result = await run_skill(sandbox, handle, "build")
+    out = result.output
+    assert result.status == "succeeded"
+    assert out["wheel"] == "textstats-0.3.1-py3-none-any.whl"
+    assert out["top_level"] == ["textstats"]
+    assert out["size_bytes"] > 1000
+    assert out["venv_python"] == ".".join(map(str, sys.version_info[:3]))
+    assert "/.devart-venv/" in out["modules"]["textstats"]  # imported from the wheel, not the checkout
+    assert set(out["step_seconds"]) >= {"venv", "build", "install", "verify"}
+    assert result.usage.sandbox_cpu_seconds > 0
+
+
+async def test_build_failure_is_not_retryable(sandbox: Sandbox, provision: Provision, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[build-system\nrequires = \n")
+    handle = await provision(tmp_path)
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "build")
+    assert caught.value.error_type == "BuildFailed" and caught.value.non_retryable
+    assert caught.value.output["failed_step"] == "build"
+    assert "pyproject.toml" in caught.value.log_tail
+
+
+async def test_test_reports_the_sample_suite(sandbox: Sandbox, provision: Provision) -> None:
+    result = await run_skill(sandbox, await provision(), "test", {"pytest_args": ""})
+    out = result.output
+    assert (out["passed"], out["failed"], out["errors"], out["skipped"], out["xfailed"], out["total"]) == (
+        18, 0, 0, 1, 1, 20)
+    assert result.summary.startswith("18 passed, 1 skipped, 1 xfailed in ")
+    assert out["failures"] == []
+
+
+async def test_runxfail_turns_the_known_bug_into_a_failure(sandbox: Sandbox, provision: Provision) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(), "test", {"pytest_args": "--runxfail"})
+    error = caught.value
+    assert error.error_type == "TestsFailed" and error.non_retryable
+    assert (error.output["passed"], error.output["failed"], error.output["skipped"]) == (18, 1, 1)
+    assert str(error).startswith("tests failed: 18 passed, 1 failed, 1 skipped in ")
+    [failure] = error.output["failures"]
+    assert failure["test"] == XFAIL_TEST
+    assert "creme-brulee" in failure["message"]
+    assert "test_slugify_transliterates_accented_letters" in error.log_tail
+
+
+async def test_no_tests_collected_succeeds_with_zero(sandbox: Sandbox, provision: Provision) -> None:
+    result = await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test"})
+    assert result.output["total"] == 0 and result.output["exit_code"] == 5
+    assert result.summary == "no tests were collected"
+
+
+async def test_pytest_usage_error_is_retryable(sandbox: Sandbox, provision: Provision) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(), "test", {"pytest_args": "--no-such-option"})
+    assert caught.value.error_type == "TestRunError" and not caught.value.non_retryable
+
+
+async def test_lint_finds_the_deliberate_findings(sandbox: Sandbox, provision: Provision) -> None:
+    result = await run_skill(sandbox, await provision(), "lint")
+    found = [(f["file"], f["line"], f["code"]) for f in result.output["findings"]]
+    assert found == SAMPLE_RUFF
+    assert result.output["counts"] == {"B006": 1, "E722": 1, "F401": 1}
+    assert result.summary == "3 ruff findings (B006, E722, F401)"
+
+
+async def test_lint_can_fail_on_findings(sandbox: Sandbox, provision: Provision) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(), "lint", {"fail_on_findings": "true"})
+    assert caught.value.error_type == "LintFailed" and caught.value.non_retryable
+    assert caught.value.output["total"] == 3
+
+
+async def test_review_without_history_reviews_every_file(sandbox: Sandbox, provision: Provision) -> None:
+    result = await run_skill(sandbox, await provision(), "review")
+    out = result.output
+    assert out["reviewer"] == "static" and out["mode"] == "files"
+    ruff = {(f["file"], f["line"], f["rule"]) for f in out["findings"] if f["source"] == "ruff"}
+    assert ruff == set(SAMPLE_RUFF)
+    assert ("src/textstats/slug.py", 16, "todo") in {(f["file"], f["line"], f["rule"]) for f in out["findings"]}
+    assert result.summary == "4 findings (0 errors, 3 warnings)"
+
+
+async def test_review_flags_debugging_code_added_by_the_last_commit(
+        sandbox: Sandbox, provision: Provision, git_sample: Path) -> None:
+    # Given a repository whose last commit adds a print(), a breakpoint() and a 73-line function
+    handle = await provision(git_sample)
+    # When it is reviewed against HEAD~1 (the default)
+    result = await run_skill(sandbox, handle, "review")
+    out = result.output
+    # Then the added lines are flagged where they are, first, and the old ruff findings follow
+    assert out["mode"] == "diff" and out["base"] == "HEAD~1"
+    flagged = [(f["file"], f["line"], f["rule"], f["source"]) for f in out["findings"] if f["in_diff"]]
+    assert ("src/textstats/slug.py", 18, "debug-print", "diff") in flagged
+    assert ("src/textstats/slug.py", 19, "debugger", "diff") in flagged
+    assert ("src/textstats/report.py", 4, "long-function", "diff") in flagged
+    assert not [f for f in out["findings"] if f["file"] == "tests/test_report.py"]
+    assert out["findings"][0]["severity"] == "error"
+    old = [(f["file"], f["line"], f["rule"]) for f in out["findings"] if f["source"] == "ruff"]
+    assert sorted(old) == SAMPLE_RUFF
+    assert all(not f["in_diff"] for f in out["findings"] if f["source"] == "ruff")
+
+
+async def test_review_of_a_sub_directory_checkout_sees_only_its_changes(
+        sandbox: Sandbox, provision: Provision, tmp_path: Path) -> None:
+    # Given the sample in a sub-directory of a repository, checked out at a ref (the whole repository is cloned)
+    app = make_git_sample(tmp_path / "mono", "packages/textstats")
+    (tmp_path / "mono" / "debug.py").write_text("print('outside the app')\n")
+    git(tmp_path / "mono", "add", "-A")
+    git(tmp_path / "mono", "commit", "-q", "-m", "debug outside the app")
+    handle = await provision(app, "main")
+    # When it is reviewed against the commit before the debugging one
+    result = await run_skill(sandbox, handle, "review", {"base": "HEAD~2"})
+    # Then paths are relative to the sub-directory and changes outside it are left out
+    flagged = {(f["file"], f["line"], f["rule"]) for f in result.output["findings"] if f["in_diff"]}
+    assert {("src/textstats/slug.py", 18, "debug-print"), ("src/textstats/slug.py", 19, "debugger")} <= flagged
+    assert not [f for f in result.output["findings"] if "debug.py" in f["file"]]
+
+
+async def test_review_with_an_unknown_base_is_refused(
+        sandbox: Sandbox, provision: Provision, git_sample: Path) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(git_sample), "review", {"base": "no-such-branch"})
+    assert caught.value.error_type == "InvalidInput"
+
+
+class _FakeOpenAI(BaseHTTPRequestHandler):
+    requests: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(body)
+        answer = {"findings": [{"file": "src/textstats/slug.py", "line": 18, "severity": "warning",
+                                "message": "slugify prints its input on every call"}]}
+        reply = json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": json.dumps(answer)}}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+async def test_review_merges_model_findings_and_counts_tokens(
+        sandbox: Sandbox, provision: Provision, git_sample: Path, fake_openai: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai)
+    result = await run_skill(sandbox, await provision(git_sample), "review", {"model": "review-model"})
+    assert result.output["reviewer"] == "model"
+    assert result.usage.model_tokens == {"review-model": 42}
+    model = [f for f in result.output["findings"] if f["source"] == "model"]
+    assert model == [{"file": "src/textstats/slug.py", "line": 18, "severity": "warning", "rule": "model",
+                      "message": "slugify prints its input on every call", "source": "model", "in_diff": True}]
+    sent = _FakeOpenAI.requests[-1]
+    assert sent["response_format"] == {"type": "json_object"}
+    assert "breakpoint()" in sent["messages"][1]["content"]  # the diff went to the model
+
+
+async def test_review_falls_back_to_static_when_the_model_fails(
+        sandbox: Sandbox, provision: Provision, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # discard port: nothing listens
+    result = await run_skill(sandbox, await provision(), "review")
+    assert result.status == "succeeded" and result.output["reviewer"] == "static"
+    assert "model review unavailable" in result.summary
+    assert result.usage.model_tokens == {}
+    assert len(result.output["findings"]) == 4
+
+
+async def test_shell_runs_in_the_workspace(sandbox: Sandbox, provision: Provision) -> None:
+    handle = await provision()
+    result = await run_skill(sandbox, handle, "shell", {"command": "pwd && test -f pyproject.toml"})
+    assert result.output["exit_code"] == 0
+    assert handle.workspace in result.log_tail
+    listed = await run_skill(sandbox, handle, "shell", {"argv": ["ls", "src"]})
+    assert "textstats" in listed.log_tail
+
+
+async def test_shell_failure_is_retryable_unless_told_otherwise(sandbox: Sandbox, provision: Provision) -> None:
+    handle = await provision()
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "shell", {"command": "echo broken; exit 3"})
+    assert caught.value.error_type == "CommandFailed" and not caught.value.non_retryable
+    assert caught.value.output["exit_code"] == 3 and "broken" in caught.value.log_tail
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "shell", {"command": "exit 1", "retryable": False})
+    assert caught.value.non_retryable
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "shell", {})
+    assert caught.value.error_type == "InvalidInput"
+
+
+async def test_noop_fails_the_first_attempts_then_succeeds(sandbox: Sandbox, provision: Provision) -> None:
+    handle = await provision()
+    for attempt in (1, 2):
+        with pytest.raises(SkillError) as caught:
+            await run_skill(sandbox, handle, "noop", {"fail_attempts": 2}, attempt=attempt)
+        assert caught.value.error_type == "Transient" and not caught.value.non_retryable
+        assert f"attempt {attempt}" in str(caught.value)
+    result = await run_skill(sandbox, handle, "noop", {"fail_attempts": 2}, attempt=3)
+    assert result.status == "succeeded"
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "noop", {"fail_attempts": 1, "fail_type": "Fatal", "non_retryable": True})
+    assert caught.value.error_type == "Fatal" and caught.value.non_retryable
+
+
+async def test_noop_runs_its_command_inside_the_sandbox(sandbox: Sandbox, provision: Provision) -> None:
+    handle = await provision()
+    probe = f"{SAMPLE}/devart-probe-{uuid.uuid4().hex}"  # the host tree is read-only in the sandbox
+    command = f"pwd; touch {probe} 2>/dev/null || echo read-only"
+    result = await run_skill(sandbox, handle, "noop", {"sandbox_command": command})
+    assert result.output["command_output"].splitlines() == [handle.workspace, "read-only"]
+    assert not Path(probe).exists()
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, handle, "noop", {"sandbox_command": "exit 7"})
+    assert caught.value.error_type == "CommandFailed"
+
+
+@pytest.mark.parametrize("inputs", [{"sleep": 30}, {"sandbox_command": "sleep 30"}], ids=["sleep", "command"])
+async def test_noop_is_cancelled_promptly(sandbox: Sandbox, provision: Provision, inputs: dict[str, Any]) -> None:
+    handle = await provision()
+    running = asyncio.create_task(run_skill(sandbox, handle, "noop", inputs))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert time.monotonic() - started < 2.0

@@ -1,0 +1,32 @@
+"""The built-in skills by name."""
+
+from __future__ import annotations
+
+from core.contracts import BUILTIN_SKILLS
+from core.errors import SkillError
+from workers.skills import build, lint, noop, review, shell, test
+from workers.skills.base import Skill
+
+SKILLS: dict[str, Skill] = {
+    "build": build.run,
+    "test": test.run,
+    "lint": lint.run,
+    "review": review.run,
+    "shell": shell.run,
+    "noop": noop.run,
+}
+assert set(SKILLS) == BUILTIN_SKILLS, "core.contracts.BUILTIN_SKILLS and the registry disagree"
+
+
+def get_skill(name: str) -> Skill:
+    """The skill called ``name``.
+
+    Raises:
+        SkillError: ``SkillNotFound`` (not retryable) when no such skill exists.
+    """
+    try:
+        return SKILLS[name]
+    except KeyError:
+        known = ", ".join(sorted(SKILLS))
+        raise SkillError(f"unknown skill {name!r} (known skills: {known})", error_type="SkillNotFound",
+                         non_retryable=True) from None
