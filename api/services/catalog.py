@@ -62,6 +62,7 @@ async def publish(session: AsyncSession, data: dict) -> PipelineDefinition:
     version = max(current or 0, builtin.version if builtin else 0) + 1
     definition = definition.model_copy(update={"version": version})
     session.add(PipelineVersion(name=definition.name, version=version, definition=definition.model_dump(mode="json")))
+    await session.commit()  # before the response: the next request must see the new version
     return definition
 
 

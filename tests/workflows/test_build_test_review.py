@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 from temporalio.api.enums.v1 import EventType
@@ -14,8 +16,34 @@ from temporalio.client import Client
 from tests.helpers import start, wait_run
 from tests.stack import SAMPLE_REPO, Stack
 
+#: Set to re-record the histories that test_replay.py replays (after an intended workflow change).
+RECORD = os.environ.get("DEVART_RECORD_HISTORIES") == "1"
+HISTORIES = Path(__file__).parent / "histories"
+
 #: The sample's own suite, counted by hand: see examples/sample-app/tests.
 SAMPLE_PASSED, SAMPLE_SKIPPED, SAMPLE_XFAILED = 18, 1, 1
+
+
+def scrubbed(history_json: str, stack: Stack) -> str:
+    """The history with this machine's folders replaced by neutral ones (payloads are base64-encoded JSON)."""
+    root = str(Path(__file__).resolve().parents[2])
+    swaps = [(str(stack.state), "/var/lib/devart"), (root, "/srv/devart"), (sys.prefix, "/srv/devart/.venv")]
+
+    def walk(node: object) -> object:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            data = out.get("data")
+            if isinstance(data, str):
+                text = base64.b64decode(data).decode("utf-8", errors="surrogateescape")
+                for old, new in swaps:
+                    text = text.replace(old, new)
+                out["data"] = base64.b64encode(text.encode("utf-8", errors="surrogateescape")).decode()
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return json.dumps(walk(json.loads(history_json)), indent=1)
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,10 +75,12 @@ async def test_build_test_review_on_the_sample(
     history = await temporal.get_workflow_handle(run_id).fetch_history()
     completed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
     payloads = [p.data for e in completed for p in e.activity_task_completed_event_attributes.result.payloads]
+    if RECORD:
+        (HISTORIES / "build-test-review-succeeded.json").write_text(scrubbed(history.to_json(), stack))
     assert sum(b'"skill"' not in p and b'"passed":18' in p.replace(b" ", b"") for p in payloads) == 1
 
 
-async def test_failing_test_fails_the_run_through_the_cli(stack: Stack, pool: dict) -> None:
+async def test_failing_test_fails_the_run_through_the_cli(stack: Stack, pool: dict, temporal: Client) -> None:
     done = cli(stack, "run", "build-test-review", "--repo", str(SAMPLE_REPO), "-p", "pytest_args=--runxfail",
                "--wait", "--json")
     assert done.returncode == 1, done.stderr
@@ -61,3 +91,6 @@ async def test_failing_test_fails_the_run_through_the_cli(stack: Stack, pool: di
     assert "TestsFailed" in stages["test"]["error"]
     assert len(stages["test"]["attempt_log"]) == 1  # TestsFailed is not retried
     assert stages["review"]["status"] == "skipped" and stages["lint"]["status"] == "succeeded"
+    if RECORD:
+        history = await temporal.get_workflow_handle(run["run_id"]).fetch_history()
+        (HISTORIES / "build-test-review-failed.json").write_text(scrubbed(history.to_json(), stack))
