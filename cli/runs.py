@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from cli.output import api_call, console, fail
@@ -59,7 +60,7 @@ def stage_table(run: dict[str, Any]) -> Table:
             f"[{STYLE.get(s['status'], '')}]{s['status']}[/]",
             str(s.get("attempts") or len(s.get("attempt_log", [])) or ""),
             result.get("agent") or "",
-            summary[:100],
+            escape(summary[:100]),
         )
     return table
 
@@ -110,7 +111,8 @@ def _print_results(run: dict[str, Any]) -> None:
         output = (s.get("result") or {}).get("output") or {}
         figures = {k: v for k, v in output.items() if isinstance(v, int | float | str) and k != "attempt"}
         if figures:
-            console.print(f"[bold]{s['name']}[/]: " + ", ".join(f"{k}={v}" for k, v in list(figures.items())[:8]))
+            shown = ", ".join(f"{k}={v}" for k, v in list(figures.items())[:8])
+            console.print(f"[bold]{s['name']}[/]: " + escape(shown))
         for finding in (output.get("findings") or [])[:10]:
             console.print(
                 f"   {finding.get('file')}:{finding.get('line')} [{finding.get('severity')}] "

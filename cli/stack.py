@@ -11,6 +11,7 @@ import threading
 from urllib.parse import urlparse
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, fail
@@ -121,7 +122,7 @@ def _print_addresses(api_url: str, logs: os.PathLike[str]) -> None:
         urlparse(settings.amqp().amqp_url)._replace(netloc=urlparse(settings.amqp().amqp_url).hostname or "").geturl()
         + "  (management UI on :15672 if enabled)",
     )
-    table.add_row("Agents", ", ".join(f"{n} [{','.join(c)}]" for n, c in DEFAULT_POOL.items()))
+    table.add_row("Agents", escape(", ".join(f"{n} [{','.join(c)}]" for n, c in DEFAULT_POOL.items())))
     table.add_row("Logs", str(logs))
     console.print(table)
 

