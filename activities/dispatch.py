@@ -87,7 +87,7 @@ class Dispatcher:
             "late_reports": 0,
             "created_at": utcnow(),
             "heartbeat_timeout": info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else 30.0,
-            "input": inp.model_dump(mode="json"),
+            "input": inp.model_dump(mode="json"), "wait_timeout": inp.wait_timeout, "waiting_reason": None,
         }
         async with db.session() as s:
             # Older attempts still open lost their activity to a timeout: fence them off.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from core import db
+from core import db, settings
 from core.models import Agent, utcnow
 from core.security import key_prefix, verify
 
@@ -32,10 +33,14 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 
 
-async def _current_agent(
+async def _identified_agent(
     session: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Agent:
-    """401 for a missing, malformed or unknown key; 403 for a deactivated agent. Timing does not tell which."""
+    """The agent the key belongs to, active or not; 401 for a missing, malformed or unknown key.
+
+    The key's prefix finds the row and the hash is compared in constant time; an unknown prefix is compared
+    against a dummy hash, so timing does not tell a wrong key from an unknown one.
+    """
     key = creds.credentials if creds else ""
     prefix = key_prefix(key)
     agent = None
@@ -43,11 +48,32 @@ async def _current_agent(
         agent = (await session.exec(select(Agent).where(Agent.key_prefix == prefix))).first()
     if not verify(key, agent.key_hash if agent else None) or agent is None:
         raise HTTPException(401, "unknown or malformed agent key", headers={"WWW-Authenticate": "Bearer"})
-    if not agent.active:
-        raise HTTPException(403, f"agent {agent.name} is deactivated")
     agent.last_seen_at = utcnow()
     session.add(agent)
     return agent
 
 
+IdentifiedAgent = Annotated[Agent, Depends(_identified_agent)]
+
+
+async def _current_agent(agent: IdentifiedAgent) -> Agent:
+    """An active agent; 403 for a deactivated one (it may still finish the task it holds, see the task routes)."""
+    if not agent.active:
+        raise HTTPException(403, f"agent {agent.name} is deactivated")
+    return agent
+
+
 CurrentAgent = Annotated[Agent, Depends(_current_agent)]
+
+
+def _admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Administrator routes need ``DEVART_ADMIN_TOKEN``; without one configured they are closed."""
+    token = settings.admin().admin_token
+    if not token:
+        raise HTTPException(403, "administration is disabled: set DEVART_ADMIN_TOKEN on the API")
+    given = creds.credentials if creds else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(401, "wrong or missing administrator token", headers={"WWW-Authenticate": "Bearer"})
+
+
+AdminDep = Depends(_admin)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.services.dlq import DeadLetterNotFound
 from api.services.runs import RunConflict
 from api.services.tasks import TaskNotFound, TaskRefused
+from core.agents import AgentExists, AgentNotFound
 from core.errors import InvalidPipeline, PipelineNotFound, RunNotFound, ServiceUnavailable
 
 
@@ -18,11 +20,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PipelineNotFound)
     @app.exception_handler(RunNotFound)
     @app.exception_handler(TaskNotFound)
+    @app.exception_handler(AgentNotFound)
+    @app.exception_handler(DeadLetterNotFound)
     async def _missing(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(RunConflict)
-    async def _conflict(_: Request, exc: RunConflict) -> JSONResponse:
+    @app.exception_handler(AgentExists)
+    async def _conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(TaskRefused)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,10 +37,13 @@ class AttemptView(BaseModel):
     finished_at: datetime | None
     error: str | None
     late_reports: int
+    waiting_reason: str | None = None
 
 
 class StageView(StageState):
     attempt_log: list[AttemptView] = Field(default_factory=list)
+    waiting: str | None = Field(default=None, description="Why the stage's task is not being worked on, if so.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class RunView(BaseModel):
@@ -101,3 +104,53 @@ class FailRequest(BaseModel):
 
 class CancelledRequest(BaseModel):
     claim_id: str
+
+
+class ReleaseRequest(BaseModel):
+    claim_id: str
+    reason: str = Field(default="agent is shutting down", max_length=500)
+
+
+class KeepaliveRequest(BaseModel):
+    status: Literal["idle", "busy", "draining", "offline"]
+    skills: list[str] = Field(default_factory=list, description="Skills this agent can run (custom ones included).")
+
+
+class KeepaliveReply(BaseModel):
+    active: bool
+    handback: bool = Field(description="Deactivated with hand-back: release the current task now.")
+
+
+class AgentCreate(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    capabilities: list[str] = Field(min_length=1)
+    owner: str = "admin"
+
+
+class AgentCreated(BaseModel):
+    name: str
+    capabilities: list[str]
+    key: str = Field(description="The agent's API key. Shown once; only its hash is stored.")
+
+
+class SkillStats(BaseModel):
+    skill: str
+    tasks: int
+    successes: int
+    success_rate: float
+    mean_seconds: float
+    cost: float
+
+
+class AgentView(BaseModel):
+    name: str
+    capabilities: list[str]
+    skills: list[str]
+    active: bool
+    status: str
+    current_task: str | None
+    owner: str
+    key_prefix: str
+    created_at: datetime
+    last_seen_at: datetime | None
+    stats: list[SkillStats] = Field(default_factory=list)

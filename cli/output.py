@@ -19,9 +19,22 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def api_call(method: str, path: str, **kwargs: Any) -> Any:
+def admin_token() -> str:
+    """DEVART_ADMIN_TOKEN, or the token ``devart up`` generated in the state folder."""
+    token = settings.admin().admin_token
+    stored = settings.state().root / "admin-token"
+    if not token and stored.exists():
+        token = stored.read_text().strip()
+    if not token:
+        fail("no administrator token: set DEVART_ADMIN_TOKEN (devart up writes one to <DEVART_HOME>/admin-token)")
+    return token
+
+
+def api_call(method: str, path: str, *, admin: bool = False, **kwargs: Any) -> Any:
     """Call the API; any refusal becomes a CLI error line naming the problem, and exit code 1 (2 if unreachable)."""
     url = settings.api().url.rstrip("/")
+    if admin:
+        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {admin_token()}"}
     try:
         response = httpx.request(method, url + path, timeout=30.0, **kwargs)
     except httpx.TransportError:

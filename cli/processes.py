@@ -10,9 +10,10 @@ import typer
 from cli.output import console, fail
 from core import db, settings
 from core.errors import DevartError
+from devart_sdk import load
+from workers.skills.base import Skill
 
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
-agents_app = typer.Typer(no_args_is_help=True, help="Agent registry.")
 
 
 def api(
@@ -39,21 +40,32 @@ def worker() -> None:
 
 def agent(
     name: str = typer.Option(..., help="The agent's registered name."),
-    capabilities: str = typer.Option(..., help="Comma-separated capabilities, e.g. python,test."),
+    capabilities: str = typer.Option("", help="Comma-separated capabilities, e.g. python,test."),
     key: str = typer.Option(None, envvar="DEVART_AGENT_KEY", help="The agent's API key."),
     concurrency: int = typer.Option(1, min=1, help="Tasks run at once."),
+    module: list[str] = typer.Option([], "--module", help="Python module with an AgentApp of custom skills."),
 ) -> None:
     """Run an agent that consumes every lane its capabilities can serve."""
     if not key:
         fail("no agent key: pass --key or set DEVART_AGENT_KEY (`devart agents create NAME` prints one)")
     caps = [c.strip() for c in capabilities.split(",") if c.strip()]
+    custom: dict[str, Skill] = {}
+    for module_name in module:
+        try:
+            app = load(module_name)
+        except (ImportError, ValueError) as exc:
+            fail(f"cannot load agent module {module_name!r}: {exc}")
+        custom.update(app.runners())
+        caps += app.capabilities
+    if not caps:
+        fail("the agent has no capabilities: pass --capabilities or --module")
     try:
-        asyncio.run(_run_agent(name, caps, key, concurrency))
+        asyncio.run(_run_agent(name, sorted(set(caps)), key, concurrency, custom))
     except DevartError as exc:
         fail(str(exc))
 
 
-async def _run_agent(name: str, caps: list[str], key: str, concurrency: int) -> None:
+async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, custom: dict[str, Skill]) -> None:
     from core.topology import Topology
     from sandboxes.factory import get_sandbox
     from workers.agent import Agent
@@ -89,20 +101,3 @@ def upgrade() -> None:
     """Apply the schema migrations."""
     db.upgrade()
     console.print("database schema is up to date")
-
-
-@agents_app.command("create")
-def create_agent(
-    name: str,
-    capabilities: str = typer.Option(..., help="Comma-separated capabilities."),
-) -> None:
-    """Register an agent (or re-key an existing one) and print its key once."""
-    from core.agents import create_or_rotate
-
-    async def _create() -> str:
-        async with db.session() as s:
-            return await create_or_rotate(s, name, capabilities.split(","))
-
-    db.upgrade()
-    key = asyncio.run(_create())
-    console.print(f"agent {name} registered; its key (shown once, store it now):\n{key}")

@@ -54,7 +54,9 @@ def stage_table(run: dict[str, Any]) -> Table:
         table.add_column(col)
     for s in run["stages"]:
         result = s.get("result") or {}
-        summary = result.get("summary") or s.get("error") or ""
+        summary = result.get("summary") or s.get("error") or s.get("waiting") or ""
+        if s.get("warnings"):
+            summary = f"[!] {'; '.join(s['warnings'])} · {summary}"
         table.add_row(
             s["name"],
             f"[{STYLE.get(s['status'], '')}]{s['status']}[/]",

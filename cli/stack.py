@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import signal
 import threading
+from pathlib import Path
 from urllib.parse import urlparse
 
 import typer
@@ -74,7 +76,9 @@ def up(
         keys = asyncio.run(_register_pool())
     except DevartError as exc:
         fail(str(exc))
-    sup = Supervisor(logs, env={"DATABASE_URL": url, "DEVART_HOME": str(state)})
+    sup = Supervisor(
+        logs, env={"DATABASE_URL": url, "DEVART_HOME": str(state), "DEVART_ADMIN_TOKEN": _admin_token(state)}
+    )
     try:
         api_child = sup.api(api_cfg.host, api_cfg.port)
         sup.wait_healthy(api_cfg.url, api_child)
@@ -101,6 +105,18 @@ def up(
     sup.stop_all()
     if started_temporal is not None:
         stop_child(started_temporal)
+
+
+def _admin_token(state: Path) -> str:
+    """DEVART_ADMIN_TOKEN, or one generated once and kept (mode 0600) in the state folder for the CLI."""
+    token = settings.admin().admin_token
+    if token:
+        return token
+    stored = state / "admin-token"
+    if not stored.exists():
+        stored.touch(mode=0o600)
+        stored.write_text(secrets.token_urlsafe(32))
+    return stored.read_text().strip()
 
 
 def _api_healthy(url: str) -> bool:

@@ -1,25 +1,117 @@
-"""The agent registry: create agents and issue their keys (the full key is returned once, never stored)."""
+"""The agent registry: create agents, issue and rotate their keys (shown once, stored hashed), (de)activate.
+
+Used by the API's admin routes, ``devart up`` (for its default pool) and the test suite, so every path that
+creates an agent stores the key the same way.
+"""
 
 from __future__ import annotations
 
-from sqlmodel import select
+from datetime import timedelta
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.errors import DevartError
 from core.events import add_event
-from core.models import Agent
+from core.models import Agent, AgentSkillStat, utcnow
 from core.security import generate_key
+
+#: An agent that has not called the API for this long is shown offline, whatever it last said.
+OFFLINE_AFTER = timedelta(seconds=30)
+
+
+class AgentNotFound(DevartError):
+    """No agent of that name is registered."""
+
+
+class AgentExists(DevartError):
+    """An agent of that name is already registered."""
+
+
+def _caps(capabilities: list[str]) -> list[str]:
+    return sorted({c.strip() for c in capabilities if c.strip()})
+
+
+async def get(session: AsyncSession, name: str) -> Agent:
+    agent = (await session.exec(select(Agent).where(Agent.name == name))).first()
+    if agent is None:
+        raise AgentNotFound(f"agent '{name}' not found")
+    return agent
+
+
+async def create(session: AsyncSession, name: str, capabilities: list[str], owner: str = "admin") -> str:
+    """Register a new agent and return its key (the only time it is ever visible)."""
+    if (await session.exec(select(Agent).where(Agent.name == name))).first() is not None:
+        raise AgentExists(f"agent '{name}' already exists; rotate its key instead (rotate-key)")
+    key, prefix, digest = generate_key()
+    caps = _caps(capabilities)
+    session.add(Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner))
+    add_event(session, "agent.created", f"agent {name} created", agent=name, capabilities=caps)
+    return key
 
 
 async def create_or_rotate(session: AsyncSession, name: str, capabilities: list[str], owner: str = "system") -> str:
-    """Create the agent (or give an existing one new capabilities and a new key) and return the key."""
-    key, prefix, digest = generate_key()
-    caps = sorted({c.strip() for c in capabilities if c.strip()})
+    """Create the agent, or give an existing one these capabilities and a new key; returns the key."""
     agent = (await session.exec(select(Agent).where(Agent.name == name))).first()
     if agent is None:
-        session.add(Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner))
-        add_event(session, "agent.created", f"agent {name} created", agent=name, capabilities=caps)
-    else:
-        agent.capabilities, agent.key_prefix, agent.key_hash, agent.active = caps, prefix, digest, True
-        session.add(agent)
-        add_event(session, "agent.key_rotated", f"agent {name} got a new key", agent=name, capabilities=caps)
+        return await create(session, name, capabilities, owner)
+    agent.capabilities, agent.active = _caps(capabilities), True
+    return await rotate_key(session, name, agent)
+
+
+async def rotate_key(session: AsyncSession, name: str, agent: Agent | None = None) -> str:
+    """Issue a new key; the old one stops working at once."""
+    agent = agent or await get(session, name)
+    key, prefix, digest = generate_key()
+    agent.key_prefix, agent.key_hash = prefix, digest
+    session.add(agent)
+    add_event(session, "agent.key_rotated", f"agent {name} got a new key", agent=name)
     return key
+
+
+async def set_active(session: AsyncSession, name: str, active: bool, *, handback: bool = False) -> Agent:
+    """(De)activate. A deactivated agent stops taking tasks within seconds; ``handback`` also returns its task."""
+    agent = await get(session, name)
+    agent.active = active
+    if not active and handback:
+        agent.status = "draining"
+    session.add(agent)
+    kind = "agent.activated" if active else "agent.deactivated"
+    add_event(session, kind, f"agent {name} {'activated' if active else 'deactivated'}", agent=name,
+              handback=handback)
+    return agent
+
+
+async def remove(session: AsyncSession, name: str) -> None:
+    agent = await get(session, name)
+    await session.delete(agent)
+    add_event(session, "agent.removed", f"agent {name} removed", agent=name)
+
+
+async def list_agents(session: AsyncSession) -> list[Agent]:
+    return list((await session.exec(select(Agent).order_by(col(Agent.name)))).all())
+
+
+def effective_status(agent: Agent) -> str:
+    """What the agent is doing now: its reported status, or offline when it has gone silent."""
+    if agent.last_seen_at is None or utcnow() - agent.last_seen_at > OFFLINE_AFTER:
+        return "offline"
+    return agent.status
+
+
+async def stats(session: AsyncSession, name: str) -> list[AgentSkillStat]:
+    return list((await session.exec(select(AgentSkillStat).where(AgentSkillStat.agent == name))).all())
+
+
+async def record_outcome(session: AsyncSession, agent: str, skill: str, succeeded: bool, seconds: float,
+                         cost: float = 0.0) -> None:
+    """Add one finished task to the agent's per-skill counters (atomically, in the caller's transaction)."""
+    stmt = insert(AgentSkillStat).values(agent=agent, skill=skill, tasks=1, successes=int(succeeded),
+                                         total_seconds=seconds, cost=cost)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["agent", "skill"],
+        set_={"tasks": AgentSkillStat.tasks + 1, "successes": AgentSkillStat.successes + int(succeeded),
+              "total_seconds": AgentSkillStat.total_seconds + seconds, "cost": AgentSkillStat.cost + cost},
+    )
+    await session.exec(stmt)  # type: ignore[call-overload]

@@ -50,8 +50,23 @@ class SandboxSpec(Strict):
     cpu: float = Field(default=1.0, gt=0, description="CPU cores.")
     memory_mb: int = Field(default=1024, ge=32, description="Memory limit in MiB.")
     pids: int = Field(default=512, ge=8, description="Maximum number of processes.")
+    disk_mb: int = Field(default=2048, ge=16, description="Workspace size limit in MiB.")
+    timeout: timedelta = Field(default=timedelta(minutes=30), description="Wall-clock limit of one command.")
     network: Literal["none", "egress"] = Field(default="none", description="Outbound network access.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every command.")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variables filled at exec time from the executing process's environment: NAME -> env:VAR. "
+        "Only the reference travels in history and messages, never the value.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _references(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not ref.startswith("env:") or len(ref) <= 4:
+                raise ValueError(f"secret '{name}' must reference an environment variable as 'env:NAME', got {ref!r}")
+        return value
 
 
 class StageSpec(Strict):
@@ -64,6 +79,9 @@ class StageSpec(Strict):
     inputs: dict[str, Any] = Field(default_factory=dict, description="Skill inputs; ${param} is substituted.")
     timeout: timedelta = Field(default=timedelta(minutes=10), description="Start-to-close timeout of a task.")
     heartbeat_timeout: timedelta = Field(default=timedelta(seconds=30), description="A silent agent is dead.")
+    wait_timeout: timedelta = Field(
+        default=timedelta(minutes=10), description="How long a task may wait while no active agent can serve it."
+    )
     retry: RetrySpec = Field(default_factory=RetrySpec)
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
 
@@ -157,6 +175,9 @@ class SandboxHandle(Strict):
 
     backend: str
     id: str
+    isolated: bool = Field(default=True, description="False when the operator chose to run without isolation.")
+    run_id: str = Field(default="", description="The run the sandbox belongs to (for sweeping).")
+    created_at: datetime | None = Field(default=None, description="When it was provisioned (for sweeping).")
     workspace: str = Field(description="Path of the repository checkout as commands see it.")
     spec: SandboxSpec = Field(default_factory=SandboxSpec)
 
@@ -183,6 +204,7 @@ class AgentTaskInput(Strict):
     inputs: dict[str, Any]
     sandbox: SandboxHandle
     source: Source
+    wait_timeout: float = Field(default=600.0, description="Seconds the task may wait with no agent able to serve it.")
 
 
 class AgentTaskMessage(Strict):

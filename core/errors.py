@@ -29,7 +29,12 @@ class ServiceUnavailable(DevartError):
 
 
 class SandboxError(DevartError):
-    """A sandbox could not be provisioned, used or torn down."""
+    """A sandbox could not be provisioned, used or torn down; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False, reason: str = "SandboxError") -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.reason = reason
 
 
 class SandboxUnavailable(SandboxError):

@@ -36,6 +36,9 @@ class Agent(SQLModel, table=True):
     key_hash: str
     active: bool = True
     owner: str = "system"
+    status: str = Field(default="offline", description="idle|busy|draining|offline (offline also when silent).")
+    current_task: str | None = None
+    skills: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"))
     created_at: datetime = _created()
     last_seen_at: datetime | None = _ts(nullable=True)
 
@@ -71,6 +74,8 @@ class TaskAttempt(SQLModel, table=True):
     skill: str
     task_token: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     heartbeat_timeout: float = 30.0
+    wait_timeout: float = 600.0
+    waiting_reason: str | None = None
     input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="queued", description="queued|claimed|succeeded|failed|superseded|cancelled")
     claimed_by: str | None = None
@@ -115,3 +120,29 @@ class Lane(SQLModel, table=True):
     name: str = Field(primary_key=True)
     requires: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = _created()
+
+
+class AgentSkillStat(SQLModel, table=True):
+    """Per agent and skill: how many tasks, how many succeeded, how long they took, what they cost."""
+
+    __tablename__ = "agent_skill_stats"
+    agent: str = Field(primary_key=True)
+    skill: str = Field(primary_key=True)
+    tasks: int = 0
+    successes: int = 0
+    total_seconds: float = 0.0
+    cost: float = 0.0
+
+
+class DeadLetter(SQLModel, table=True):
+    """A task message RabbitMQ dead-lettered (unreadable, wrong schema, over the delivery limit)."""
+
+    __tablename__ = "dead_letters"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    lane: str | None = None
+    reason: str
+    message_id: str | None = None
+    headers: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    body: str
+    created_at: datetime = _created()
+    redriven_at: datetime | None = _ts(nullable=True)

@@ -40,8 +40,11 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
     return ".".join(parts)
 
 
-def parse(data: Any, *, source: str = "<input>") -> PipelineDefinition:
-    """Turn decoded YAML/JSON into a validated ``PipelineDefinition`` or raise ``InvalidPipeline``."""
+def parse(data: Any, *, source: str = "<input>", skills: frozenset[str] = BUILTIN_SKILLS) -> PipelineDefinition:
+    """Turn decoded YAML/JSON into a validated ``PipelineDefinition`` or raise ``InvalidPipeline``.
+
+    ``skills`` are the skill names a stage may use: the built-in ones plus those registered agents offer.
+    """
     if not isinstance(data, dict):
         raise InvalidPipeline(source, ["a pipeline must be a mapping with 'name' and 'stages'"])
     name = str(data.get("name") or source)
@@ -50,13 +53,13 @@ def parse(data: Any, *, source: str = "<input>") -> PipelineDefinition:
     except ValidationError as exc:
         problems = [f"{_location(err['loc'], data) or 'pipeline'}: {err['msg']}" for err in exc.errors()]
         raise InvalidPipeline(name, problems) from None
-    problems = check_graph(definition)
+    problems = check_graph(definition, skills)
     if problems:
         raise InvalidPipeline(definition.name, problems)
     return definition
 
 
-def check_graph(definition: PipelineDefinition) -> list[str]:
+def check_graph(definition: PipelineDefinition, skills: frozenset[str] = BUILTIN_SKILLS) -> list[str]:
     """Semantic checks pydantic cannot express: names, dependencies, cycles, skills, timeouts, parameters."""
     problems: list[str] = []
     names = [stage.name for stage in definition.stages]
@@ -69,10 +72,10 @@ def check_graph(definition: PipelineDefinition) -> list[str]:
                 problems.append(f"stage '{stage.name}' depends on itself")
             elif dep not in known:
                 problems.append(f"stage '{stage.name}' depends on unknown stage '{dep}'{did_you_mean(dep, names)}")
-        if stage.skill not in BUILTIN_SKILLS:
+        if stage.skill not in skills:
             problems.append(
-                f"stage '{stage.name}' uses unknown skill '{stage.skill}'{did_you_mean(stage.skill, BUILTIN_SKILLS)}"
-                f"; known skills: {', '.join(sorted(BUILTIN_SKILLS))}"
+                f"stage '{stage.name}' uses unknown skill '{stage.skill}'{did_you_mean(stage.skill, skills)}"
+                f"; known skills: {', '.join(sorted(skills))}"
             )
         retry = stage.retry
         if retry.maximum_interval < retry.initial_interval:

@@ -66,14 +66,45 @@ class ApiSettings(BaseSettings):
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
 
 
+class AdminSettings(BaseSettings):
+    """Administration of the API (agent registry, dead letters)."""
+
+    model_config = _config("DEVART_")
+    admin_token: str | None = Field(default=None, description="Bearer token of administrator routes.")
+
+
 class SandboxSettings(BaseSettings):
     """Which sandbox backend runs agent tasks."""
 
     model_config = _config("DEVART_SANDBOX_")
-    backend: Literal["local"] = Field(default="local", description="Sandbox backend.")
+    backend: Literal["local", "kubernetes"] = Field(default="local", description="Sandbox backend.")
     root: Path | None = Field(default=None, description="Folder of local sandboxes (default: <home>/sandboxes).")
     isolation: Literal["bubblewrap", "none"] = Field(
         default="bubblewrap", description="Local isolation; 'none' runs untrusted code unisolated."
+    )
+
+
+class KubernetesSettings(BaseSettings):
+    """The Kubernetes sandbox backend: where sandbox pods run and how they are built."""
+
+    model_config = _config("DEVART_K8S_")
+    namespace: str = Field(default="devart-sandboxes", description="Namespace holding sandbox pods (must exist).")
+    image: str = Field(default="python:3.11-slim", description="Image of a stage that names none.")
+    service_account: str = Field(default="", description="Service account of sandbox pods ('' = the default one).")
+    kubeconfig: Path | None = Field(default=None, description="Kubeconfig file (default: $KUBECONFIG or ~/.kube).")
+    in_cluster: bool = Field(default=False, description="Use the pod's service account instead of a kubeconfig.")
+    context: str | None = Field(default=None, description="Kubeconfig context (default: the current one).")
+    git_image: str = Field(default="alpine/git:2.47.2", description="Image of the init container that clones.")
+    run_as_user: int = Field(default=10001, ge=1, description="Non-root uid (and gid) sandbox containers run as.")
+    ready_timeout: float = Field(default=120.0, gt=0, description="Seconds a pod may take to start running.")
+    deadline_margin: int = Field(
+        default=300, ge=0, description="Seconds a pod may live beyond ready_timeout + the stage's command timeout."
+    )
+    egress_except: list[str] = Field(
+        default_factory=lambda: ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                 "100.64.0.0/10", "fc00::/7", "fe80::/10"],
+        description="CIDRs a 'network: egress' stage still can't reach (cloud metadata, cluster-private ranges); "
+        "DNS stays allowed. '[]' allows all egress.",
     )
 
 
@@ -83,6 +114,8 @@ class AgentSettings(BaseSettings):
     model_config = _config("DEVART_AGENT_")
     key: str | None = Field(default=None, description="The agent's API key (shown once at creation).")
     heartbeat_interval: float = Field(default=3.0, gt=0, description="Seconds between heartbeats.")
+    keepalive_interval: float = Field(default=2.0, gt=0, description="Seconds between liveness/activation checks.")
+    drain_grace: float = Field(default=30.0, ge=0, description="On SIGTERM, seconds to finish before handing back.")
     prefetch: int = Field(default=1, ge=1, description="Tasks an agent runs at once.")
 
 
@@ -112,5 +145,15 @@ def sandbox() -> SandboxSettings:
 
 
 @lru_cache
+def k8s() -> KubernetesSettings:
+    return KubernetesSettings()
+
+
+@lru_cache
 def agent() -> AgentSettings:
     return AgentSettings()
+
+
+@lru_cache
+def admin() -> AdminSettings:
+    return AdminSettings()

@@ -26,6 +26,8 @@ class ExecResult(BaseModel):
     timed_out: bool = False
     duration: float = 0.0
     cpu_seconds: float = 0.0
+    oom_killed: bool = False
+    pids_limited: bool = False
 
 
 OutputCallback = Callable[[str], None]

@@ -1,7 +1,10 @@
 """The agent worker: consumes every lane it can serve, claims tasks through the API and runs their skills.
 
 A message is acknowledged only after the API accepted the task's outcome (or refused it for good), so an agent
-that dies mid-task leaves its message to RabbitMQ and its attempt to Temporal's heartbeat timeout.
+that dies mid-task leaves its message to RabbitMQ and its attempt to Temporal's heartbeat timeout. A keepalive
+call tells the API the agent is alive and tells the agent whether it is still active: a deactivated agent stops
+taking tasks within one keepalive interval. On SIGTERM the agent drains: it takes nothing new, lets running
+tasks finish within a grace period, then hands the rest back so another agent picks them up.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pydantic import ValidationError
 
 from core.contracts import AgentTaskMessage, StageResult, TaskDetail
@@ -21,8 +25,9 @@ from core.errors import SkillError
 from core.topology import Topology, can_serve
 from sandboxes.base import Sandbox
 from workers.agent_client import AgentClient, Refused
-from workers.skills.base import SkillContext
-from workers.skills.registry import get_skill
+from workers.dead_letters import dead_letter
+from workers.skills.base import Skill, SkillContext
+from workers.skills.registry import SKILLS
 
 log = logging.getLogger("devart.agent")
 
@@ -30,35 +35,50 @@ log = logging.getLogger("devart.agent")
 LANE_REFRESH_SECONDS = 30.0
 
 
+@dataclass
+class Execution:
+    """One task this agent is running; ``handback`` set means: stop and give it back."""
+
+    task: TaskDetail
+    skill: asyncio.Task[StageResult] | None = None
+    handback: str | None = None
+    progress: dict[str, str] = field(default_factory=dict)
+
+
 class Agent:
-    def __init__(
-        self,
-        name: str,
-        capabilities: list[str],
-        client: AgentClient,
-        sandbox: Sandbox,
-        amqp_url: str,
-        topology: Topology,
-        *,
-        concurrency: int = 1,
-        heartbeat_interval: float | None = None,
-    ) -> None:
+    def __init__(self, name: str, capabilities: list[str], client: AgentClient, sandbox: Sandbox,
+                 amqp_url: str, topology: Topology, *, concurrency: int = 1,
+                 heartbeat_interval: float | None = None, keepalive_interval: float = 2.0,
+                 drain_grace: float = 30.0, skills: dict[str, Skill] | None = None) -> None:
         self.name = name
         self.capabilities = set(capabilities)
         self.client = client
         self.sandbox = sandbox
+        self.skills: dict[str, Skill] = {**SKILLS, **(skills or {})}
         self._amqp_url = amqp_url
         self._topology = topology
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._heartbeat_interval = heartbeat_interval
-        self._lanes: set[str] = set()
-        self._running: set[asyncio.Task[None]] = set()
+        self._keepalive_interval = keepalive_interval
+        self._drain_grace = drain_grace
+        self._lanes: dict[str, AbstractQueue] = {}
+        self._consumers: dict[str, str] = {}
+        self._accepting = True
+        self._active = True
+        self._executions: dict[str, Execution] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
 
+    @property
+    def status(self) -> str:
+        if not self._accepting:
+            return "draining"
+        return "busy" if self._executions else "idle"
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then stop taking tasks and let the current ones finish."""
+        """Serve until ``stop`` is set, then drain."""
         self._connection = await aio_pika.connect_robust(self._amqp_url)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._concurrency)
@@ -66,18 +86,55 @@ class Agent:
         control = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await control.bind(self._topology.control_exchange)
         await control.consume(self._on_control, no_ack=True)
+        await self._keepalive()
         await self._refresh_lanes()
         log.info("agent %s serving lanes %s", self.name, sorted(self._lanes))
+        ticks = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LANE_REFRESH_SECONDS)
-            if not stop.is_set():
-                with contextlib.suppress(Exception):
+                await asyncio.wait_for(stop.wait(), self._keepalive_interval)
+            if stop.is_set():
+                break
+            ticks += 1
+            with contextlib.suppress(Exception):  # the API may be restarting: try again next tick
+                await self._keepalive()
+                if ticks * self._keepalive_interval >= LANE_REFRESH_SECONDS:
+                    ticks = 0
                     await self._refresh_lanes()
-        await self._channel.close()  # stops deliveries; unacked messages go back to their lanes
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-        await self._connection.close()
+        await self._drain()
+
+    async def _keepalive(self) -> None:
+        reply = await self.client.keepalive(self.status, sorted(self.skills))
+        if reply["active"] != self._active:
+            self._active = bool(reply["active"])
+            log.info("agent %s %s", self.name, "activated" if self._active else "deactivated")
+            await (self._start_consuming() if self._active else self._stop_consuming())
+        if reply["handback"]:
+            for execution in self._executions.values():
+                self._hand_back(execution, "agent was deactivated with hand-back")
+
+    async def _drain(self) -> None:
+        """Stop taking tasks, give running ones the grace period, then hand back what is left."""
+        self._accepting = False
+        log.info("agent %s draining (%d running)", self.name, len(self._executions))
+        with contextlib.suppress(Exception):
+            await self.client.keepalive("draining", sorted(self.skills))
+        await self._stop_consuming()
+        if self._handlers:
+            _, pending = await asyncio.wait(self._handlers, timeout=self._drain_grace)
+            for execution in self._executions.values():
+                self._hand_back(execution, f"agent is shutting down (grace of {self._drain_grace:.0f}s over)")
+            if pending:
+                await asyncio.wait(pending)
+        with contextlib.suppress(Exception):
+            await self.client.keepalive("offline", sorted(self.skills))
+        if self._connection is not None:
+            await self._connection.close()  # unacked messages go back to their lanes
+
+    def _hand_back(self, execution: Execution, reason: str) -> None:
+        if execution.handback is None and execution.skill is not None:
+            execution.handback = reason
+            execution.skill.cancel()
 
     async def _refresh_lanes(self) -> None:
         for lane in await self.client.lanes():
@@ -91,27 +148,40 @@ class Agent:
     async def _serve_lane(self, lane: str) -> None:
         if lane in self._lanes or not can_serve(self.capabilities, lane) or self._channel is None:
             return
-        self._lanes.add(lane)
-        queue = await self._topology.declare_lane(self._channel, lane)
-        await queue.consume(self._on_task)
+        self._lanes[lane] = await self._topology.declare_lane(self._channel, lane)
+        if self._active and self._accepting:
+            self._consumers[lane] = await self._lanes[lane].consume(self._on_task)
+
+    async def _start_consuming(self) -> None:
+        for lane, queue in self._lanes.items():
+            if lane not in self._consumers and self._accepting:
+                self._consumers[lane] = await queue.consume(self._on_task)
+
+    async def _stop_consuming(self) -> None:
+        for lane, tag in list(self._consumers.items()):
+            with contextlib.suppress(Exception):
+                await self._lanes[lane].cancel(tag)
+            del self._consumers[lane]
 
     async def _on_task(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._running.add(task)
+            self._handlers.add(task)
         try:
             async with self._slots:
                 await self._handle(message)
         finally:
             if task is not None:
-                self._running.discard(task)
+                self._handlers.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        if not (self._accepting and self._active):
+            await message.nack(requeue=True)  # delivered before we stopped consuming: leave it to others
+            return
         try:
             envelope = AgentTaskMessage.model_validate_json(message.body)
         except ValidationError as exc:
-            log.error("unreadable task message dead-lettered: %s", exc.errors()[:1])
-            await message.reject(requeue=False)
+            await dead_letter(self._channel, self._topology, message, f"unreadable task message: {exc.errors()[0]}")
             return
         try:
             task = await self.client.claim(envelope.task_id)
@@ -121,35 +191,52 @@ class Agent:
             return
         log.info("claimed %s/%s attempt %s", task.run_id, task.stage, task.attempt)
         try:
-            await self._execute(task)
+            await self._execute(Execution(task=task))
         except Refused as exc:
             log.warning("report on %s/%s refused: %s", task.run_id, task.stage, exc.detail)
         await message.ack()
 
-    async def _execute(self, task: TaskDetail) -> None:
+    async def _execute(self, execution: Execution) -> None:
         """Run the skill beside a heartbeat loop; report the outcome; a cancel or lost claim stops the skill."""
-        progress: dict[str, str] = {}
-        ctx = SkillContext(task=task, sandbox=self.sandbox, python=sys.executable, progress=_progress_setter(progress))
-        skill = asyncio.create_task(_run_skill(ctx))
-        interval = self._heartbeat_interval or task.heartbeat_interval
+        task = execution.task
+        ctx = SkillContext(task=task, sandbox=self.sandbox, python=sys.executable,
+                           progress=_progress_setter(execution.progress))
+        execution.skill = asyncio.create_task(self._run_skill(ctx))
+        self._executions[task.task_id] = execution
+        try:
+            outcome = await self._supervise(execution)
+            await self._report(execution, outcome)
+        finally:
+            del self._executions[task.task_id]
+
+    async def _supervise(self, execution: Execution) -> str:
+        assert execution.skill is not None
+        interval = self._heartbeat_interval or execution.task.heartbeat_interval
         outcome = "done"
-        while not skill.done():
-            done, _ = await asyncio.wait({skill}, timeout=interval)
+        while not execution.skill.done():
+            done, _ = await asyncio.wait({execution.skill}, timeout=interval)
             if done:
                 break
             try:
-                if await self.client.heartbeat(task, progress):
+                if await self.client.heartbeat(execution.task, execution.progress):
                     outcome = "cancelled"
-                    skill.cancel()
+                    execution.skill.cancel()
             except Refused:
                 outcome = "lost"
-                skill.cancel()
+                execution.skill.cancel()
+        return outcome
+
+    async def _report(self, execution: Execution, outcome: str) -> None:
+        task, skill = execution.task, execution.skill
+        assert skill is not None
         try:
             result = await skill
         except asyncio.CancelledError:
             if outcome == "cancelled":
                 await self.client.cancelled(task)
-            log.info("%s/%s attempt %s %s", task.run_id, task.stage, task.attempt, outcome)
+            elif execution.handback is not None:
+                await self.client.release(task, execution.handback)
+            log.info("%s/%s attempt %s %s", task.run_id, task.stage, task.attempt, execution.handback or outcome)
             return
         except SkillError as exc:
             report = StageResult(status="failed", summary=str(exc), output=exc.output, log_tail=exc.log_tail)
@@ -161,13 +248,16 @@ class Agent:
             return
         await self.client.complete(task, result)
 
+    async def _run_skill(self, ctx: SkillContext) -> StageResult:
+        skill = self.skills.get(ctx.task.skill)
+        if skill is None:
+            raise SkillError(f"agent {self.name} has no skill {ctx.task.skill!r}", error_type="SkillNotFound",
+                             non_retryable=True)
+        return await skill(ctx)
+
 
 def _progress_setter(progress: dict[str, str]) -> Callable[[str], None]:
     def set_progress(message: str) -> None:
         progress["progress"] = message[:500]
 
     return set_progress
-
-
-async def _run_skill(ctx: SkillContext) -> StageResult:
-    return await get_skill(ctx.task.skill)(ctx)

@@ -62,6 +62,14 @@ class AgentClient:
     async def me(self) -> dict[str, Any]:
         return dict((await self._call("GET", "/v1/agent/me")).json())
 
+    async def keepalive(self, status: str, skills: list[str]) -> dict[str, Any]:
+        """Report liveness; the reply says whether the agent is still active and must hand back its task."""
+        return dict((await self._call("POST", "/v1/agent/keepalive", {"status": status, "skills": skills})).json())
+
+    async def release(self, task: TaskDetail, reason: str) -> None:
+        body = {"claim_id": task.claim_id, "reason": reason[:500]}
+        await self._call("POST", f"/v1/agent/tasks/{task.task_id}/release", body)
+
     async def lanes(self) -> list[str]:
         return list((await self._call("GET", "/v1/agent/lanes")).json())
 

@@ -15,6 +15,7 @@ from activities.sandbox import provision_sandbox, teardown_sandbox
 from core import db, settings
 from core.temporal import connect
 from core.topology import Topology
+from workers.dead_letters import collect
 from workers.queue_keeper import keep_queued_tasks_alive
 from workflows.pipeline import PipelineWorkflow
 
@@ -43,8 +44,10 @@ async def serve(task_queue: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, dispatcher, task_queue)
     keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop))
+    collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))
     async with worker:
         log.info("pipeline worker polling %s", task_queue or settings.temporal().task_queue)
         await stop.wait()
     await keeper
+    await collector
     await dispatcher.close()

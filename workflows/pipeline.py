@@ -142,6 +142,7 @@ class PipelineWorkflow:
                 inputs=substitute(spec.inputs, inp.params),
                 sandbox=handle,
                 source=inp.source,
+                wait_timeout=spec.wait_timeout.total_seconds(),
             )
             result = await workflow.execute_activity(
                 "run_agent_task",

@@ -5,8 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import select
 
-from api.deps import CurrentAgent, SessionDep, TemporalDep
-from api.schemas import CancelledRequest, CompleteRequest, FailRequest, HeartbeatReply, HeartbeatRequest
+from api.deps import CurrentAgent, IdentifiedAgent, SessionDep, TemporalDep
+from api.schemas import (
+    CancelledRequest,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatReply,
+    HeartbeatRequest,
+    KeepaliveReply,
+    KeepaliveRequest,
+    ReleaseRequest,
+)
 from api.services import tasks
 from core.contracts import TaskDetail
 from core.models import Lane
@@ -16,8 +25,21 @@ router = APIRouter(prefix="/v1/agent", tags=["agents"])
 
 
 @router.get("/me")
-async def me(agent: CurrentAgent) -> dict[str, object]:
+async def me(agent: IdentifiedAgent) -> dict[str, object]:
     return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active}
+
+
+@router.post("/keepalive", response_model=KeepaliveReply)
+async def keepalive(req: KeepaliveRequest, agent: IdentifiedAgent, session: SessionDep) -> KeepaliveReply:
+    """Liveness and control in one call: the agent says what it is doing, the API says whether to go on."""
+    # deactivate(handback=True) marks the agent draining; keep that mark until the agent goes offline.
+    handback = not agent.active and agent.status == "draining"
+    if not handback or req.status == "offline":
+        agent.status = req.status
+    agent.skills = sorted(set(req.skills))
+    session.add(agent)
+    await session.commit()
+    return KeepaliveReply(active=agent.active, handback=handback)
 
 
 @router.get("/lanes", response_model=list[str])
@@ -34,25 +56,35 @@ async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, client: 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply)
 async def heartbeat(
-    task_id: str, req: HeartbeatRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: HeartbeatRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> HeartbeatReply:
     return await tasks.heartbeat(session, client, task_id, agent, req.claim_id, req.details)
 
 
 @router.post("/tasks/{task_id}/complete", status_code=204)
 async def complete(
-    task_id: str, req: CompleteRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: CompleteRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
     await tasks.complete(session, client, task_id, agent, req)
 
 
 @router.post("/tasks/{task_id}/fail", status_code=204)
-async def fail(task_id: str, req: FailRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep) -> None:
+async def fail(
+    task_id: str, req: FailRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+) -> None:
     await tasks.fail(session, client, task_id, agent, req)
 
 
 @router.post("/tasks/{task_id}/cancelled", status_code=204)
 async def cancelled(
-    task_id: str, req: CancelledRequest, agent: CurrentAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: CancelledRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
     await tasks.cancelled(session, client, task_id, agent, req.claim_id)
+
+
+@router.post("/tasks/{task_id}/release", status_code=204)
+async def release(
+    task_id: str, req: ReleaseRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+) -> None:
+    """Hand the task back (the agent is draining or was deactivated); Temporal retries it elsewhere."""
+    await tasks.release(session, client, task_id, agent, req.claim_id, req.reason)

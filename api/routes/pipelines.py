@@ -39,10 +39,10 @@ async def get_pipeline(name: str, session: SessionDep, version: int | None = Non
 
 
 @router.post("/validate", response_model=ValidationReport)
-async def validate(body: PipelineBody) -> ValidationReport:
+async def validate(body: PipelineBody, session: SessionDep) -> ValidationReport:
     """Always 200: the report says whether the definition is valid and lists every problem."""
     try:
-        d = catalog.validate(body)
+        d = await catalog.validate(session, body)
     except InvalidPipeline as exc:
         return ValidationReport(valid=False, pipeline=exc.pipeline, problems=exc.problems)
     return ValidationReport(valid=True, pipeline=d.name)

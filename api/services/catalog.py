@@ -7,9 +7,9 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import pipelines
-from core.contracts import PipelineDefinition
+from core.contracts import BUILTIN_SKILLS, PipelineDefinition
 from core.errors import InvalidPipeline, PipelineNotFound
-from core.models import PipelineVersion
+from core.models import Agent, PipelineVersion
 
 
 async def get(session: AsyncSession, name: str, version: int | None = None) -> PipelineDefinition:
@@ -52,9 +52,15 @@ async def all_latest(session: AsyncSession) -> list[tuple[PipelineDefinition, bo
     return [result[n] for n in sorted(result)]
 
 
+async def known_skills(session: AsyncSession) -> frozenset[str]:
+    """Built-in skills plus every skill a registered, active agent has announced."""
+    rows = (await session.exec(select(Agent.skills).where(Agent.active == True))).all()  # noqa: E712
+    return BUILTIN_SKILLS | {skill for skills in rows for skill in skills}
+
+
 async def publish(session: AsyncSession, data: dict) -> PipelineDefinition:
     """Validate and store a new version (one more than the latest, whatever version the document says)."""
-    definition = pipelines.parse(data)
+    definition = pipelines.parse(data, skills=await known_skills(session))
     current = (
         await session.exec(select(func.max(PipelineVersion.version)).where(PipelineVersion.name == definition.name))
     ).first()
@@ -66,8 +72,8 @@ async def publish(session: AsyncSession, data: dict) -> PipelineDefinition:
     return definition
 
 
-def validate(data: dict) -> PipelineDefinition:
+async def validate(session: AsyncSession, data: dict) -> PipelineDefinition:
     """Parse without storing; raises ``InvalidPipeline`` listing every problem."""
     if not isinstance(data, dict):
         raise InvalidPipeline("<input>", ["the body must be a JSON object describing the pipeline"])
-    return pipelines.parse(data)
+    return pipelines.parse(data, skills=await known_skills(session))

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
-from core import db, settings
+from core import agents, db, settings
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.errors import DevartError
 from core.events import add_event
@@ -102,6 +102,9 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         raise await _gone(session, row, agent, exc) from None
     row.status, row.claimed_by, row.claim_id = "claimed", agent.name, uuid.uuid4().hex
     row.claimed_at = row.heartbeat_at = utcnow()
+    row.waiting_reason = None
+    agent.status, agent.current_task = "busy", row.id
+    session.add(agent)
     add_event(
         session,
         "stage.attempt.started",
@@ -143,7 +146,7 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
         await client.get_async_activity_handle(task_token=row.task_token).complete(result)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    _finish(session, row, "succeeded", result, None)
+    await _finish(session, row, agent, "succeeded", result, None)
     await session.commit()
 
 
@@ -157,7 +160,7 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    _finish(session, row, "failed", result, f"{req.error_type}: {req.message}")
+    await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}")
     await session.commit()
 
 
@@ -167,22 +170,37 @@ async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: 
         await client.get_async_activity_handle(task_token=row.task_token).report_cancellation()
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    _finish(session, row, "cancelled", None, "cancelled")
+    await _finish(session, row, agent, "cancelled", None, "cancelled")
     await session.commit()
 
 
-def _finish(
-    session: AsyncSession, row: TaskAttempt, status: str, result: StageResult | None, error: str | None
+async def release(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str,
+                  reason: str) -> None:
+    """The agent hands the task back (draining, deactivated): fail the attempt as retryable so Temporal
+    schedules the next attempt for another agent, after the stage's backoff."""
+    row = await _check_claim(session, task_id, agent, claim_id)
+    error = ApplicationError(f"handed back by agent {agent.name}: {reason}", type="TaskReleased")
+    try:
+        await client.get_async_activity_handle(task_token=row.task_token).fail(error)
+    except RPCError as exc:
+        raise await _gone(session, row, agent, exc) from None
+    await _finish(session, row, agent, "released", None, f"released: {reason}")
+    await session.commit()
+
+
+async def _finish(
+    session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None, error: str | None
 ) -> None:
     row.status, row.finished_at, row.error = status, utcnow(), error
     row.result = result.model_dump(mode="json") if result else None
-    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed"}.get(status, "stage.cancelled")
-    add_event(
-        session,
-        kind,
-        error or (result.summary if result else status),
-        run_id=row.run_id,
-        stage=row.stage,
-        agent=row.claimed_by,
-        attempt=row.attempt,
-    )
+    if agent.current_task == row.id:
+        agent.current_task = None
+        agent.status = "idle" if agent.status == "busy" else agent.status
+        session.add(agent)
+    if status in ("succeeded", "failed") and row.claimed_at is not None:
+        seconds = (row.finished_at - row.claimed_at).total_seconds()
+        await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds)
+    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed",
+            "released": "stage.attempt.released"}.get(status, "stage.cancelled")
+    add_event(session, kind, error or (result.summary if result else status), run_id=row.run_id, stage=row.stage,
+              agent=row.claimed_by, attempt=row.attempt)

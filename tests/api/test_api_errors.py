@@ -75,7 +75,8 @@ async def test_agent_routes_need_a_valid_active_key(api: httpx.AsyncClient) -> N
     auth = {"Authorization": f"Bearer {key}"}
     assert (await api.get("/v1/agent/me", headers=auth)).status_code == 200
     sql("UPDATE agents SET active = false WHERE name = :n", n=name)
-    r = await api.get("/v1/agent/me", headers=auth)
+    assert (await api.get("/v1/agent/me", headers=auth)).json()["active"] is False
+    r = await api.get("/v1/agent/lanes", headers=auth)
     assert r.status_code == 403 and "deactivated" in r.json()["detail"]
     assert (await api.post("/v1/agent/tasks/whatever/claim", headers=auth)).status_code == 403
 

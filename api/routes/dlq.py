@@ -1,0 +1,34 @@
+"""Administrator routes of the dead-letter queue (bearer ``DEVART_ADMIN_TOKEN``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import AdminDep, SessionDep
+from api.services import dlq
+
+router = APIRouter(prefix="/v1/dlq", tags=["dead letters (admin)"], dependencies=[AdminDep])
+
+
+@router.get("")
+async def list_letters(session: SessionDep, include_redriven: bool = False) -> list[dict[str, Any]]:
+    return [letter.model_dump(exclude={"body", "headers"}) for letter in
+            await dlq.list_letters(session, include_redriven)]
+
+
+@router.get("/{letter_id}")
+async def show(letter_id: int, session: SessionDep) -> dict[str, Any]:
+    return (await dlq.get(session, letter_id)).model_dump()
+
+
+@router.post("/{letter_id}/redrive")
+async def redrive(letter_id: int, session: SessionDep) -> dict[str, Any]:
+    letter = await dlq.redrive(session, letter_id)
+    return {"id": letter.id, "lane": letter.lane, "redriven_at": letter.redriven_at}
+
+
+@router.delete("")
+async def purge(session: SessionDep) -> dict[str, int]:
+    return {"purged": await dlq.purge(session)}

@@ -1,0 +1,64 @@
+"""Dead letters: list, inspect, redrive (back to the lane they came from) and purge."""
+
+from __future__ import annotations
+
+import aio_pika
+from sqlmodel import col, delete, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import settings
+from core.errors import DevartError, ServiceUnavailable
+from core.events import add_event
+from core.models import DeadLetter, utcnow
+from core.topology import Topology
+
+
+class DeadLetterNotFound(DevartError):
+    """No dead letter with that id."""
+
+
+async def list_letters(session: AsyncSession, include_redriven: bool = False) -> list[DeadLetter]:
+    query = select(DeadLetter)
+    if not include_redriven:
+        query = query.where(col(DeadLetter.redriven_at).is_(None))
+    return list((await session.exec(query.order_by(col(DeadLetter.id)))).all())
+
+
+async def get(session: AsyncSession, letter_id: int) -> DeadLetter:
+    letter = await session.get(DeadLetter, letter_id)
+    if letter is None:
+        raise DeadLetterNotFound(f"dead letter {letter_id} not found")
+    return letter
+
+
+async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
+    """Publish the message again on its lane; a task whose stage still waits for it then resumes."""
+    letter = await get(session, letter_id)
+    if not letter.lane:
+        raise DeadLetterNotFound(f"dead letter {letter_id} has no lane to go back to")
+    topology = Topology.from_settings()
+    try:
+        connection = await aio_pika.connect(settings.amqp().amqp_url)
+    except Exception as exc:  # any connection failure is the broker being unavailable
+        raise ServiceUnavailable(f"RabbitMQ is not reachable: {exc}") from exc
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await topology.declare_lane(channel, letter.lane)
+        exchange = await channel.get_exchange(topology.tasks_exchange)
+        await exchange.publish(
+            aio_pika.Message(body=letter.body.encode(), message_id=letter.message_id, content_type="application/json",
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type="agent.task"),
+            routing_key=letter.lane,
+        )
+    letter.redriven_at = utcnow()
+    session.add(letter)
+    add_event(session, "task.redriven", f"dead letter {letter_id} sent back to lane {letter.lane}", lane=letter.lane)
+    await session.commit()
+    return letter
+
+
+async def purge(session: AsyncSession) -> int:
+    result = await session.exec(delete(DeadLetter))  # type: ignore[call-overload]
+    add_event(session, "dlq.purged", f"{result.rowcount} dead letters purged")
+    await session.commit()
+    return int(result.rowcount)
