@@ -89,6 +89,9 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
         Topology.from_settings(),
         concurrency=concurrency,
         heartbeat_interval=settings.agent().heartbeat_interval,
+        keepalive_interval=settings.agent().keepalive_interval,
+        drain_grace=settings.agent().drain_grace,
+        skills=custom,
     )
     try:
         await worker_agent.run(stop)

@@ -56,7 +56,7 @@ class Supervisor:
     def worker(self) -> Child:
         return self.spawn("worker", "worker")
 
-    def agent(self, name: str, capabilities: list[str], key: str, **extra_env: str) -> Child:
+    def agent(self, name: str, capabilities: list[str], key: str, *args: str, **extra_env: str) -> Child:
         return self.spawn(
             f"agent-{name}",
             "agent",
@@ -64,6 +64,7 @@ class Supervisor:
             name,
             "--capabilities",
             ",".join(capabilities),
+            *args,
             env={"DEVART_AGENT_KEY": key, **extra_env},
         )
 

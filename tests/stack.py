@@ -76,9 +76,9 @@ class Stack:
                 self.supervisor.stop(self.worker)
         self.worker = self.supervisor.worker()
 
-    def start_agent(self, name: str, capabilities: list[str]) -> Child:
+    def start_agent(self, name: str, capabilities: list[str], *args: str, **env: str) -> Child:
         key = register_agent(name, capabilities)
-        child = self.supervisor.agent(name, capabilities, key)
+        child = self.supervisor.agent(name, capabilities, key, *args, **env)
         self.agents[name] = child
         return child
 

@@ -108,7 +108,7 @@ class Agent:
         if reply["active"] != self._active:
             self._active = bool(reply["active"])
             log.info("agent %s %s", self.name, "activated" if self._active else "deactivated")
-            await (self._start_consuming() if self._active else self._stop_consuming())
+        await (self._start_consuming() if self._active and self._accepting else self._stop_consuming())
         if reply["handback"]:
             for execution in self._executions.values():
                 self._hand_back(execution, "agent was deactivated with hand-back")
@@ -186,6 +186,12 @@ class Agent:
         try:
             task = await self.client.claim(envelope.task_id)
         except Refused as exc:
+            if exc.status_code in (401, 403):
+                # Refused because of *us* (deactivated, key rotated): the task is fine, leave it to other agents.
+                log.warning("cannot claim %s: %s", envelope.task_id, exc.detail)
+                await message.nack(requeue=True)
+                await self._stop_consuming()
+                return
             log.info("task %s not ours: %s", envelope.task_id, exc.detail)
             await message.ack()
             return

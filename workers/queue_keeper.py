@@ -82,13 +82,13 @@ async def _tick(client: Client) -> None:
 
 async def _store(task_id: str, run_id: str, stage: str, state: str, error: str | None, old_reason: str | None,
                  new_reason: str | None) -> None:
+    now = utcnow()
     async with db.session() as s:
         await s.execute(
             text("UPDATE task_attempts SET heartbeat_at = :now, status = :state, waiting_reason = :reason, "
-                 "error = coalesce(:error, error), "
-                 "finished_at = CASE WHEN :state = 'queued' THEN NULL ELSE :now END "
-                 "WHERE id = :id AND status = 'queued'"),
-            {"now": utcnow(), "state": state, "id": task_id, "reason": new_reason, "error": error},
+                 "error = coalesce(:error, error), finished_at = :finished WHERE id = :id AND status = 'queued'"),
+            {"now": now, "state": state, "id": task_id, "reason": new_reason, "error": error,
+             "finished": None if state == "queued" else now},
         )
         if state == "cancelled":
             add_event(s, "stage.cancelled", "cancelled before an agent claimed it", run_id=run_id, stage=stage)

@@ -132,11 +132,15 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
                 finished_at=a.finished_at,
                 error=a.error,
                 late_reports=a.late_reports,
+                waiting_reason=a.waiting_reason,
             )
             for a in attempts
             if a.stage == stage.name
         ]
-        views.append(StageView(**stage.model_dump(), attempt_log=log))
+        waiting = log[-1].waiting_reason if log and log[-1].status == "queued" else None
+        isolated = all(a.input.get("sandbox", {}).get("isolated", True) for a in attempts if a.stage == stage.name)
+        warnings = [] if isolated else ["ran WITHOUT sandbox isolation (DEVART_SANDBOX_ISOLATION=none)"]
+        views.append(StageView(**stage.model_dump(), attempt_log=log, waiting=waiting, warnings=warnings))
     return RunView(
         run_id=run.id,
         pipeline=run.pipeline,
