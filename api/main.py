@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import agent_tasks, agents, dlq, pipelines, runs
+from api.routes import agent_tasks, agents, dlq, events, pipelines, runs
 from core import db
 from core.temporal import connect
 
@@ -29,7 +29,7 @@ def create_app() -> FastAPI:
         description="Durable multi-stage pipelines run by teams of agents.",
     )
     errors.install(app)
-    for module in (runs, pipelines, agents, agent_tasks, dlq):
+    for module in (runs, pipelines, agents, agent_tasks, dlq, events):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from cli import agents, pipelines, processes, runs, stack
+from cli import agents, events, pipelines, processes, runs, stack
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -18,6 +18,7 @@ app.add_typer(processes.db_app, name="db")
 app.add_typer(agents.app, name="agents")
 app.add_typer(agents.dlq_app, name="dlq")
 app.command()(runs.run)
+app.command()(events.events)
 app.command()(stack.up)
 app.command()(stack.down)
 app.command()(stack.doctor)

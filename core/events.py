@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import Event
@@ -21,3 +24,14 @@ def add_event(
 ) -> None:
     """Queue an event on ``session``; it is stored when the session commits, atomically with the change it reports."""
     session.add(Event(kind=kind, message=message, run_id=run_id, stage=stage, agent=agent, data=data))
+
+
+#: The PostgreSQL channel the live feed listens on; a notification means "new events were committed".
+CHANNEL = "devart_events"
+
+
+@sa_event.listens_for(Session, "after_flush")
+def _notify_new_events(session: Session, _context: object) -> None:
+    """Queue a NOTIFY in the same transaction as new events; PostgreSQL delivers it only on commit."""
+    if any(isinstance(obj, Event) for obj in session.new):
+        session.execute(text(f"NOTIFY {CHANNEL}"))
