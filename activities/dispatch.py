@@ -16,7 +16,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from core import db
+from core import db, metrics
 from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
@@ -101,6 +101,8 @@ class Dispatcher:
             stmt = stmt.on_conflict_do_update(index_elements=["run_id", "stage", "attempt"], set_=row)
             await s.exec(stmt)  # type: ignore[call-overload]
             kind = "stage.attempt.queued" if info.attempt == 1 else "stage.retried"
+            if info.attempt > 1:
+                metrics.STAGE_RETRIES.labels(inp.pipeline, inp.stage).inc()
             add_event(
                 s,
                 kind,

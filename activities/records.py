@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from core import db
+from core import db, metrics
 from core.contracts import RunRecord, RunStatus
 from core.events import add_event
 from core.models import Run, utcnow
@@ -29,9 +29,19 @@ async def record_run(rec: RunRecord) -> None:
     }
     stmt = insert(Run).values(**values, created_at=utcnow())
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
+    if finished and activity.info().attempt == 1:
+        _observe(rec)
     async with db.session() as s:
         await s.exec(stmt)  # type: ignore[call-overload]
         if activity.info().attempt == 1:
             kind = "run.finished" if finished else "run.started"
             message = f"run {rec.status.value}" + (f": {rec.error}" if rec.error else "")
             add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)
+
+
+def _observe(rec: RunRecord) -> None:
+    metrics.RUNS_FINISHED.labels(rec.pipeline, rec.status.value).inc()
+    for stage in rec.stages:
+        if stage.started_at and stage.finished_at:
+            seconds = (stage.finished_at - stage.started_at).total_seconds()
+            metrics.STAGE_SECONDS.labels(rec.pipeline, stage.name, stage.status.value).observe(seconds)

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
 from api.routes import agent_tasks, agents, dlq, events, pipelines, runs
@@ -31,6 +33,11 @@ def create_app() -> FastAPI:
     errors.install(app)
     for module in (runs, pipelines, agents, agent_tasks, dlq, events):
         app.include_router(module.router)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition of the API process's metrics."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -66,6 +66,14 @@ class ApiSettings(BaseSettings):
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
 
 
+class WorkerSettings(BaseSettings):
+    """The pipeline worker's own endpoints."""
+
+    model_config = _config("DEVART_WORKER_")
+    metrics_port: int = Field(default=9464, description="Port of the worker's /metrics (0 disables it).")
+    sdk_metrics_port: int = Field(default=9465, description="Port of the Temporal SDK's metrics (0 disables it).")
+
+
 class AdminSettings(BaseSettings):
     """Administration of the API (agent registry, dead letters)."""
 
@@ -157,3 +165,8 @@ def agent() -> AgentSettings:
 @lru_cache
 def admin() -> AdminSettings:
     return AdminSettings()
+
+
+@lru_cache
+def worker() -> WorkerSettings:
+    return WorkerSettings()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from core import settings
 from core.errors import ServiceUnavailable
@@ -26,13 +27,13 @@ def search_attributes(pipeline: str, repository: str, trigger: str) -> TypedSear
     )
 
 
-async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+async def connect(address: str | None = None, namespace: str | None = None, runtime: Runtime | None = None) -> Client:
     """Connect with the pydantic data converter every devart client and worker must share."""
     cfg = settings.temporal()
     address = address or cfg.address
     try:
         return await Client.connect(
-            address, namespace=namespace or cfg.namespace, data_converter=pydantic_data_converter
+            address, namespace=namespace or cfg.namespace, data_converter=pydantic_data_converter, runtime=runtime
         )
     except RuntimeError as exc:
         raise ServiceUnavailable(

@@ -38,6 +38,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
         "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
         "DEVART_AGENT_KEEPALIVE_INTERVAL": "0.5",
+        "DEVART_WORKER_METRICS_PORT": str(free_port()),
+        "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
         "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
         "DEVART_LOG_LEVEL": "INFO",
     }

@@ -6,20 +6,66 @@ import asyncio
 import logging
 import signal
 
-from temporalio.client import Client
+from prometheus_client import start_http_server
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.dispatch import Dispatcher
 from activities.records import record_run
 from activities.sandbox import provision_sandbox, teardown_sandbox
+from activities.sweeper import SweepInput, sweep_sandboxes
 from core import db, settings
 from core.temporal import connect
 from core.topology import Topology
 from workers.dead_letters import collect
-from workers.queue_keeper import keep_queued_tasks_alive
+from workers.queue_keeper import keep_queued_tasks_alive, sample_gauges
 from workflows.pipeline import PipelineWorkflow
+from workflows.sweeper import SCHEDULE_ID, SWEEP_EVERY, SandboxSweepWorkflow
 
 log = logging.getLogger(__name__)
+
+
+def _metrics_runtime(cfg: settings.WorkerSettings) -> Runtime | None:
+    """Serve devart's metrics, and return a Temporal runtime exporting the SDK's; a busy port only warns."""
+    if cfg.metrics_port:
+        try:
+            start_http_server(cfg.metrics_port)
+        except OSError as exc:
+            log.warning("worker metrics not served on :%s: %s", cfg.metrics_port, exc)
+    if not cfg.sdk_metrics_port:
+        return None
+    try:
+        return Runtime(
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{cfg.sdk_metrics_port}"))
+        )
+    except Exception as exc:  # the SDK reports a busy port as a generic runtime error
+        log.warning("Temporal SDK metrics not served on :%s: %s", cfg.sdk_metrics_port, exc)
+        return None
+
+
+async def ensure_sweep_schedule(client: Client, task_queue: str) -> None:
+    """Create the sandbox sweeper's schedule once; it then runs whether or not this worker stays up."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            SandboxSweepWorkflow.run, SweepInput(), id=f"{SCHEDULE_ID}-{task_queue}", task_queue=task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=SWEEP_EVERY)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(f"{SCHEDULE_ID}-{task_queue}", schedule)
+    except ScheduleAlreadyRunningError:
+        pass
 
 
 def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None = None) -> Worker:
@@ -27,8 +73,8 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
     return Worker(
         client,
         task_queue=task_queue or settings.temporal().task_queue,
-        workflows=[PipelineWorkflow],
-        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task],
+        workflows=[PipelineWorkflow, SandboxSweepWorkflow],
+        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, sweep_sandboxes],
         max_concurrent_activities=200,
     )
 
@@ -36,18 +82,22 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
 async def serve(task_queue: str | None = None) -> None:
     """Run until SIGINT/SIGTERM, then finish in-flight activity calls and exit."""
     db.upgrade()
-    client = await connect()
+    runtime = _metrics_runtime(settings.worker())
+    client = await connect(runtime=runtime)
     dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, dispatcher, task_queue)
+    await ensure_sweep_schedule(client, task_queue or settings.temporal().task_queue)
     keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop))
+    sampler = asyncio.create_task(sample_gauges(stop))
     collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))
     async with worker:
         log.info("pipeline worker polling %s", task_queue or settings.temporal().task_queue)
         await stop.wait()
     await keeper
+    await sampler
     await collector
     await dispatcher.close()

@@ -18,7 +18,7 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from core import db
+from core import db, metrics
 from core.agents import OFFLINE_AFTER
 from core.events import add_event
 from core.models import utcnow
@@ -80,15 +80,24 @@ async def _tick(client: Client) -> None:
         await _store(task_id, run_id, stage, state, error, reason, new_reason)
 
 
-async def _store(task_id: str, run_id: str, stage: str, state: str, error: str | None, old_reason: str | None,
-                 new_reason: str | None) -> None:
+async def _store(
+    task_id: str, run_id: str, stage: str, state: str, error: str | None, old_reason: str | None, new_reason: str | None
+) -> None:
     now = utcnow()
     async with db.session() as s:
         await s.execute(
-            text("UPDATE task_attempts SET heartbeat_at = :now, status = :state, waiting_reason = :reason, "
-                 "error = coalesce(:error, error), finished_at = :finished WHERE id = :id AND status = 'queued'"),
-            {"now": now, "state": state, "id": task_id, "reason": new_reason, "error": error,
-             "finished": None if state == "queued" else now},
+            text(
+                "UPDATE task_attempts SET heartbeat_at = :now, status = :state, waiting_reason = :reason, "
+                "error = coalesce(:error, error), finished_at = :finished WHERE id = :id AND status = 'queued'"
+            ),
+            {
+                "now": now,
+                "state": state,
+                "id": task_id,
+                "reason": new_reason,
+                "error": error,
+                "finished": None if state == "queued" else now,
+            },
         )
         if state == "cancelled":
             add_event(s, "stage.cancelled", "cancelled before an agent claimed it", run_id=run_id, stage=stage)
@@ -96,3 +105,36 @@ async def _store(task_id: str, run_id: str, stage: str, state: str, error: str |
             add_event(s, "stage.attempt.failed", error or "failed", run_id=run_id, stage=stage)
         elif new_reason and new_reason != old_reason:
             add_event(s, "stage.waiting", new_reason, run_id=run_id, stage=stage)
+
+
+#: How often lane depth and agents by status are sampled into the worker's gauges.
+SAMPLE_EVERY = 5.0
+
+
+async def sample_gauges(stop: asyncio.Event) -> None:
+    """Keep the lane-depth and agents-by-status gauges current until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            async with db.session() as s:
+                lanes = (
+                    await s.execute(
+                        text("SELECT lane, count(*) FROM task_attempts WHERE status = 'queued' GROUP BY lane")
+                    )
+                ).all()
+                agents = (await s.execute(text("SELECT active, status, last_seen_at FROM agents"))).all()
+            metrics.LANE_QUEUED.clear()
+            for lane, count in lanes:
+                metrics.LANE_QUEUED.labels(lane).set(count)
+            counts: dict[str, int] = {}
+            for active, status, seen in agents:
+                shown = "inactive" if not active else status if seen and utcnow() - seen <= OFFLINE_AFTER else "offline"
+                counts[shown] = counts.get(shown, 0) + 1
+            metrics.AGENTS.clear()
+            for status, count in counts.items():
+                metrics.AGENTS.labels(status).set(count)
+        except Exception:  # sampling must never take the worker down
+            log.warning("sampling gauges failed", exc_info=True)
+        try:
+            await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
+        except TimeoutError:
+            pass

@@ -14,7 +14,7 @@ from temporalio.service import RPCError
 
 from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
 from api.services import catalog
-from core import pipelines, settings
+from core import metrics, pipelines, settings
 from core.contracts import RunInput, RunStatus, Source, StageState
 from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from core.events import add_event
@@ -83,6 +83,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest) -> RunCr
             run.status, run.error, run.finished_at = "failed", f"could not start: {exc.message}", utcnow()
             await session.commit()
         raise ServiceUnavailable(f"Temporal refused to start the run: {exc.message}") from exc
+    metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()
     return RunCreated(
         run_id=run_id, pipeline=definition.name, version=definition.version, status="running", ui_url=ui_link(run_id)
     )

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
-from core import agents, db, settings
+from core import agents, db, metrics, settings
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.errors import DevartError
 from core.events import add_event
@@ -193,6 +193,7 @@ async def _finish(
 ) -> None:
     row.status, row.finished_at, row.error = status, utcnow(), error
     row.result = result.model_dump(mode="json") if result else None
+    metrics.TASKS_REPORTED.labels(row.skill, status).inc()
     if agent.current_task == row.id:
         agent.current_task = None
         agent.status = "idle" if agent.status == "busy" else agent.status
