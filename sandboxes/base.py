@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from core.contracts import SandboxHandle, SandboxSpec, Source
 
@@ -28,6 +28,8 @@ class ExecResult(BaseModel):
     cpu_seconds: float = 0.0
     oom_killed: bool = False
     pids_limited: bool = False
+    disk_exceeded: bool = False
+    limits: str = Field(default="", description="How limits were enforced, e.g. 'cgroup-v1', 'prlimit'.")
 
 
 OutputCallback = Callable[[str], None]

@@ -12,6 +12,10 @@ from sandboxes.base import Sandbox
 def get_sandbox() -> Sandbox:
     """The configured backend; raises ``SandboxUnavailable`` with a fix when it cannot run here."""
     cfg = settings.sandbox()
+    if cfg.backend == "kubernetes":
+        from sandboxes.kubernetes import KubernetesSandbox
+
+        return KubernetesSandbox(settings.k8s())
     from sandboxes.local import LocalSandbox
 
     root = cfg.root or settings.state().root / "sandboxes"

@@ -104,12 +104,49 @@ async def materialize(plan: CheckoutPlan, dest: Path, *, exclude: Path | None = 
 
 
 def create_layout(directory: Path, meta: dict[str, Any]) -> None:
-    """Create an empty sandbox: ``meta.json``, ``pids/`` and ``home/``; the checkout adds ``workspace/``."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    """Create an empty sandbox: ``meta.json``, ``pids/`` and ``home/``; the checkout adds ``workspace/``.
+
+    The sandbox folder is private to the operator: commands reach their workspace and home through bubblewrap's
+    mounts, never through this folder.
+    """
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.mkdir(mode=0o700)
     for name in ("pids", "home"):
-        (directory / name).mkdir()
+        (directory / name).mkdir(mode=0o700)
     write_json(directory / "meta.json", meta)
+
+
+def hand_over(directory: Path, uid: int) -> None:
+    """Give the sandbox's ``workspace/`` and ``home/`` to ``uid``, the user its commands run as.
+
+    ``lchown`` and no following of links: a link in the checkout may point anywhere on the host.
+    """
+    for top in (directory / "workspace", directory / "home"):
+        os.lchown(top, uid, uid)
+        for folder, folders, files in os.walk(top):
+            for name in (*folders, *files):
+                os.lchown(os.path.join(folder, name), uid, uid)
+
+
+def disk_usage(paths: list[Path]) -> int:
+    """Bytes of disk used under ``paths`` (allocated blocks, links not followed, hard links counted once)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(path) for path in paths]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue  # removed meanwhile, or a folder the command made unreadable: it can't be weighed
+        for entry in entries:
+            with suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (info.st_dev, info.st_ino) not in seen:
+                    seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return total
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -126,6 +163,8 @@ def read_handles(root: Path, backend: str) -> list[SandboxHandle]:
         try:
             meta = json.loads(path.read_text())
             handle = SandboxHandle(backend=backend, id=path.parent.name, workspace=meta["workspace"],
+                                   isolated=meta.get("isolated", True), run_id=meta.get("run_id", ""),
+                                   created_at=meta.get("created"),
                                    spec=SandboxSpec.model_validate(meta.get("spec", {})))
         except (OSError, ValueError, KeyError):
             continue  # torn down meanwhile: nothing to sweep

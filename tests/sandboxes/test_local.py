@@ -65,7 +65,9 @@ def repo(tmp_path: Path) -> tuple[Path, str, str]:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=devart", "-c", "user.email=devart@example.com", *args],
+    # safe.directory: workspaces belong to the sandbox user, and git refuses other users' repositories by default.
+    return subprocess.run(["git", "-c", "user.name=devart", "-c", "user.email=devart@example.com",
+                           "-c", "safe.directory=*", *args],
                           cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -186,8 +188,10 @@ async def test_workspace_writes_persist_and_the_host_stays_read_only(
     code, output = await run(sandbox, handle, f"echo x > {probe}")
     assert code != 0 and "Read-only file system" in output
     assert not Path(probe).exists()
-    # Writes to the sandbox root land in a private tmpfs, never on the host.
-    assert (await run(sandbox, handle, f"touch {sandbox.root}/escape /tmp/{handle.id}"))[0] == 0
+    # The sandbox root is a read-only tmpfs; /tmp is writable but private.
+    code, output = await run(sandbox, handle, f"touch {sandbox.root}/escape")
+    assert code != 0 and "Read-only file system" in output
+    assert (await run(sandbox, handle, f"touch /tmp/{handle.id}"))[0] == 0
     assert not (sandbox.root / "escape").exists() and not Path(f"/tmp/{handle.id}").exists()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.contracts import Usage
-from core.errors import SkillError
+from core.errors import SandboxError, SkillError
 from sandboxes.base import ExecResult, OutputCallback
 from workers.skills.base import SkillContext
 
@@ -78,8 +78,12 @@ class Commands:
         """Run ``argv`` in the workspace as ``step``; ``logged=False`` keeps data output out of the log tail."""
         self.ctx.progress(f"{step}: {shlex.join(argv)}"[:500])
         extra: dict[str, Any] = {} if output_cap is None else {"output_cap": output_cap}
-        result = await self.ctx.sandbox.exec(self.ctx.task.sandbox, list(argv), env=env, timeout=timeout,
-                                             on_output=self._reporter(step) if logged else None, **extra)
+        try:
+            result = await self.ctx.sandbox.exec(self.ctx.task.sandbox, list(argv), env=env, timeout=timeout,
+                                                 on_output=self._reporter(step) if logged else None, **extra)
+        except SandboxError as exc:  # e.g. a secret missing from this agent's environment: say so, as the sandbox does
+            raise SkillError(f"{step}: {exc}", error_type=exc.reason, non_retryable=not exc.retryable,
+                             log_tail=self.log_tail) from exc
         self.cpu_seconds += result.cpu_seconds
         self.steps[step] = round(self.steps.get(step, 0.0) + result.duration, 3)
         if logged:
@@ -88,7 +92,27 @@ class Commands:
                 self._log.append(f"[timed out after {timeout:g}s]\n")
             elif result.exit_code != 0:
                 self._log.append(f"[exit code {result.exit_code}]\n")
+        self._check_limits(step, result)
         return result
+
+    def _check_limits(self, step: str, result: ExecResult) -> None:
+        """Fail the task with the limit a command hit, not as a generic failure, and never retry it.
+
+        Memory and process limits count only when the command failed: a build may survive a killed helper. The
+        disk limit always counts, since the post-command check is its only enforcement.
+        """
+        spec = self.ctx.task.sandbox.spec
+        failed = result.exit_code != 0 or result.timed_out
+        if result.oom_killed and failed:
+            error_type, message = "OutOfMemory", f"{step} was killed: out of memory (limit {spec.memory_mb} MiB)"
+        elif result.pids_limited and failed:
+            error_type, message = "PidsLimit", f"{step} was stopped: too many processes (limit {spec.pids})"
+        elif result.disk_exceeded:
+            error_type, message = "DiskLimit", f"{step} filled the sandbox: over its disk limit ({spec.disk_mb} MiB)"
+        else:
+            return
+        self._log.append(f"[{message}]\n")
+        raise SkillError(message, error_type=error_type, non_retryable=True, log_tail=self.log_tail)
 
     async def read_text(self, path: str) -> str | None:
         """The content of a file in the workspace, read through the sandbox (so any backend works); None if absent."""

@@ -1,0 +1,196 @@
+"""Local sandbox limits (cgroups and the prlimit fallback), secrets by reference, and the unisolated mode."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from core.contracts import SandboxHandle, SandboxSpec, Source
+from core.errors import SandboxError, SkillError
+from sandboxes.bubblewrap import Confinement
+from sandboxes.local import LocalSandbox, bubblewrap_available
+from sandboxes.seccomp import no_user_namespaces
+from tests.sandboxes.test_local_isolation import commands, eventually, processes_with, requires_cgroups
+
+Provision = Callable[..., Awaitable[SandboxHandle]]
+
+
+@pytest.fixture(params=["auto", "prlimit"])
+def limited(request: pytest.FixtureRequest, tmp_path: Path) -> LocalSandbox:
+    """A bubblewrap backend with its best limits (cgroups here), and one forced onto the prlimit fallback."""
+    if bubblewrap_available() is None:
+        pytest.skip("bubblewrap (bwrap) is not installed")
+    return LocalSandbox(tmp_path / "sandboxes", limits=request.param)
+
+
+@pytest.fixture
+async def provision(tmp_path: Path) -> AsyncIterator[Provision]:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("hello\n")
+    handles: list[tuple[LocalSandbox, SandboxHandle]] = []
+
+    async def make(backend: LocalSandbox, spec: SandboxSpec | None = None) -> SandboxHandle:
+        handle = await backend.provision(f"run-{uuid.uuid4().hex[:8]}", "limits", Source(repo=str(project)),
+                                         spec or SandboxSpec())
+        handles.append((backend, handle))
+        return handle
+
+    yield make
+    for backend, handle in handles:
+        await backend.teardown(handle)
+
+
+async def test_memory_is_limited_by_either_mechanism(limited: LocalSandbox, provision: Provision) -> None:
+    handle = await provision(limited, SandboxSpec(memory_mb=256))
+    result = await limited.exec(handle, [sys.executable, "-c", "bytearray(2 << 30)"])
+    assert result.exit_code != 0 and result.limits == limited.limits
+    if limited.limits == "prlimit":  # the allocation fails inside the program: nothing to report
+        assert "MemoryError" in result.output and not result.oom_killed
+    else:
+        assert result.oom_killed
+
+
+async def test_one_file_cannot_outgrow_the_disk_limit(limited: LocalSandbox, provision: Provision) -> None:
+    handle = await provision(limited, SandboxSpec(disk_mb=16))
+    result = await limited.exec(handle, ["sh", "-c", "head -c 20M /dev/zero > big"])
+    assert result.exit_code != 0
+    assert (Path(handle.workspace) / "big").stat().st_size == 16 << 20
+
+
+async def test_a_full_workspace_is_reported(limited: LocalSandbox, provision: Provision) -> None:
+    handle = await provision(limited, SandboxSpec(disk_mb=16))
+    fits = await limited.exec(handle, ["sh", "-c", "head -c 10M /dev/urandom > a"])
+    over = await limited.exec(handle, ["sh", "-c", "head -c 10M /dev/urandom > b"])
+    assert (fits.exit_code, fits.disk_exceeded) == (0, False)
+    assert (over.exit_code, over.disk_exceeded) == (0, True)
+    # /tmp is a tmpfs of the same size, so it cannot be used to get around the limit
+    code = (await limited.exec(handle, ["sh", "-c", "head -c 10M /dev/zero > /tmp/a; head -c 10M /dev/zero > /tmp/b"]))
+    assert code.exit_code != 0 and "No space left on device" in code.output
+
+
+async def test_cpu_is_capped_and_counted_exactly_with_cgroups(tmp_path: Path, provision: Provision) -> None:
+    sandbox = LocalSandbox(tmp_path / "sandboxes")
+    requires_cgroups(sandbox)
+    handle = await provision(sandbox, SandboxSpec(cpu=0.5))
+    burn = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass"
+    result = await sandbox.exec(handle, [sys.executable, "-c", burn])
+    assert result.exit_code == 0
+    assert 0.5 <= result.cpu_seconds <= 0.65 * result.duration
+
+
+async def test_cgroups_are_removed_after_each_command_and_at_teardown(tmp_path: Path, provision: Provision) -> None:
+    sandbox = LocalSandbox(tmp_path / "sandboxes")
+    requires_cgroups(sandbox)
+    assert sandbox.cgroups is not None
+    handle = await provision(sandbox)
+    parents = list(sandbox.cgroups.parents.values())
+
+    def cgroups() -> list[Path]:
+        return [path for parent in parents for path in parent.glob(f"{handle.id}+*")]
+
+    assert (await sandbox.exec(handle, ["true"])).exit_code == 0 and cgroups() == []
+    tag = f"300.{uuid.uuid4().int % 10**9:09d}"
+    task = asyncio.create_task(sandbox.exec(handle, ["sleep", tag]))
+    await eventually(lambda: bool(processes_with(f"sleep {tag}")) and len(cgroups()) == len(set(parents)),
+                     "the command to start in its cgroup")
+    await LocalSandbox(sandbox.root).teardown(handle)
+    assert (await asyncio.wait_for(task, 10)).exit_code != 0
+    assert cgroups() == [] and not processes_with(f"sleep {tag}")
+
+
+async def test_secrets_are_resolved_at_exec_time_and_never_shown(
+        tmp_path: Path, provision: Provision, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a stage whose spec references a secret held in the agent's environment
+    sandbox = LocalSandbox(tmp_path / "sandboxes")
+    value = f"tok-{uuid.uuid4().hex}"
+    monkeypatch.setenv("DEVART_TEST_TOKEN", value)
+    handle = await provision(sandbox, SandboxSpec(secrets={"API_TOKEN": "env:DEVART_TEST_TOKEN"}))
+    # When a command uses it, prints it, and runs for a while
+    digest = "import hashlib, os; print(hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest())"
+    result = await sandbox.exec(handle, [sys.executable, "-c", digest])
+    lines: list[str] = []
+    echoed = await sandbox.exec(handle, ["sh", "-c", 'echo "token=$API_TOKEN"'], on_output=lines.append)
+    tag = f"300.{uuid.uuid4().int % 10**9:09d}"
+    task = asyncio.create_task(sandbox.exec(handle, ["sleep", tag]))
+    await eventually(lambda: bool(processes_with(f"sleep {tag}")), "the command to start")
+    # Then the command had it, but no output, file or command line shows it
+    assert result.output.strip() == hashlib.sha256(value.encode()).hexdigest()
+    assert echoed.output == "token=***\n" and lines == ["token=***\n"]
+    for path in (sandbox.root / handle.id).rglob("*"):
+        assert not path.is_file() or value not in path.read_text(errors="replace")
+    assert not processes_with(value)
+    # ... and the root-owned helpers starting the command never saw the command's environment
+    record = json.loads(next((sandbox.root / handle.id / "pids").glob("*.json")).read_text())
+    helper_env = [entry.split(b"=")[0] for entry in Path(f"/proc/{record['pid']}/environ").read_bytes().split(b"\0")]
+    assert {name for name in helper_env if name} <= {b"PATH", b"PWD"}  # PWD: set by the wrapper shell
+    await sandbox.teardown(handle)
+    await task
+
+
+async def test_a_missing_secret_is_a_clear_non_retryable_error(tmp_path: Path, provision: Provision) -> None:
+    sandbox = LocalSandbox(tmp_path / "sandboxes", isolation="none")
+    handle = await provision(sandbox, SandboxSpec(secrets={"API_TOKEN": "env:DEVART_NO_SUCH_VARIABLE"}))
+    with pytest.raises(SandboxError, match="'API_TOKEN' refers to environment variable 'DEVART_NO_SUCH_VARIABLE', "
+                                           "which is not set where this agent runs") as caught:
+        await sandbox.exec(handle, ["true"])
+    assert not caught.value.retryable and caught.value.reason == "SecretMissing"
+    with pytest.raises(SkillError) as failed:  # what the agent reports for the stage
+        await commands(sandbox, handle).run("build", ["true"])
+    assert (failed.value.error_type, failed.value.non_retryable) == ("SecretMissing", True)
+    assert str(failed.value).startswith("build: secret 'API_TOKEN' refers to environment variable")
+
+
+async def test_unisolated_sandboxes_say_so(tmp_path: Path, provision: Provision) -> None:
+    plain = LocalSandbox(tmp_path / "plain", isolation="none")
+    handle = await provision(plain)
+    assert handle.isolated is False and handle.created_at is not None and handle.run_id.startswith("run-")
+    assert [listed.isolated for listed in await plain.list()] == [False]
+    result = await plain.exec(handle, ["id", "-u"])
+    assert result.output == f"{os.getuid()}\n" and result.limits == plain.limits
+
+
+async def test_a_root_behind_a_closed_folder_still_works(provision: Provision) -> None:
+    # Given a sandbox root (outside /tmp) below a folder the sandbox user may not enter
+    if os.geteuid() != 0 or bubblewrap_available() is None:
+        pytest.skip("needs root (the sandbox user differs from the operator only then) and bubblewrap")
+    closed = Path("/var/tmp") / f"devart-closed-{uuid.uuid4().hex}"
+    closed.mkdir(mode=0o700)
+    try:
+        sandbox = LocalSandbox(closed / "state" / "sandboxes")
+        assert sandbox._confinement is not None and closed in sandbox._confinement.hidden
+        # When a command runs there, Then it reaches its workspace, but nothing else of the closed folder
+        handle = await provision(sandbox)
+        result = await sandbox.exec(handle, ["sh", "-c", f"cat README.md && ls -A {closed}"])
+        assert (result.exit_code, result.output) == (0, "hello\nstate\n")
+        await sandbox.teardown(handle)
+    finally:
+        shutil.rmtree(closed)
+
+
+def test_plan_binds_the_interpreter_back_when_it_is_out_of_reach(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    python = closed / "python" / "3.11"
+    python.mkdir(parents=True)
+    closed.chmod(0o700)
+    plan = Confinement.plan("/usr/bin/bwrap", Path("/var/lib/devart/sandboxes"), "/usr/bin/setpriv", [python])
+    assert plan.exposed == (python,)  # under /tmp, which the sandbox gets a private one of
+    argv = plan.argv(Path("/var/lib/devart/sandboxes/x"), Path("/var/lib/devart/sandboxes/x/workspace"),
+                     SandboxSpec(), ["true"])
+    assert argv[argv.index(str(python)) - 1] == "--ro-bind"
+    assert "--unshare-net" in argv and "--share-net" not in argv
+
+
+@pytest.mark.parametrize(("machine", "size"), [("x86_64", 13 * 8), ("aarch64", 13 * 8), ("riscv64", None)])
+def test_the_seccomp_filter_is_built_for_known_architectures(machine: str, size: int | None) -> None:
+    program = no_user_namespaces(machine)
+    assert (len(program) if program is not None else None) == size
