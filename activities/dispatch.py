@@ -12,11 +12,12 @@ import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from opentelemetry.trace import SpanKind
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from core import db, metrics
+from core import db, metrics, telemetry
 from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
@@ -115,14 +116,20 @@ class Dispatcher:
         await self._ensure_lane(lane, inp.requires)
         message = AgentTaskMessage(task_id=task_id, run_id=inp.run_id, stage=inp.stage, attempt=info.attempt, lane=lane)
         exchange = await self._ready()
-        await exchange.publish(
-            aio_pika.Message(
-                body=message.model_dump_json().encode(),
-                content_type="application/json",
-                message_id=task_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                type="agent.task",
-            ),
-            routing_key=lane,
-        )
+        with telemetry.tracer().start_as_current_span(
+            f"publish {lane}", kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": lane, "devart.run_id": inp.run_id,
+                        "devart.stage": inp.stage, "devart.attempt": info.attempt},
+        ):
+            await exchange.publish(
+                aio_pika.Message(
+                    body=message.model_dump_json().encode(),
+                    content_type="application/json",
+                    message_id=task_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    type="agent.task",
+                    headers=dict(telemetry.inject({})),
+                ),
+                routing_key=lane,
+            )
         activity.raise_complete_async()

@@ -7,20 +7,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
 from api.routes import agent_tasks, agents, dlq, events, pipelines, runs
-from core import db
+from core import db, telemetry
 from core.temporal import connect
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    telemetry.setup("devart-api")
     db.upgrade()
     app.state.temporal = await connect()
     yield
     await db.engine().dispose()
+    telemetry.shutdown()
 
 
 def create_app() -> FastAPI:
@@ -31,6 +34,7 @@ def create_app() -> FastAPI:
         description="Durable multi-stage pipelines run by teams of agents.",
     )
     errors.install(app)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     for module in (runs, pipelines, agents, agent_tasks, dlq, events):
         app.include_router(module.router)
 

@@ -8,7 +8,7 @@ import signal
 import typer
 
 from cli.output import console, fail
-from core import db, settings
+from core import db, settings, telemetry
 from core.errors import DevartError
 from devart_sdk import load
 from workers.skills.base import Skill
@@ -71,6 +71,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     from workers.agent import Agent
     from workers.agent_client import AgentClient, Refused
 
+    telemetry.setup("devart-agent")
     client = AgentClient(settings.api().url, key)
     try:
         await client.me()
@@ -97,6 +98,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
         await worker_agent.run(stop)
     finally:
         await client.close()
+        telemetry.shutdown()
 
 
 @db_app.command("upgrade")

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
 from cli.output import api_call, console, fail
+from core import telemetry
 
 runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
 
@@ -77,7 +79,11 @@ def run(
 ) -> None:
     """Start a pipeline run; with --wait, follow it and exit non-zero unless it succeeds."""
     body = {"pipeline": pipeline, "repo": _repo_argument(repo), "ref": ref, "params": _params(param), "trigger": "cli"}
-    created = api_call("POST", "/v1/runs", json=body)
+    telemetry.setup("devart-cli")
+    HTTPXClientInstrumentor().instrument()
+    with telemetry.tracer().start_as_current_span(f"devart run {pipeline}"):
+        created = api_call("POST", "/v1/runs", json=body)
+    telemetry.shutdown()
     if not wait:
         if as_json:
             console.print_json(json.dumps(created))

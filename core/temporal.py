@@ -7,7 +7,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 
-from core import settings
+from core import settings, telemetry
 from core.errors import ServiceUnavailable
 
 #: Filter runs in the Web UI with e.g. ``DevartPipeline = "build-test-review"``.
@@ -33,7 +33,11 @@ async def connect(address: str | None = None, namespace: str | None = None, runt
     address = address or cfg.address
     try:
         return await Client.connect(
-            address, namespace=namespace or cfg.namespace, data_converter=pydantic_data_converter, runtime=runtime
+            address,
+            namespace=namespace or cfg.namespace,
+            data_converter=pydantic_data_converter,
+            runtime=runtime,
+            interceptors=telemetry.temporal_interceptors(),
         )
     except RuntimeError as exc:
         raise ServiceUnavailable(

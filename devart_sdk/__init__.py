@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import telemetry
 from core.contracts import StageResult, Usage
 from core.errors import SkillError
 from sandboxes.base import ExecResult
@@ -32,17 +33,23 @@ __all__ = ["AgentApp", "ExecResult", "SkillContext", "SkillError", "StageResult"
 class SkillContext(_BaseContext):
     """What a skill gets: the task (``task.inputs``), its sandbox, and helpers to run commands and report."""
 
-    async def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                  timeout: float = 600.0) -> ExecResult:
+    async def run(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600.0
+    ) -> ExecResult:
         """Run a command in the task's sandbox (cwd = the repository checkout)."""
         self.progress(f"$ {' '.join(argv)}"[:500])
-        return await self.sandbox.exec(self.task.sandbox, list(argv), env=env, timeout=timeout)
+        with telemetry.tracer().start_as_current_span(
+            "sandbox exec", attributes={"devart.command": " ".join(argv)[:500]}
+        ):
+            return await self.sandbox.exec(self.task.sandbox, list(argv), env=env, timeout=timeout)
 
-    def result(self, summary: str, *, output: dict[str, Any] | None = None, usage: Usage | None = None,
-               log_tail: str = "") -> StageResult:
+    def result(
+        self, summary: str, *, output: dict[str, Any] | None = None, usage: Usage | None = None, log_tail: str = ""
+    ) -> StageResult:
         """A successful result; raise ``SkillError`` to fail instead."""
-        return StageResult(status="succeeded", summary=summary, output=output or {}, usage=usage or Usage(),
-                           log_tail=log_tail)
+        return StageResult(
+            status="succeeded", summary=summary, output=output or {}, usage=usage or Usage(), log_tail=log_tail
+        )
 
 
 SkillFunction = Callable[[SkillContext], Awaitable[StageResult]]
@@ -81,8 +88,9 @@ class AgentApp:
 
         def wrap(spec: SkillSpec) -> Callable[[_BaseContext], Awaitable[StageResult]]:
             async def run(ctx: _BaseContext) -> StageResult:
-                return await spec.function(SkillContext(task=ctx.task, sandbox=ctx.sandbox, python=ctx.python,
-                                                        progress=ctx.progress))
+                return await spec.function(
+                    SkillContext(task=ctx.task, sandbox=ctx.sandbox, python=ctx.python, progress=ctx.progress)
+                )
 
             return run
 

@@ -17,6 +17,7 @@ from temporalio.client import Client
 
 from core import db, services
 from core.supervisor import Child, Supervisor, stop_child
+from tests.otlp_receiver import OtlpReceiver
 from tests.stack import Stack, clear_settings_caches, free_port, require
 
 
@@ -25,6 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url} (rabbitmq-server -detached)")
     state = tmp_path_factory.mktemp("devart-state")
+    receiver = OtlpReceiver()
     tag = uuid.uuid4().hex[:8]
     api_port, temporal_port = free_port(), free_port()
     env = {
@@ -38,6 +40,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
         "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
         "DEVART_AGENT_KEEPALIVE_INTERVAL": "0.5",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
         "DEVART_WORKER_METRICS_PORT": str(free_port()),
         "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
         "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
@@ -48,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env["DATABASE_URL"] = db.database_url()
     db.upgrade()
     sup = Supervisor(state / "logs", env=env)
-    s = Stack(state=state, env=env, supervisor=sup, temporal_port=temporal_port,
+    s = Stack(receiver=receiver, state=state, env=env, supervisor=sup, temporal_port=temporal_port,
               temporal_db=state / "temporal.db", api_url=env["DEVART_API_URL"])
     try:
         s.restart_temporal()
@@ -58,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
     finally:
         sup.stop_all(grace=5)
+        receiver.close()
         if s.temporal is not None:
             stop_child(s.temporal, grace=5)
 

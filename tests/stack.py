@@ -18,6 +18,7 @@ import pytest
 
 from core import db, services, settings
 from core.supervisor import Child, Supervisor, stop_child
+from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_REPO = ROOT / "examples" / "sample-app"
@@ -39,6 +40,7 @@ def require(condition: bool, why: str) -> None:
 
 def clear_settings_caches() -> None:
     for fn in (settings.state, settings.temporal, settings.amqp, settings.api, settings.sandbox, settings.agent,
+               settings.admin, settings.k8s,
                db.database_url, db.engine, db._sessions):
         fn.cache_clear()
     from sandboxes.factory import get_sandbox
@@ -50,6 +52,7 @@ def clear_settings_caches() -> None:
 class Stack:
     """The running stack of one test session, with handles to restart its parts."""
 
+    receiver: OtlpReceiver
     state: Path
     env: dict[str, str]
     supervisor: Supervisor

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from core import telemetry
 from core.contracts import AgentTaskMessage, StageResult, TaskDetail
 from core.errors import SkillError
 from core.topology import Topology, can_serve
@@ -46,10 +48,21 @@ class Execution:
 
 
 class Agent:
-    def __init__(self, name: str, capabilities: list[str], client: AgentClient, sandbox: Sandbox,
-                 amqp_url: str, topology: Topology, *, concurrency: int = 1,
-                 heartbeat_interval: float | None = None, keepalive_interval: float = 2.0,
-                 drain_grace: float = 30.0, skills: dict[str, Skill] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        capabilities: list[str],
+        client: AgentClient,
+        sandbox: Sandbox,
+        amqp_url: str,
+        topology: Topology,
+        *,
+        concurrency: int = 1,
+        heartbeat_interval: float | None = None,
+        keepalive_interval: float = 2.0,
+        drain_grace: float = 30.0,
+        skills: dict[str, Skill] | None = None,
+    ) -> None:
         self.name = name
         self.capabilities = set(capabilities)
         self.client = client
@@ -183,8 +196,23 @@ class Agent:
         except ValidationError as exc:
             await dead_letter(self._channel, self._topology, message, f"unreadable task message: {exc.errors()[0]}")
             return
+        parent = telemetry.extract(message.headers)
+        attributes: dict[str, str | int] = {
+            "devart.run_id": envelope.run_id,
+            "devart.stage": envelope.stage,
+            "devart.attempt": envelope.attempt,
+            "devart.agent": self.name,
+            "messaging.destination.name": envelope.lane,
+        }
+        with telemetry.tracer().start_as_current_span(
+            "agent task", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+        ):
+            await self._claim_and_run(envelope, message)
+
+    async def _claim_and_run(self, envelope: AgentTaskMessage, message: AbstractIncomingMessage) -> None:
         try:
-            task = await self.client.claim(envelope.task_id)
+            with telemetry.tracer().start_as_current_span("claim"):
+                task = await self.client.claim(envelope.task_id)
         except Refused as exc:
             if exc.status_code in (401, 403):
                 # Refused because of *us* (deactivated, key rotated): the task is fine, leave it to other agents.
@@ -205,9 +233,10 @@ class Agent:
     async def _execute(self, execution: Execution) -> None:
         """Run the skill beside a heartbeat loop; report the outcome; a cancel or lost claim stops the skill."""
         task = execution.task
-        ctx = SkillContext(task=task, sandbox=self.sandbox, python=sys.executable,
-                           progress=_progress_setter(execution.progress))
-        execution.skill = asyncio.create_task(self._run_skill(ctx))
+        ctx = SkillContext(
+            task=task, sandbox=self.sandbox, python=sys.executable, progress=_progress_setter(execution.progress)
+        )
+        execution.skill = asyncio.create_task(self._run_skill(ctx))  # inherits the "agent task" span
         self._executions[task.task_id] = execution
         try:
             outcome = await self._supervise(execution)
@@ -252,13 +281,21 @@ class Agent:
             log.exception("skill %s crashed", task.skill)
             await self.client.fail(task, "AgentError", f"{type(exc).__name__}: {exc}", False, None)
             return
-        await self.client.complete(task, result)
+        with telemetry.tracer().start_as_current_span("report"):
+            await self.client.complete(task, result)
 
     async def _run_skill(self, ctx: SkillContext) -> StageResult:
+        with telemetry.tracer().start_as_current_span(
+            f"skill {ctx.task.skill}", attributes={"devart.skill": ctx.task.skill}
+        ):
+            return await self._call_skill(ctx)
+
+    async def _call_skill(self, ctx: SkillContext) -> StageResult:
         skill = self.skills.get(ctx.task.skill)
         if skill is None:
-            raise SkillError(f"agent {self.name} has no skill {ctx.task.skill!r}", error_type="SkillNotFound",
-                             non_retryable=True)
+            raise SkillError(
+                f"agent {self.name} has no skill {ctx.task.skill!r}", error_type="SkillNotFound", non_retryable=True
+            )
         return await skill(ctx)
 
 

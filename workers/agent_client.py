@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from core.contracts import StageResult, TaskDetail
@@ -38,6 +39,7 @@ class AgentClient:
             base_url=api_url.rstrip("/"), headers={"Authorization": f"Bearer {key}"}, timeout=30.0
         )
         self._retry_seconds = retry_seconds
+        HTTPXClientInstrumentor().instrument_client(self._http)  # the API's spans join the agent's trace
 
     async def close(self) -> None:
         await self._http.aclose()

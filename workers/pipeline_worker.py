@@ -24,7 +24,7 @@ from activities.dispatch import Dispatcher
 from activities.records import record_run
 from activities.sandbox import provision_sandbox, teardown_sandbox
 from activities.sweeper import SweepInput, sweep_sandboxes
-from core import db, settings
+from core import db, settings, telemetry
 from core.temporal import connect
 from core.topology import Topology
 from workers.dead_letters import collect
@@ -81,6 +81,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
 
 async def serve(task_queue: str | None = None) -> None:
     """Run until SIGINT/SIGTERM, then finish in-flight activity calls and exit."""
+    telemetry.setup("devart-worker")
     db.upgrade()
     runtime = _metrics_runtime(settings.worker())
     client = await connect(runtime=runtime)
@@ -101,3 +102,4 @@ async def serve(task_queue: str | None = None) -> None:
     await sampler
     await collector
     await dispatcher.close()
+    telemetry.shutdown()

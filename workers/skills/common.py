@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core import telemetry
 from core.contracts import Usage
 from core.errors import SandboxError, SkillError
 from sandboxes.base import ExecResult, OutputCallback
@@ -79,8 +80,12 @@ class Commands:
         self.ctx.progress(f"{step}: {shlex.join(argv)}"[:500])
         extra: dict[str, Any] = {} if output_cap is None else {"output_cap": output_cap}
         try:
-            result = await self.ctx.sandbox.exec(self.ctx.task.sandbox, list(argv), env=env, timeout=timeout,
-                                                 on_output=self._reporter(step) if logged else None, **extra)
+            with telemetry.tracer().start_as_current_span(
+                f"sandbox exec {step}", attributes={"devart.command": shlex.join(argv)[:500]}
+            ) as span:
+                result = await self.ctx.sandbox.exec(self.ctx.task.sandbox, list(argv), env=env, timeout=timeout,
+                                                     on_output=self._reporter(step) if logged else None, **extra)
+                span.set_attribute("devart.exit_code", result.exit_code)
         except SandboxError as exc:  # e.g. a secret missing from this agent's environment: say so, as the sandbox does
             raise SkillError(f"{step}: {exc}", error_type=exc.reason, non_retryable=not exc.retryable,
                              log_tail=self.log_tail) from exc

@@ -1,0 +1,58 @@
+"""One run, one trace: API → workflow → activities → AMQP publish → agent → sandbox commands → back to the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import noop_stage, poll, publish, unique, wait_run
+from tests.otlp_receiver import ReceivedSpan
+from tests.stack import Stack
+
+
+def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[str]:
+    names, current = [], span
+    while current.parent_id and current.parent_id in by_id:
+        current = by_id[current.parent_id]
+        names.append(current.name)
+    return names
+
+
+async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path: Path) -> None:
+    cap, name = unique("traced"), unique("traced")
+    stack.start_agent(unique("agent"), [cap])
+    await publish(api, {"name": name, "stages": [noop_stage("only", cap, sandbox_command="echo traced")]})
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"[:-6] + unique("x")[-6:].replace("-", "0")
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    created = await api.post("/v1/runs", json={"pipeline": name, "repo": str(tmp_path)},
+                             headers={"traceparent": traceparent})
+    assert created.status_code == 201
+    run = await wait_run(api, created.json()["run_id"])
+    assert run["status"] == "succeeded"
+
+    def services() -> set[str]:
+        return {s.service for s in stack.receiver.trace(trace_id)}
+
+    async def complete() -> list[ReceivedSpan] | None:
+        spans = stack.receiver.trace(trace_id)
+        names = {s.name for s in spans}
+        done = any("complete" in n for n in names) and "RunWorkflow:PipelineWorkflow" in names
+        return spans if done and {"devart-api", "devart-worker", "devart-agent"} <= services() else None
+
+    spans = await poll(complete, deadline=30, what="every process to export its spans")
+    by_id = {s.span_id: s for s in spans}
+    names = {s.name for s in spans}
+    for expected in ("POST /v1/runs", "StartWorkflow:PipelineWorkflow", "RunWorkflow:PipelineWorkflow",
+                     "StartActivity:run_agent_task", "RunActivity:run_agent_task", "agent task", "claim",
+                     "skill noop", "sandbox exec sandbox_command", "report"):
+        assert expected in names, (expected, sorted(names))
+    publish_span = next(s for s in spans if s.name.startswith("publish "))
+    assert "RunActivity:run_agent_task" in ancestors(publish_span, by_id)
+    agent_task = next(s for s in spans if s.name == "agent task")
+    assert agent_task.service == "devart-agent" and by_id[agent_task.parent_id] == publish_span
+    exec_span = next(s for s in spans if s.name == "sandbox exec sandbox_command")
+    assert "agent task" in ancestors(exec_span, by_id)
+    completion = next(s for s in spans if s.service == "devart-api" and "complete" in s.name
+                      and s.name.startswith("POST"))
+    assert {"report", "agent task", "POST /v1/runs"} <= set(ancestors(completion, by_id))
