@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from core import db, metrics
+from core import db, github_reporter, metrics
 from core.contracts import RunRecord, RunStatus
 from core.events import add_event
 from core.models import Run, utcnow
@@ -37,6 +37,7 @@ async def record_run(rec: RunRecord) -> None:
             kind = "run.finished" if finished else "run.started"
             message = f"run {rec.status.value}" + (f": {rec.error}" if rec.error else "")
             add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)
+    await github_reporter.run_recorded(rec)  # GitHub hook: check runs and the review (bounded, never raises)
 
 
 def _observe(rec: RunRecord) -> None:

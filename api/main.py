@@ -11,7 +11,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
-from api.routes import agent_tasks, agents, dlq, events, pipelines, runs
+from api.routes import agent_tasks, agents, analytics, budgets, dlq, events, github, pipelines, runs
 from core import db, telemetry
 from core.temporal import connect
 
@@ -35,7 +35,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
-    for module in (runs, pipelines, agents, agent_tasks, dlq, events):
+    for module in (runs, pipelines, agents, agent_tasks, dlq, events, budgets, analytics, github):
         app.include_router(module.router)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)

@@ -43,6 +43,7 @@ class AttemptView(BaseModel):
 class StageView(StageState):
     attempt_log: list[AttemptView] = Field(default_factory=list)
     waiting: str | None = Field(default=None, description="Why the stage's task is not being worked on, if so.")
+    cost: float = Field(default=0.0, description="Cost of all of the stage's attempts.")
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -58,6 +59,7 @@ class RunView(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     stages: list[StageView]
+    cost: float = Field(default=0.0, description="Cost of the run: the sum of its stages' costs.")
     ui_url: str
 
 
@@ -154,3 +156,16 @@ class AgentView(BaseModel):
     created_at: datetime
     last_seen_at: datetime | None
     stats: list[SkillStats] = Field(default_factory=list)
+
+
+class BudgetPut(BaseModel):
+    soft_limit: float | None = Field(default=None, ge=0, description="Alert and pause for approval at this spend.")
+    hard_limit: float | None = Field(default=None, ge=0, description="Stop runs at this spend.")
+
+
+class BudgetView(BaseModel):
+    scope: Literal["pipeline", "repository"]
+    name: str
+    soft_limit: float | None
+    hard_limit: float | None
+    spent: float

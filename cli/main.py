@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from cli import agents, events, pipelines, processes, runs, stack
+from cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -17,8 +17,12 @@ app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(processes.db_app, name="db")
 app.add_typer(agents.app, name="agents")
 app.add_typer(agents.dlq_app, name="dlq")
+app.add_typer(github.app, name="github")  # issue 6
+app.add_typer(budgets.app, name="budgets")
+app.command()(budgets.costs)
 app.command()(runs.run)
 app.command()(events.events)
+app.command()(stats.stats)
 app.command()(stack.up)
 app.command()(stack.down)
 app.command()(stack.doctor)

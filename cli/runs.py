@@ -179,3 +179,10 @@ def cancel(run_id: str) -> None:
     """Cancel a running run: in-flight agent tasks stop and their sandboxes are removed."""
     api_call("POST", f"/v1/runs/{run_id}/cancel")
     console.print(f"cancelling {run_id}")
+
+
+@runs_app.command("approve")
+def approve(run_id: str) -> None:
+    """Let a run paused on a soft budget limit go on (administrator)."""
+    api_call("POST", f"/v1/runs/{run_id}/approve", admin=True)
+    console.print(f"approved {run_id}")

@@ -115,6 +115,7 @@ class RunInput(Strict):
 
 class StageStatus(StrEnum):
     PENDING = "pending"
+    AWAITING_APPROVAL = "awaiting_approval"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -145,6 +146,7 @@ class StageResult(Strict):
     log_tail: str = ""
     usage: Usage = Field(default_factory=Usage)
     attempt: int = Field(default=0, description="Attempt that produced this result (set by the API).")
+    cost: float = Field(default=0.0, description="Cost of this attempt's usage under the price table (set by the API).")
     agent: str | None = Field(default=None, description="Agent that produced it (set by the API).")
 
 
@@ -238,3 +240,17 @@ class RunRecord(Strict):
     status: RunStatus
     stages: list[StageState]
     error: str | None = None
+
+
+class BudgetCheck(Strict):
+    run_id: str
+    pipeline: str
+    repository: str
+    stage: str
+
+
+class BudgetDecision(Strict):
+    """Whether a stage may start: ``ok``, ``soft`` (pause for approval) or ``hard`` (stop the run)."""
+
+    state: Literal["ok", "soft", "hard"]
+    message: str = ""

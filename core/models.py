@@ -83,6 +83,7 @@ class TaskAttempt(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     error: str | None = None
     late_reports: int = 0
+    cost_micros: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     created_at: datetime = _created()
     claimed_at: datetime | None = _ts(nullable=True)
     heartbeat_at: datetime | None = _ts(nullable=True)
@@ -146,3 +147,84 @@ class DeadLetter(SQLModel, table=True):
     body: str
     created_at: datetime = _created()
     redriven_at: datetime | None = _ts(nullable=True)
+
+
+# --- GitHub integration (issue 6): repository mapping, deliveries, per-run PR context, check runs, reviews ---
+
+
+class GitHubRepository(SQLModel, table=True):
+    """Which pipeline a repository's pull requests run; ``full_name`` is ``owner/repo`` in lower case."""
+
+    __tablename__ = "github_repositories"
+    full_name: str = Field(primary_key=True)
+    pipeline: str
+    clone_url: str | None = Field(default=None, description="Clone from here instead of the PR head's clone URL.")
+    created_at: datetime = _created()
+    updated_at: datetime = _created()
+
+
+class GitHubDelivery(SQLModel, table=True):
+    """A webhook delivery already handled: GitHub's redeliveries carry the same ``X-GitHub-Delivery`` id."""
+
+    __tablename__ = "github_deliveries"
+    id: str = Field(primary_key=True)
+    event: str
+    received_at: datetime = _created()
+    run_id: str | None = None
+
+
+class GitHubRun(SQLModel, table=True):
+    """The pull request a GitHub-triggered run works on, recorded before its workflow starts."""
+
+    __tablename__ = "github_runs"
+    run_id: str = Field(primary_key=True)
+    repo: str = Field(index=True, description="owner/repo in lower case.")
+    pr: int
+    head_sha: str
+    base_sha: str | None = None
+    installation_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    origin_run_id: str | None = Field(default=None, description="The run a single-stage re-run was derived from.")
+    trace_id: str | None = None
+    created_at: datetime = _created()
+
+
+class GitHubCheck(SQLModel, table=True):
+    """One stage's check run; several runs' rows share a ``check_run_id`` when a re-run takes the check over."""
+
+    __tablename__ = "github_checks"
+    run_id: str = Field(primary_key=True)
+    stage: str = Field(primary_key=True)
+    check_run_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, index=True))
+    repo: str
+    pr: int
+    head_sha: str
+    skill: str
+    max_attempts: int = 1
+    non_retryable: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    status: str | None = Field(default=None, description="Last reported: queued|in_progress|completed|superseded.")
+    conclusion: str | None = None
+    updated_at: datetime = _created()
+
+
+class GitHubReview(SQLModel, table=True):
+    """The pull-request review devart posted for one head commit; re-runs update or replace it."""
+
+    __tablename__ = "github_reviews"
+    repo: str = Field(primary_key=True)
+    pr: int = Field(primary_key=True)
+    head_sha: str = Field(primary_key=True)
+    review_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    run_id: str
+    fingerprint: str = Field(description="Hash of the line comments: same comments update, others replace.")
+    updated_at: datetime = _created()
+
+
+class Budget(SQLModel, table=True):
+    """A spending limit for a pipeline or a repository (all runs, in micro-units of the price table)."""
+
+    __tablename__ = "budgets"
+    scope: str = Field(primary_key=True, description="pipeline or repository")
+    name: str = Field(primary_key=True)
+    soft_micros: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    hard_micros: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    updated_at: datetime = _created()

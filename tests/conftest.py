@@ -7,6 +7,7 @@ on a laptop but fails it under ``CI=true``.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import pytest
 from temporalio.client import Client
 
 from core import db, services
+from core.embedded import stop_postgres
 from core.supervisor import Child, Supervisor, stop_child
 from tests.otlp_receiver import OtlpReceiver
 from tests.stack import Stack, clear_settings_caches, free_port, require
@@ -42,11 +44,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DEVART_AGENT_KEEPALIVE_INTERVAL": "0.5",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "DEVART_PRICES": json.dumps({"models": {"test-model": 2.0}, "default_per_1k_tokens": 0.5,
+                                     "sandbox_cpu_second": 0.0}),
         "DEVART_WORKER_METRICS_PORT": str(free_port()),
         "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
         "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
+        # GitHub (issue 6): tests/github/double.py serves this URL; webhooks are signed with this secret
+        "DEVART_GITHUB_API_URL": f"http://127.0.0.1:{free_port()}",
+        "DEVART_GITHUB_TOKEN": f"ghs_test{uuid.uuid4().hex}",
+        "DEVART_GITHUB_WEBHOOK_SECRET": f"whsec-{uuid.uuid4().hex}",
         "DEVART_LOG_LEVEL": "INFO",
     }
+    embedded = not os.environ.get("DATABASE_URL")
     os.environ.update(env)
     clear_settings_caches()
     env["DATABASE_URL"] = db.database_url()
@@ -63,6 +72,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         sup.stop_all(grace=5)
         receiver.close()
+        if embedded:
+            stop_postgres(state)
         if s.temporal is not None:
             stop_child(s.temporal, grace=5)
 

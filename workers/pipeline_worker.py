@@ -20,6 +20,7 @@ from temporalio.client import (
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from activities.budgets import check_budget
 from activities.dispatch import Dispatcher
 from activities.records import record_run
 from activities.sandbox import provision_sandbox, teardown_sandbox
@@ -74,7 +75,9 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         client,
         task_queue=task_queue or settings.temporal().task_queue,
         workflows=[PipelineWorkflow, SandboxSweepWorkflow],
-        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, sweep_sandboxes],
+        activities=[
+            provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, sweep_sandboxes, check_budget
+        ],
         max_concurrent_activities=200,
     )
 

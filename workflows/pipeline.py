@@ -17,6 +17,8 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
         AgentTaskInput,
+        BudgetCheck,
+        BudgetDecision,
         ProvisionInput,
         RunInput,
         RunRecord,
@@ -59,6 +61,12 @@ def describe_failure(err: BaseException) -> str:
 class PipelineWorkflow:
     def __init__(self) -> None:
         self._states: dict[str, StageState] = {}
+        self._approved = False
+
+    @workflow.signal
+    def approve(self) -> None:
+        """A supervisor lets the run go on past its soft budget limits."""
+        self._approved = True
 
     @workflow.query
     def stages(self) -> list[StageState]:
@@ -69,9 +77,10 @@ class PipelineWorkflow:
     async def run(self, inp: RunInput) -> RunResult:
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
-        await self._record(inp, RunStatus.RUNNING)
         tasks: dict[str, asyncio.Task[None]] = {}
         try:
+            # Inside the try: a cancel that lands during the first record still records the run as cancelled.
+            await self._record(inp, RunStatus.RUNNING)
             while True:
                 self._skip_blocked()
                 for name in self._ready(tasks):
@@ -86,7 +95,7 @@ class PipelineWorkflow:
             # Let every stage run its teardown before the run is reported cancelled.
             await asyncio.gather(*tasks.values(), return_exceptions=True)
             for state in self._states.values():
-                if state.status in (StageStatus.PENDING, StageStatus.RUNNING):
+                if state.status in (StageStatus.PENDING, StageStatus.RUNNING, StageStatus.AWAITING_APPROVAL):
                     state.status = StageStatus.CANCELLED
             await self._record(inp, RunStatus.CANCELLED, "cancelled")
             raise
@@ -122,6 +131,9 @@ class PipelineWorkflow:
 
     async def _run_stage(self, inp: RunInput, spec: StageSpec) -> None:
         state = self._states[spec.name]
+        # Runs recorded before budgets existed replay without the check.
+        if workflow.patched("budget-check") and not await self._within_budget(inp, state):
+            return
         state.status = StageStatus.RUNNING
         state.started_at = workflow.now()
         handle: SandboxHandle | None = None
@@ -181,6 +193,28 @@ class PipelineWorkflow:
                     start_to_close_timeout=policies.TEARDOWN_TIMEOUT,
                     retry_policy=policies.TEARDOWN_RETRY,
                 )
+
+    async def _within_budget(self, inp: RunInput, state: StageState) -> bool:
+        """Check the budgets before dispatch: pause on a soft limit until approved, stop on a hard one."""
+        check = BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo,
+                            stage=state.name)
+        while True:
+            decision = await workflow.execute_activity(
+                "check_budget", check, result_type=BudgetDecision, start_to_close_timeout=policies.RECORD_TIMEOUT,
+                retry_policy=policies.RECORD_RETRY,
+            )
+            if decision.state == "ok" or (decision.state == "soft" and self._approved):
+                state.status, state.error = StageStatus.PENDING, None
+                return True
+            if decision.state == "hard":
+                state.status, state.error = StageStatus.FAILED, f"budget exceeded: {decision.message}"
+                return False
+            state.status = StageStatus.AWAITING_APPROVAL
+            state.error = f"paused: {decision.message}; approve the run or raise the budget"
+            try:
+                await workflow.wait_condition(lambda: self._approved, timeout=policies.BUDGET_RECHECK)
+            except TimeoutError:
+                pass  # look again: the budget may have been raised
 
     async def _record(self, inp: RunInput, status: RunStatus, error: str | None = None) -> None:
         record = RunRecord(

@@ -34,3 +34,6 @@ RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=15,
 )
+
+#: A run paused on a soft budget limit looks again this often, in case the budget was raised.
+BUDGET_RECHECK = timedelta(seconds=10)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep, TemporalDep
+from api.deps import AdminDep, SessionDep, TemporalDep
 from api.schemas import RunCreated, RunRequest, RunView
 from api.services import runs
 
@@ -51,3 +51,10 @@ async def get_run(run_id: str, session: SessionDep, client: TemporalDep) -> RunV
 async def cancel_run(run_id: str, session: SessionDep, client: TemporalDep) -> dict[str, str]:
     await runs.cancel(session, client, run_id)
     return {"run_id": run_id, "status": "cancelling"}
+
+
+@router.post("/{run_id}/approve", status_code=202, dependencies=[AdminDep])
+async def approve_run(run_id: str, session: SessionDep, client: TemporalDep) -> dict[str, str]:
+    """Approve a run paused on a soft budget limit (administrator)."""
+    await runs.approve(session, client, run_id)
+    return {"run_id": run_id, "status": "approved"}

@@ -15,7 +15,8 @@ from temporalio.service import RPCError
 from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
 from api.services import catalog
 from core import metrics, pipelines, settings
-from core.contracts import RunInput, RunStatus, Source, StageState
+from core.contracts import PipelineDefinition, RunInput, RunStatus, Source, StageState
+from core.costs import to_money
 from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from core.events import add_event
 from core.models import Run, TaskAttempt, utcnow
@@ -28,6 +29,8 @@ GIT_URL = re.compile(r"^(https?://|git@|ssh://|file://|git://)")
 _EXTERNAL_END = {
     WorkflowExecutionStatus.TERMINATED: "terminated",
     WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.FAILED: "failed",
 }
 
 
@@ -46,12 +49,21 @@ def check_source(repo: str, ref: str | None) -> Source:
     return Source(repo=repo, ref=ref or None)
 
 
-async def start(session: AsyncSession, client: Client, req: RunRequest) -> RunCreated:
-    """Validate everything, record the run, then start its workflow (workflow id = run id)."""
-    definition = await catalog.get(session, req.pipeline, req.version)
+def new_run_id(pipeline: str) -> str:
+    return f"{pipeline}-{uuid.uuid4().hex[:12]}"
+
+
+async def start(session: AsyncSession, client: Client, req: RunRequest, *,
+                definition: PipelineDefinition | None = None, run_id: str | None = None) -> RunCreated:
+    """Validate everything, record the run, then start its workflow (workflow id = run id).
+
+    ``definition`` and ``run_id`` (GitHub hook): run a derived definition (a single stage re-run) under an id chosen
+    beforehand, so that rows the caller added to ``session`` for that id are committed with the run.
+    """
+    definition = definition or await catalog.get(session, req.pipeline, req.version)
     params = pipelines.resolve_params(definition, req.params)
     source = check_source(req.repo, req.ref)
-    run_id = f"{definition.name}-{uuid.uuid4().hex[:12]}"
+    run_id = run_id or new_run_id(definition.name)
     stages = [StageState(name=s.name, depends_on=s.depends_on).model_dump(mode="json") for s in definition.stages]
     session.add(
         Run(
@@ -115,7 +127,8 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
         except RPCError:
             ended = None
         if ended:
-            run.status, run.error, run.finished_at = "failed", f"workflow {ended}", utcnow()
+            status = "cancelled" if ended == "cancelled" else "failed"
+            run.status, run.error, run.finished_at = status, f"workflow {ended} before recording its end", utcnow()
             await session.commit()
     attempts = (
         await session.exec(select(TaskAttempt).where(TaskAttempt.run_id == run_id).order_by(col(TaskAttempt.attempt)))
@@ -141,7 +154,8 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
         waiting = log[-1].waiting_reason if log and log[-1].status == "queued" else None
         isolated = all(a.input.get("sandbox", {}).get("isolated", True) for a in attempts if a.stage == stage.name)
         warnings = [] if isolated else ["ran WITHOUT sandbox isolation (DEVART_SANDBOX_ISOLATION=none)"]
-        views.append(StageView(**stage.model_dump(), attempt_log=log, waiting=waiting, warnings=warnings))
+        cost = to_money(sum(a.cost_micros for a in attempts if a.stage == stage.name))
+        views.append(StageView(**stage.model_dump(), attempt_log=log, waiting=waiting, warnings=warnings, cost=cost))
     return RunView(
         run_id=run.id,
         pipeline=run.pipeline,
@@ -154,7 +168,7 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
         created_at=run.created_at,
         finished_at=run.finished_at,
         stages=views,
-        ui_url=ui_link(run.id),
+        cost=to_money(sum(a.cost_micros for a in attempts)), ui_url=ui_link(run.id),
     )
 
 
@@ -170,4 +184,19 @@ async def cancel(session: AsyncSession, client: Client, run_id: str) -> None:
     except RPCError as exc:
         raise ServiceUnavailable(f"Temporal could not cancel the run: {exc.message}") from exc
     add_event(session, "run.cancel_requested", "cancellation requested", run_id=run_id)
+    await session.commit()
+
+
+async def approve(session: AsyncSession, client: Client, run_id: str) -> None:
+    """Let a run paused on a soft budget limit go on (a workflow signal)."""
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"run '{run_id}' not found")
+    if run.status != RunStatus.RUNNING:
+        raise RunConflict(f"run '{run_id}' already {run.status}; only a running run can be approved")
+    try:
+        await client.get_workflow_handle(run_id).signal(PipelineWorkflow.approve)
+    except RPCError as exc:
+        raise ServiceUnavailable(f"Temporal could not deliver the approval: {exc.message}") from exc
+    add_event(session, "run.approved", "a supervisor approved the run past its soft budget", run_id=run_id)
     await session.commit()

@@ -17,8 +17,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
-from core import agents, db, metrics, settings
+from core import agents, db, github_reporter, metrics, settings
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
+from core.costs import prices, to_money
 from core.errors import DevartError
 from core.events import add_event
 from core.models import Agent, Run, TaskAttempt, utcnow
@@ -115,6 +116,7 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         attempt=row.attempt,
     )
     await session.commit()
+    github_reporter.stage_claimed(row)  # GitHub hook: check run in progress (background, never raises)
     return TaskDetail(
         **AgentTaskInput.model_validate(row.input).model_dump(),
         task_id=row.id,
@@ -141,20 +143,22 @@ async def heartbeat(
 
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
     row = await _check_claim(session, task_id, agent, req.claim_id)
-    result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name})
+    result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name,
+                                           "cost": to_money(prices().cost_micros(req.result.usage))})
     try:
         await client.get_async_activity_handle(task_token=row.task_token).complete(result)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "succeeded", result, None)
     await session.commit()
+    github_reporter.stage_finished(row, result)  # GitHub hook: check run completed (background, never raises)
 
 
 async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
     row = await _check_claim(session, task_id, agent, req.claim_id)
-    result = (req.result or StageResult(status="failed", summary=req.message)).model_copy(
-        update={"attempt": row.attempt, "agent": agent.name, "status": "failed"}
-    )
+    report = req.result or StageResult(status="failed", summary=req.message)
+    result = report.model_copy(update={"attempt": row.attempt, "agent": agent.name, "status": "failed",
+                                       "cost": to_money(prices().cost_micros(report.usage))})
     error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
@@ -162,6 +166,7 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
         raise await _gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}")
     await session.commit()
+    github_reporter.stage_finished(row, result, req.error_type, req.message, req.non_retryable)  # GitHub hook
 
 
 async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
@@ -193,6 +198,7 @@ async def _finish(
 ) -> None:
     row.status, row.finished_at, row.error = status, utcnow(), error
     row.result = result.model_dump(mode="json") if result else None
+    row.cost_micros = prices().cost_micros(result.usage) if result else 0
     metrics.TASKS_REPORTED.labels(row.skill, status).inc()
     if agent.current_task == row.id:
         agent.current_task = None
@@ -200,7 +206,8 @@ async def _finish(
         session.add(agent)
     if status in ("succeeded", "failed") and row.claimed_at is not None:
         seconds = (row.finished_at - row.claimed_at).total_seconds()
-        await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds)
+        await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds,
+                                    to_money(row.cost_micros))
     kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed",
             "released": "stage.attempt.released"}.get(status, "stage.cancelled")
     add_event(session, kind, error or (result.summary if result else status), run_id=row.run_id, stage=row.stage,

@@ -2,7 +2,8 @@
 
 Inputs (all optional): ``sleep`` (seconds to wait, cancellable at once), ``sandbox_command`` (run by
 ``/bin/sh -c`` in the sandbox; non-zero exit fails with ``CommandFailed``), ``slow_attempts`` (sleep only on
-attempts up to this number; default: every attempt), ``fail_attempts`` (attempts up to
+attempts up to this number; default: every attempt), ``report_tokens`` (model -> tokens to report as usage,
+so cost and budget paths can be exercised with exact figures), ``fail_attempts`` (attempts up to
 this number fail with a retryable ``Transient`` error), ``fail_type`` and ``non_retryable`` (the error type
 raised instead, and whether it may be retried).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from core.contracts import StageResult
+from core.contracts import StageResult, Usage
 from core.errors import SkillError
 from workers.skills.base import SkillContext
 from workers.skills.common import Commands, input_bool, input_float, invalid_input
@@ -54,4 +55,13 @@ async def run(ctx: SkillContext) -> StageResult:
         raise SkillError(f"{'failure' if non_retryable else 'transient failure'} injected on attempt "
                          f"{ctx.task.attempt}", error_type=fail_type, non_retryable=non_retryable, output=output)
     return StageResult(status="succeeded", summary=f"noop succeeded on attempt {ctx.task.attempt}", output=output,
-                       log_tail=cmd.log_tail, usage=cmd.usage())
+                       log_tail=cmd.log_tail, usage=_usage(ctx, cmd))
+
+
+def _usage(ctx: SkillContext, cmd: Commands) -> Usage:
+    usage = cmd.usage()
+    tokens = ctx.task.inputs.get("report_tokens") or {}
+    if not isinstance(tokens, dict) or not all(isinstance(v, int) and v >= 0 for v in tokens.values()):
+        raise invalid_input(f"input 'report_tokens' must map model names to token counts, got {tokens!r}")
+    usage.model_tokens.update({str(k): int(v) for k, v in tokens.items()})
+    return usage

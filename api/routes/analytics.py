@@ -1,0 +1,21 @@
+"""Analytics: what is slow, what fails, what it costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import SessionDep
+from api.services import analytics
+
+router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
+
+
+@router.get("")
+async def get_analytics(session: SessionDep, pipeline: str | None = None) -> dict[str, Any]:
+    """Per pipeline (runs, success rate, p50/p95 stage durations, retries, cost per run over time), per agent and
+    skill (tasks, success rate, mean duration, cost), and the slowest stages by p95."""
+    per_pipeline = await analytics.pipelines(session, pipeline)
+    return {"pipelines": per_pipeline, "agents": await analytics.agents(session),
+            "slowest_stages": analytics.slowest(per_pipeline)}

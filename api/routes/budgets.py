@@ -1,0 +1,55 @@
+"""Budgets per pipeline or repository, and cost totals (administrator)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from api.deps import AdminDep, SessionDep
+from api.schemas import BudgetPut, BudgetView
+from core import budgets
+from core.costs import to_money
+
+router = APIRouter(prefix="/v1", tags=["budgets and costs (admin)"], dependencies=[AdminDep])
+
+
+def _view(b: object, spent: int) -> BudgetView:
+    soft, hard = getattr(b, "soft_micros"), getattr(b, "hard_micros")  # noqa: B009
+    return BudgetView(scope=getattr(b, "scope"), name=getattr(b, "name"),  # noqa: B009
+                      soft_limit=to_money(soft) if soft is not None else None,
+                      hard_limit=to_money(hard) if hard is not None else None, spent=to_money(spent))
+
+
+@router.get("/budgets", response_model=list[BudgetView])
+async def list_budgets(session: SessionDep) -> list[BudgetView]:
+    return [_view(b, spent) for b, spent in await budgets.list_budgets(session)]
+
+
+@router.put("/budgets/{scope}/{name:path}", response_model=BudgetView)
+async def put_budget(scope: Literal["pipeline", "repository"], name: str, body: BudgetPut,
+                     session: SessionDep) -> BudgetView:
+    """Set (or raise) a budget; paused runs notice a raised budget on their next check."""
+    budget = await budgets.put(session, scope, name, body.soft_limit, body.hard_limit)
+    await session.commit()
+    return _view(budget, await budgets.spent_micros(session, scope, name))
+
+
+@router.delete("/budgets/{scope}/{name:path}", status_code=204)
+async def delete_budget(scope: Literal["pipeline", "repository"], name: str, session: SessionDep) -> None:
+    await budgets.remove(session, scope, name)
+    await session.commit()
+
+
+@router.get("/costs")
+async def costs(session: SessionDep, group: Literal["pipeline", "repository", "run", "stage"] = "pipeline",
+                run_id: str | None = None) -> list[dict[str, object]]:
+    """Cost totals grouped by pipeline, repository, run or stage (of one run with run_id)."""
+    keys = {"pipeline": "r.pipeline", "repository": "r.repository", "run": "r.id", "stage": "a.stage"}
+    where = "WHERE r.id = :run_id" if run_id else ""
+    rows = (await session.execute(text(
+        f"SELECT {keys[group]} AS key, sum(a.cost_micros) AS micros, count(DISTINCT r.id) AS runs "
+        f"FROM task_attempts a JOIN runs r ON r.id = a.run_id {where} GROUP BY 1 ORDER BY 1"),
+        {"run_id": run_id} if run_id else {})).all()
+    return [{"key": key, "cost": to_money(int(micros)), "micros": int(micros), "runs": n} for key, micros, n in rows]

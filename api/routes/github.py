@@ -1,0 +1,78 @@
+"""GitHub routes: the App's webhook, and the administrator's repository → pipeline mapping."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, Field, field_validator
+
+from api.deps import AdminDep, SessionDep, TemporalDep
+from api.services import github
+from api.services.github import WebhookReply
+from core.models import GitHubRepository
+
+router = APIRouter(prefix="/v1/github", tags=["github"])
+
+#: An owner or repository name as GitHub allows them.
+Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+_CLONE = re.compile(r"^(https?://|git@|ssh://|file://|git://|/)")
+
+
+class MappingRequest(BaseModel):
+    pipeline: str = Field(min_length=1, description="Pipeline the repository's pull requests run.")
+    clone_url: str | None = Field(default=None, description="Clone from here instead of the PR head's clone URL.")
+
+    @field_validator("clone_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _CLONE.match(value):
+            raise ValueError("clone_url must be a git URL or an absolute path")
+        return value
+
+
+class MappingView(BaseModel):
+    repository: str
+    pipeline: str
+    clone_url: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, m: GitHubRepository) -> MappingView:
+        return cls(repository=m.full_name, pipeline=m.pipeline, clone_url=m.clone_url, created_at=m.created_at,
+                   updated_at=m.updated_at)
+
+
+@router.post("/webhook", response_model=WebhookReply, status_code=202)
+async def webhook(request: Request, response: Response, session: SessionDep, client: TemporalDep) -> WebhookReply:
+    """GitHub's deliveries; the signature is verified on the raw body before anything else."""
+    headers = request.headers
+    reply = await github.receive(session, client, event=headers.get("X-GitHub-Event"),
+                                 delivery=headers.get("X-GitHub-Delivery"),
+                                 signature=headers.get("X-Hub-Signature-256"), body=await request.body())
+    response.status_code = reply.http_status
+    return reply
+
+
+@router.get("/repositories", response_model=list[MappingView], dependencies=[AdminDep])
+async def list_mappings(session: SessionDep) -> list[MappingView]:
+    return [MappingView.of(m) for m in await github.list_mappings(session)]
+
+
+@router.get("/repositories/{owner}/{repo}", response_model=MappingView, dependencies=[AdminDep])
+async def get_mapping(owner: str, repo: str, session: SessionDep) -> MappingView:
+    return MappingView.of(await github.get_mapping(session, f"{owner}/{repo}"))
+
+
+@router.put("/repositories/{owner}/{repo}", response_model=MappingView, dependencies=[AdminDep])
+async def put_mapping(owner: Name, repo: Name, req: MappingRequest, session: SessionDep) -> MappingView:
+    """Map the repository's pull requests to a pipeline (replacing any earlier mapping)."""
+    return MappingView.of(await github.put_mapping(session, f"{owner}/{repo}", req.pipeline, req.clone_url))
+
+
+@router.delete("/repositories/{owner}/{repo}", status_code=204, dependencies=[AdminDep])
+async def delete_mapping(owner: str, repo: str, session: SessionDep) -> None:
+    await github.delete_mapping(session, f"{owner}/{repo}")

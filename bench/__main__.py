@@ -1,0 +1,194 @@
+"""``python -m bench [--quick]``: devart's pipeline overhead against bare Temporal and RabbitMQ, in one run.
+
+Starts a stack of its own (``bench.stack``), then measures, alternating the baseline and devart so both see the
+same machine load:
+
+1. baseline: a bare Temporal workflow with one no-op activity, on an in-process worker (``bench.pipeline``);
+2. devart: a one-stage and a three-stage noop pipeline through ``POST /v1/runs``, RabbitMQ, the agents and the
+   API's completion, and the ratios to the baseline;
+3. dispatch: publish → agent receives on a devart lane against raw aio-pika (``bench.fleet.dispatch``), plus
+   queued → claimed in the stack;
+4. the API: ``POST /v1/runs`` under concurrent clients (``bench.api_load``);
+5. the scale sweep: 1 … 1,000 runs in flight, with memory (``bench.scale``);
+
+and writes ``bench/results/latest.{json,md,png}`` (``bench.report``). ``--quick`` (under two minutes) is the smoke
+check CI runs: it proves the benchmark runs and reports, its figures are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import api_load, fleet, report, scale
+from bench import stack as bench_stack
+from bench.pipeline import noop_pipeline
+from bench.scale import CpuMeter, Sample, baseline_run, baseline_worker, breakdown, closed_loop, devart_run
+from bench.scale import publish as publish_pipeline
+from core import db, services, telemetry
+from core.temporal import connect
+
+#: The issue's goals, as ratios to the baseline measured in the same run.
+GOAL_THROUGHPUT_RATIO, GOAL_P50_RATIO, GOAL_DISPATCH_P99_MS = 0.75, 1.5, 25.0
+#: "Bounded memory": the stack's peak growth per in-flight run at the top of the sweep stays under this.
+GOAL_KIB_PER_RUN = 512.0
+
+FULL = {"concurrency": 10, "runs": 300, "rounds": 3, "runs_3": 60, "concurrency_3": 10,
+        "levels": [1, 10, 100, 1000], "minimum": 20, "deadline": 600.0,
+        "api_clients": 16, "api_seconds": 10.0, "api_max": 500, "agents": 4, "agent_concurrency": 32,
+        "fleet_per_run": 20, "fleet_rounds": 3}
+#: Sized to stay under two minutes on a busy 2-CPU machine: a smoke check of the benchmark, not of the figures.
+QUICK = {"concurrency": 5, "runs": 20, "rounds": 2, "runs_3": 4, "concurrency_3": 2,
+         "levels": [1, 10, 50], "minimum": 5, "deadline": 90.0,
+         "api_clients": 16, "api_seconds": 2.0, "api_max": 24, "agents": 2, "agent_concurrency": 32,
+         "fleet_per_run": 3, "fleet_rounds": 1}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    temporal = subprocess.run([services.temporal_binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_gib, 1), "kernel": platform.release(),
+            "python": sys.version.split()[0], "temporal": temporal,
+            "load_average_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+async def headline(stack: bench_stack.BenchStack, api: httpx.AsyncClient, client: Any, cfg: dict[str, Any], *,
+                   queue: str, pipeline: str, repo: str) -> tuple[Sample, Sample, dict[str, dict[str, float]]]:
+    """Alternate baseline and devart rounds at the same concurrency; returns both (rounds added up) and the CPU
+    milliseconds each process spent per run, by path."""
+    base, devart = Sample(), Sample()
+    pids = {"bench process": [os.getpid()], **stack.server_pids(), **stack.pids()}
+    cpu = {path: CpuMeter(pids, own_only={"bench process"}) for path in ("baseline", "devart")}
+    per_round = cfg["runs"] // cfg["rounds"]
+    for i in range(cfg["rounds"]):
+        cpu["baseline"].start()
+        base.add(await closed_loop(baseline_run(client, queue), per_round, cfg["concurrency"], cfg["deadline"]))
+        cpu["baseline"].stop()
+        cpu["devart"].start()
+        devart.add(await closed_loop(devart_run(api, client, pipeline, repo), per_round, cfg["concurrency"],
+                                     cfg["deadline"]))
+        cpu["devart"].stop()
+        report.progress(f"round {i + 1}/{cfg['rounds']}: baseline {report.stats(base)['per_s']}/s, devart "
+                        f"{report.stats(devart)['per_s']}/s so far")
+    return base, devart, {"baseline": cpu["baseline"].per_run_ms(len(base.latencies)),
+                          "devart": cpu["devart"].per_run_ms(len(devart.latencies))}
+
+
+def goals(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    thr = report.ratio(r["devart"]["per_s"], r["baseline"]["per_s"])
+    p50 = report.ratio(r["devart"]["p50_ms"], r["baseline"]["p50_ms"])
+    top = r["sweep"][-1]
+    out = [{"goal": f"devart no-op throughput ≥ {GOAL_THROUGHPUT_RATIO}× baseline", "measured": f"{thr}×",
+            "met": thr is not None and thr >= GOAL_THROUGHPUT_RATIO},
+           {"goal": f"devart no-op latency p50 ≤ {GOAL_P50_RATIO}× baseline", "measured": f"{p50}×",
+            "met": p50 is not None and p50 <= GOAL_P50_RATIO}]
+    fleet_p99 = r["dispatch"]["fleet"]["devart_ms"]["p99"]
+    out.append({"goal": f"dispatch p99 ≤ {GOAL_DISPATCH_P99_MS:g} ms at 100 concurrent runs",
+                "measured": f"{fleet_p99} ms (publish → agent receives; in the stack queued → claimed: "
+                            f"{r['dispatch'].get('in_stack', {}).get('p99')} ms)",
+                "met": fleet_p99 <= GOAL_DISPATCH_P99_MS})
+    kib = top["memory"]["total"]["per_run_kib"]
+    out.append({"goal": "1,000 concurrent runs: 0 errors, bounded memory"
+                        + (f" (quick mode: {top['in_flight']} in flight)" if quick else ""),
+                "measured": f"{top['devart']['errors']} errors of {top['runs']}, {kib} KiB per in-flight run "
+                            f"(bound {GOAL_KIB_PER_RUN:g})",
+                "met": top["in_flight"] >= 1000 and top["devart"]["errors"] == 0 and kib <= GOAL_KIB_PER_RUN})
+    return out
+
+
+async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], quick: bool) -> dict[str, Any]:
+    telemetry.setup("devart-bench")  # the same tracing as devart's processes, so the baseline pays it too
+    client = await connect(stack.temporal_address)
+    await bench_stack.start_agents(stack, cfg["agents"], cfg["agent_concurrency"])
+    report.progress(f"stack up: API {stack.api_url}, Temporal {stack.temporal_address}, {cfg['agents']} agents")
+    repo = stack.state / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("benchmark repository\n")
+    one, three = f"bench-noop-{uuid.uuid4().hex[:6]}", f"bench-noop3-{uuid.uuid4().hex[:6]}"
+    queue = f"bench-baseline-{uuid.uuid4().hex[:6]}"
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    try:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0, limits=limits) as api, \
+                baseline_worker(client, queue):
+            await publish_pipeline(api, noop_pipeline(one, stack.capability, 1))
+            await publish_pipeline(api, noop_pipeline(three, stack.capability, 3))
+            # Warm-up: the first dispatch declares the lane and the agents start consuming it.
+            await closed_loop(devart_run(api, client, one, str(repo)), 4, 2)
+            await closed_loop(baseline_run(client, queue), 10, 5)
+            base, devart, cpu = await headline(stack, api, client, cfg, queue=queue, pipeline=one, repo=str(repo))
+            devart_3 = await closed_loop(devart_run(api, client, three, str(repo)), cfg["runs_3"],
+                                         cfg["concurrency_3"], cfg["deadline"])
+            report.progress(f"three stages: {report.stats(devart_3)['per_s']}/s")
+            dispatched = await fleet.dispatch(cfg["fleet_per_run"], cfg["fleet_rounds"], fleet.PACED_STAGE_S)
+            report.progress(f"dispatch: devart lane p99 {dispatched['devart_ms']['p99']} ms, raw "
+                            f"{dispatched['raw_ms']['p99']} ms")
+            points = await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
+                                       levels=cfg["levels"], minimum=cfg["minimum"], deadline=cfg["deadline"])
+            api_figures = await api_load.measure(stack.api_url, client, pipeline=one, repo=str(repo),
+                                                 clients=cfg["api_clients"], seconds=cfg["api_seconds"],
+                                                 max_requests=cfg["api_max"])
+            steps = await breakdown(client, points[0]["devart_run_ids"])
+            base_steps = await breakdown(client, base.ids[:20])
+    finally:
+        await bench_stack.delete_broker_objects(stack)
+        await db.engine().dispose()
+    in_stack = next((p for p in points if p["in_flight"] >= 100), points[-1])
+    return {"baseline": report.stats(base), "devart": report.stats(devart), "devart_3": report.stats(devart_3),
+            "cpu_ms_per_run": cpu,
+            "dispatch": {"concurrent_runs": fleet.CONCURRENT_RUNS, "fleet": dispatched,
+                         "rabbitmq": await fleet.broker_version(), "in_stack": in_stack["dispatch_ms"],
+                         "in_stack_in_flight": in_stack["in_flight"]},
+            "api": api_figures, "sweep": points, "breakdown": steps, "baseline_breakdown": base_steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke check in under two minutes (noisy figures)")
+    parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (logs) afterwards")
+    parser.add_argument("--name", default="latest", help="results file name under bench/results (default: latest)")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else FULL
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    info = machine()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the stack below is always taken down.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stack = bench_stack.start(keep_state=args.keep_state)
+    try:
+        figures = asyncio.run(run(stack, cfg, args.quick))
+    finally:
+        bench_stack.stop(stack)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["rabbitmq"] = figures["dispatch"]["rabbitmq"]
+    info["summary"] = (f"{info['cpus']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
+                       f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, {info['temporal']}; load average "
+                       f"{info['load_average_start'][0]} at start, {info['load_average_end'][0]} at end")
+    result: dict[str, Any] = {"when": when, "quick": args.quick,
+                              "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
+                              "machine": info,
+                              "settings": cfg, **figures}
+    result["ratios"] = {"throughput": report.ratio(result["devart"]["per_s"], result["baseline"]["per_s"]),
+                        "p50": report.ratio(result["devart"]["p50_ms"], result["baseline"]["p50_ms"]),
+                        "p99": report.ratio(result["devart"]["p99_ms"], result["baseline"]["p99_ms"])}
+    result["goals"] = goals(result, args.quick)
+    paths = report.write(result, args.name)
+    print(report.markdown(result))
+    shown = [str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p) for p in paths]
+    print(f"\nwrote {', '.join(shown)}")
+
+
+if __name__ == "__main__":
+    main()
