@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -34,6 +35,7 @@ TemporalDep = Annotated[Client, Depends(_temporal)]
 
 
 async def _identified_agent(
+    request: Request,
     session: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Agent:
     """The agent the key belongs to, active or not; 401 for a missing, malformed or unknown key.
@@ -48,6 +50,7 @@ async def _identified_agent(
         agent = (await session.exec(select(Agent).where(Agent.key_prefix == prefix))).first()
     if not verify(key, agent.key_hash if agent else None) or agent is None:
         raise HTTPException(401, "unknown or malformed agent key", headers={"WWW-Authenticate": "Bearer"})
+    request.state.previous_seen = agent.last_seen_at
     agent.last_seen_at = utcnow()
     session.add(agent)
     return agent
@@ -77,3 +80,11 @@ def _admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer
 
 
 AdminDep = Depends(_admin)
+
+
+def _previous_seen(request: Request, agent: IdentifiedAgent) -> datetime | None:
+    """When the calling agent was seen before this request (None the first time)."""
+    return getattr(request.state, "previous_seen", None)
+
+
+PreviousSeen = Annotated[datetime | None, Depends(_previous_seen)]

@@ -6,7 +6,7 @@ creates an agent stores the key the same way.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
@@ -93,9 +93,10 @@ async def list_agents(session: AsyncSession) -> list[Agent]:
     return list((await session.exec(select(Agent).order_by(col(Agent.name)))).all())
 
 
-def effective_status(agent: Agent) -> str:
+def effective_status(agent: Agent, last_seen: datetime | None = None) -> str:
     """What the agent is doing now: its reported status, or offline when it has gone silent."""
-    if agent.last_seen_at is None or utcnow() - agent.last_seen_at > OFFLINE_AFTER:
+    seen = last_seen if last_seen is not None else agent.last_seen_at
+    if seen is None or utcnow() - seen > OFFLINE_AFTER or agent.status == "offline":
         return "offline"
     return agent.status
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlmodel import select
 
-from api.deps import CurrentAgent, IdentifiedAgent, SessionDep, TemporalDep
+from api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
 from api.schemas import (
     CancelledRequest,
     CompleteRequest,
@@ -17,7 +17,9 @@ from api.schemas import (
     ReleaseRequest,
 )
 from api.services import tasks
+from core.agents import effective_status
 from core.contracts import TaskDetail
+from core.events import add_event
 from core.models import Lane
 from core.topology import can_serve
 
@@ -30,12 +32,20 @@ async def me(agent: IdentifiedAgent) -> dict[str, object]:
 
 
 @router.post("/keepalive", response_model=KeepaliveReply)
-async def keepalive(req: KeepaliveRequest, agent: IdentifiedAgent, session: SessionDep) -> KeepaliveReply:
+async def keepalive(
+    req: KeepaliveRequest, agent: IdentifiedAgent, session: SessionDep, previous_seen: PreviousSeen
+) -> KeepaliveReply:
     """Liveness and control in one call: the agent says what it is doing, the API says whether to go on."""
     # deactivate(handback=True) marks the agent draining; keep that mark until the agent goes offline.
     handback = not agent.active and agent.status == "draining"
+    was_online = effective_status(agent, previous_seen) != "offline"
     if not handback or req.status == "offline":
         agent.status = req.status
+    if req.status == "offline" and was_online:
+        add_event(session, "agent.offline", f"agent {agent.name} went offline", agent=agent.name)
+    elif req.status != "offline" and not was_online:
+        add_event(session, "agent.online", f"agent {agent.name} is online ({req.status})", agent=agent.name,
+                  capabilities=agent.capabilities)
     agent.skills = sorted(set(req.skills))
     session.add(agent)
     await session.commit()

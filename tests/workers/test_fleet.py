@@ -165,6 +165,8 @@ async def test_sigterm_drain_hands_the_task_over(stack: Stack, api: httpx.AsyncC
     log = [(a["attempt"], a["agent"], a["status"]) for a in run["stages"][0]["attempt_log"]]
     assert log == [(1, first, "released"), (2, second, "succeeded")]
     assert leaving.proc.wait(timeout=30) == 0
+    kinds = [r["kind"] for r in sql("SELECT kind FROM events WHERE agent = :a ORDER BY id", a=first)]
+    assert kinds.index("agent.online") < kinds.index("agent.offline")
     results = sql("SELECT attempt, result FROM task_attempts WHERE run_id = :r ORDER BY attempt", r=run_id)
     assert results[0]["result"] is None and results[1]["result"]["output"]["attempt"] == 2
 
