@@ -9,8 +9,10 @@ without having validated the file.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +24,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
+DEPLOY = REPO / "deploy"
+METRICS_MODULE = REPO / "core" / "metrics.py"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "devart.json"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
 
 #: Where Debian's python3-compose (the package behind /usr/bin/docker-compose) ships the Compose Spec schema.
 SPEC_CANDIDATES: tuple[Path, ...] = (
@@ -31,6 +37,12 @@ SPEC_CANDIDATES: tuple[Path, ...] = (
 
 INFRA = ("temporal", "postgres", "rabbitmq")
 APP_SERVICES = ("migrate", "api", "worker", "agent")
+OBSERVABILITY = ("otel-collector", "tempo", "prometheus", "grafana")
+#: The app services that emit traces, so must know where the collector is.
+TRACED_SERVICES = ("api", "worker", "agent")
+OTLP_ENDPOINT = "http://otel-collector:4318"
+#: What Prometheus must scrape: the API, the pipeline worker and the Temporal SDK metrics it serves.
+SCRAPE_TARGETS = frozenset({"api:8000", "worker:9464", "worker:9465"})
 
 HEALTHY = "service_healthy"
 COMPLETED = "service_completed_successfully"
@@ -42,7 +54,8 @@ REQUIRED_DEPENDENCIES: dict[str, dict[str, str]] = {
     "agent": {"api": HEALTHY, "rabbitmq": HEALTHY},
 }
 
-#: The only environment variables the app services may set; each must be read by a class in core.settings.
+#: The only environment variables the app services may set; each must be read by a class in core.settings, except
+#: the ``OTEL_*`` names, which the OpenTelemetry SDK reads itself.
 ALLOWED_ENV = frozenset(
     {
         "DATABASE_URL",
@@ -53,8 +66,10 @@ ALLOWED_ENV = frozenset(
         "DEVART_SANDBOX_ROOT",
         "DEVART_SANDBOX_ISOLATION",
         "DEVART_AGENT_KEY",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     }
 )
+OTEL_PREFIX = "OTEL_"
 
 SEARCH_ATTRIBUTES = ("DevartPipeline=Keyword", "DevartRepository=Keyword", "DevartTrigger=Keyword")
 
@@ -239,7 +254,8 @@ def test_allowed_names_are_read_by_settings() -> None:
             for field_name, field in value.model_fields.items():
                 alias = field.validation_alias
                 known.add((alias if isinstance(alias, str) else prefix + field_name).upper())
-    assert ALLOWED_ENV <= known, f"not read by core.settings: {sorted(ALLOWED_ENV - known)}"
+    ours = {name for name in ALLOWED_ENV if not name.startswith(OTEL_PREFIX)}
+    assert ours <= known, f"not read by core.settings: {sorted(ours - known)}"
 
 
 def test_worker_and_agents_share_the_sandboxes(compose: dict[str, Any]) -> None:
@@ -262,3 +278,176 @@ def test_dockerfile_basics() -> None:
     assert "pip install --no-cache-dir ." in text
     assert "--uid 10001" in text and "\nUSER devart" in text
     assert 'CMD ["devart", "--help"]' in text
+
+
+def _exported_metric_names() -> set[str]:
+    """The series names core/metrics.py exports, derived from its Counter/Gauge/Histogram declarations."""
+    suffixes = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count")}
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(METRICS_MODULE.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in suffixes):
+            continue
+        first = node.args[0]
+        assert isinstance(first, ast.Constant) and isinstance(first.value, str), "metric names must be literals"
+        name = first.value
+        if node.func.id == "Counter":
+            name = name.removesuffix("_total")  # prometheus_client strips it and adds it back on export
+        names.update(name + suffix for suffix in suffixes[node.func.id])
+    return names
+
+
+#: PromQL words that look like identifiers but are not metric names.
+_PROMQL_KEYWORDS = frozenset(
+    ("and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring")
+    + ("group_left", "group_right", "inf", "nan")
+)
+
+
+def _promql_metric_names(expr: str) -> set[str]:
+    """Metric names used by a PromQL expression (no parser: strings, matchers, ranges and groupings removed)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', "", expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors and subqueries
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)  # label lists
+    names: set[str] = set()
+    for match in re.finditer(r"(?<![\w.$])([A-Za-z_:][\w:]*)\s*(\()?", text):
+        word, call = match.group(1), match.group(2)
+        if call or word.lower() in _PROMQL_KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def _panel_targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    panels: list[dict[str, Any]] = []
+    stack = list(dashboard.get("panels", []))
+    while stack:
+        panel = stack.pop()
+        panels.append(panel)
+        stack.extend(panel.get("panels", []))  # rows nest their panels
+    return [(panel.get("title", ""), target) for panel in panels for target in panel.get("targets", [])]
+
+
+def _datasource_type(panel_or_target: dict[str, Any]) -> str:
+    datasource = panel_or_target.get("datasource") or {}
+    return str(datasource.get("type", "")) if isinstance(datasource, dict) else ""
+
+
+def test_observability_services(compose: dict[str, Any]) -> None:
+    """Collector, Tempo, Prometheus and Grafana are in the stack, from their upstream images, on loopback only."""
+    images = {
+        "otel-collector": "otel/opentelemetry-collector-contrib",
+        "tempo": "grafana/tempo",
+        "prometheus": "prom/prometheus",
+        "grafana": "grafana/grafana",
+    }
+    for name in OBSERVABILITY:
+        service = _service(compose, name)
+        assert str(service["image"]).split(":")[0] == images[name], f"{name} must run {images[name]}"
+    assert {4317, 4318} <= _container_ports(_service(compose, "otel-collector"))
+    assert 9090 in _container_ports(_service(compose, "prometheus"))
+    assert 3000 in _container_ports(_service(compose, "grafana"))
+    for name, service in compose["services"].items():
+        for entry in service.get("ports", []):
+            assert isinstance(entry, str) and entry.startswith("127.0.0.1:"), f"{name} publishes {entry} off loopback"
+
+
+def test_traced_services_export_to_the_collector(compose: dict[str, Any]) -> None:
+    """The api, worker and agent send OTLP/HTTP to the collector, which forwards traces to Tempo."""
+    for name in TRACED_SERVICES:
+        environment = _service(compose, name)["environment"]
+        assert environment.get("OTEL_EXPORTER_OTLP_ENDPOINT") == OTLP_ENDPOINT, f"{name} does not export traces"
+    collector = yaml.safe_load((DEPLOY / "otel-collector.yaml").read_text())
+    assert {"grpc", "http"} <= set(collector["receivers"]["otlp"]["protocols"])
+    traces = collector["service"]["pipelines"]["traces"]
+    assert "otlp" in traces["receivers"]
+    endpoints = [str(collector["exporters"][exporter].get("endpoint", "")) for exporter in traces["exporters"]]
+    assert any(endpoint.startswith("tempo:") for endpoint in endpoints), f"traces do not reach Tempo: {endpoints}"
+    tempo = yaml.safe_load((DEPLOY / "tempo.yaml").read_text())
+    assert "otlp" in tempo["distributor"]["receivers"]
+    assert tempo["storage"]["trace"]["backend"] == "local"
+
+
+def test_files_mounted_from_deploy_exist(compose: dict[str, Any]) -> None:
+    """Every bind mount from ./deploy points at a file or folder in the repository (a typo mounts an empty dir)."""
+    mounted: list[str] = []
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.get("source", "") if isinstance(volume, dict) else str(volume).split(":")[0]
+            if source.startswith(("./deploy", "deploy/")):
+                mounted.append(source)
+                assert (REPO / source).exists(), f"{name} mounts missing {source}"
+    expected = (
+        "deploy/otel-collector.yaml",
+        "deploy/tempo.yaml",
+        "deploy/prometheus.yml",
+        "deploy/grafana/provisioning",
+        "deploy/grafana/dashboards",
+    )
+    for path in expected:
+        assert f"./{path}" in mounted, f"{path} is not mounted"
+    for path in (
+        "grafana/provisioning/datasources/datasources.yaml",
+        "grafana/provisioning/dashboards/dashboards.yaml",
+        "grafana/dashboards/devart.json",
+    ):
+        assert (DEPLOY / path).is_file(), f"deploy/{path} missing"
+
+
+def test_grafana_provisioning() -> None:
+    """Grafana gets Prometheus and Tempo datasources and loads dashboards from the folder compose mounts."""
+    datasources = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/datasources.yaml").read_text())
+    by_type = {source["type"]: source for source in datasources["datasources"]}
+    assert by_type["prometheus"]["url"] == "http://prometheus:9090"
+    assert by_type["tempo"]["url"].startswith("http://tempo:")
+    providers = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/dashboards.yaml").read_text())
+    paths = {provider["options"]["path"] for provider in providers["providers"]}
+    assert "/var/lib/grafana/dashboards" in paths
+
+
+def test_dashboard_queries_use_exported_metrics() -> None:
+    """The dashboard parses, and each PromQL expression only names metrics core/metrics.py exports."""
+    exported = _exported_metric_names()
+    assert {"devart_runs_started_total", "devart_stage_duration_seconds_bucket", "devart_agents"} <= exported
+    dashboard = json.loads(DASHBOARD.read_text())
+    targets = _panel_targets(dashboard)
+    exprs = [(title, str(target["expr"])) for title, target in targets if target.get("expr")]
+    assert len(exprs) >= 6, "the dashboard has too few Prometheus queries"
+    used: set[str] = set()
+    for title, expr in exprs:
+        names = _promql_metric_names(expr)
+        assert names, f"{title!r}: no metric in {expr!r}"
+        unknown = names - exported
+        assert not unknown, f"{title!r} queries {sorted(unknown)}, not exported by core/metrics.py"
+        used |= names
+    joined = " ".join(expr for _, expr in exprs)
+    assert "histogram_quantile(0.5" in joined and "histogram_quantile(0.95" in joined, "stage p50/p95 missing"
+    for needed in (
+        "devart_runs_finished_total",
+        "devart_stage_duration_seconds_bucket",
+        "devart_stage_retries_total",
+        "devart_lane_queued_tasks",
+        "devart_agents",
+    ):
+        assert needed in used, f"no panel shows {needed}"
+    assert any(_datasource_type(target) == "tempo" for _, target in targets), "no Tempo trace search panel"
+
+
+def test_promql_metric_extraction() -> None:
+    """The extractor above finds metric names and ignores functions, labels, strings and ranges."""
+    expr = (
+        'histogram_quantile(0.95, sum by (le, stage) (rate(x_bucket{a="b{c}", d=~"$v"}[$__rate_interval])))'
+        " / on (stage) group_left count(y) or vector(0)"
+    )
+    assert _promql_metric_names(expr) == {"x_bucket", "y"}
+
+
+def test_prometheus_scrapes_api_worker_and_sdk() -> None:
+    """prometheus.yml parses and scrapes the API, the worker's own metrics and the Temporal SDK's."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets: set[str] = set()
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", f"{job['job_name']} scrapes the wrong path"
+        for static in job.get("static_configs", []):
+            targets.update(static["targets"])
+    assert SCRAPE_TARGETS <= targets, f"missing scrape targets {sorted(SCRAPE_TARGETS - targets)}"
