@@ -20,7 +20,7 @@ from core import db, services
 from core.embedded import stop_postgres
 from core.supervisor import Child, Supervisor, stop_child
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, clear_settings_caches, free_port, require
+from tests.stack import Stack, clear_settings_caches, free_port, register_agent, require
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DEVART_API_PORT": str(api_port),
         "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
         "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
-        "DEVART_AGENT_KEEPALIVE_INTERVAL": "0.5",
+        "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "DEVART_PRICES": json.dumps({"models": {"test-model": 2.0}, "default_per_1k_tokens": 0.5,
@@ -83,7 +83,12 @@ def pool(stack: Stack) -> dict[str, Child]:
     """The default agent pool of ``devart up``, serving the built-in pipelines."""
     from cli.stack import DEFAULT_POOL
 
-    return {name: stack.start_agent(f"{name}-{uuid.uuid4().hex[:4]}", caps) for name, caps in DEFAULT_POOL.items()}
+    # Started outside ``stack.agents``: the pool lives for the whole session, not just the first test using it.
+    agents = {}
+    for name, caps in DEFAULT_POOL.items():
+        agent_name = f"{name}-{uuid.uuid4().hex[:4]}"
+        agents[name] = stack.supervisor.agent(agent_name, caps, register_agent(agent_name, caps))
+    return agents
 
 
 @pytest.fixture
@@ -97,3 +102,18 @@ async def temporal(stack: Stack) -> Client:
     from core.temporal import connect
 
     return await connect(stack.env["TEMPORAL_ADDRESS"])
+
+
+@pytest.fixture(autouse=True)
+def _stop_test_agents(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Agents a test starts stop when it ends, so idle agents do not pile up and slow the rest of the session."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack: Stack = request.getfixturevalue("stack")
+    before = set(stack.agents)
+    yield
+    for name in set(stack.agents) - before:
+        child = stack.agents.pop(name)
+        if child in stack.supervisor.children:
+            stack.supervisor.stop(child, grace=5)
