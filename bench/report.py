@@ -75,16 +75,18 @@ def markdown(r: dict[str, Any]) -> str:
         out += [f"| {p} | " + " | ".join(str(r["cpu_ms_per_run"][p].get(role, "")) for role in roles) + " |"
                 for p in ("baseline", "devart")]
     d = r["dispatch"]
-    if d.get("fleet"):
-        f = d["fleet"]
-        out += ["", "| dispatch, publish → agent receives | p50 ms | p99 ms | n |", "| --- | ---: | ---: | ---: |",
-                f"| devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) | {f['devart_ms']['p50']} "
+    out += ["", "| dispatch, publish → agent receives | p50 ms | p99 ms | n |", "| --- | ---: | ---: | ---: |"]
+    f = d["fleet"]
+    if f.get("error"):
+        out.append(f"| bench.fleet failed: {f['error']} | | | |")
+    else:
+        out += [f"| devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) | {f['devart_ms']['p50']} "
                 f"| {f['devart_ms']['p99']} | {f['devart_ms']['n']} |",
                 f"| raw aio-pika (same run) | {f['raw_ms']['p50']} | {f['raw_ms']['p99']} | {f['raw_ms']['n']} |"]
     if d.get("in_stack"):
         s = d["in_stack"]
-        out += [f"| in the stack, queued → claimed, {d['in_stack_in_flight']} runs in flight "
-                f"| {s['p50']} | {s['p99']} | {s['n']} |"]
+        out.append(f"| in the stack, queued → claimed (claim included), {d['in_stack_in_flight']} runs in flight "
+                   f"| {s['p50']} | {s['p99']} | {s['n']} |")
     a = r["api"]
     p = a["post"]
     out += ["", f"API: {a['clients']} clients, `POST /v1/runs` {p['per_s']}/s, p50 {p['p50_ms']} ms, p99 "

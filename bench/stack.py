@@ -28,7 +28,6 @@ from sqlmodel import col, select
 
 from core import db, services
 from core.agents import create_or_rotate
-from core.embedded import stop_postgres
 from core.errors import ServiceUnavailable
 from core.models import Agent
 from core.supervisor import Child, Supervisor, stop_child, tail
@@ -160,34 +159,57 @@ async def start_agents(stack: BenchStack, count: int, concurrency: int) -> None:
     raise ServiceUnavailable(f"agents not serving after {AGENTS_READY_SECONDS:.0f}s")
 
 
-async def delete_broker_objects(stack: BenchStack) -> None:
-    """Remove the prefix's queues and exchanges from the shared RabbitMQ."""
-    topology = stack.topology
-    with contextlib.suppress(Exception):
+async def delete_broker_objects(stack: BenchStack) -> list[str]:
+    """Remove the prefix's queues and exchanges from the shared RabbitMQ; returns what could not be removed.
+
+    Each deletion gets a channel of its own (a failed one closes its channel), and a queue is looked up again
+    afterwards: under load RabbitMQ 3.10 has been seen to confirm a quorum queue's deletion and keep the queue.
+    """
+    topology, left = stack.topology, []
+    try:
         connection = await aio_pika.connect(stack.env["AMQP_URL"])
-        async with connection:
-            channel = await connection.channel()
-            for queue in (topology.lane_queue(stack.lane), topology.dead_letter_queue):
-                await channel.queue_delete(queue)
-            for exchange in (topology.tasks_exchange, topology.control_exchange, topology.dead_letter_exchange):
-                await channel.exchange_delete(exchange)
+    except Exception as exc:
+        return [f"cannot connect: {exc}"]
+    async with connection:
+        for queue in (topology.lane_queue(stack.lane), topology.dead_letter_queue):
+            for _ in range(3):
+                with contextlib.suppress(Exception):
+                    await (await connection.channel()).queue_delete(queue)
+                try:
+                    await (await connection.channel()).declare_queue(queue, passive=True)
+                except Exception:
+                    break  # gone
+            else:
+                left.append(queue)
+        for exchange in (topology.tasks_exchange, topology.control_exchange, topology.dead_letter_exchange):
+            try:
+                await (await connection.channel()).exchange_delete(exchange)
+            except Exception as exc:
+                left.append(f"{exchange} ({exc})")
+    return left
 
 
 def _stop_embedded_postgres(state: Path) -> None:
-    """Stop the embedded PostgreSQL we started; a fast shutdown (SIGINT) if the polite stop left it running."""
-    with contextlib.suppress(Exception):
-        stop_postgres(state)
+    """Stop the embedded PostgreSQL we started: a fast shutdown (SIGINT), as nothing it holds is kept."""
     pidfile = state / "postgres" / "postmaster.pid"
-    with contextlib.suppress(OSError, ValueError, IndexError):
+    try:
         pid = int(pidfile.read_text().splitlines()[0])
         os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+    except (OSError, ValueError, IndexError):
+        return  # not running
+    deadline = time.monotonic() + 10
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def stop(stack: BenchStack) -> None:
     """Stop every process of the stack and remove its state folder (unless asked to keep it)."""
+    # Agents first, while the API still answers their last keepalive; then the API and the worker; then Temporal.
+    for agent in stack.agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(agent.proc.pid, signal.SIGTERM)
+    for agent in stack.agents:
+        stack.supervisor.stop(agent, grace=5)
     stack.supervisor.stop_all(grace=5)
     stop_child(stack.temporal, grace=5)
     _stop_embedded_postgres(stack.state)
