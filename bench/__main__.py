@@ -5,20 +5,22 @@ same machine load:
 
 1. baseline: a bare Temporal workflow with one no-op activity, on an in-process worker (``bench.pipeline``);
 2. devart: a one-stage and a three-stage noop pipeline through ``POST /v1/runs``, RabbitMQ, the agents and the
-   API's completion, and the ratios to the baseline;
+   API's completion, the ratios to the baseline, and the CPU each process spends per run on either path;
 3. dispatch: publish → agent receives on a devart lane against raw aio-pika (``bench.fleet.dispatch``), plus
    queued → claimed in the stack;
 4. the API: ``POST /v1/runs`` under concurrent clients (``bench.api_load``);
 5. the scale sweep: 1 … 1,000 runs in flight, with memory (``bench.scale``);
+6. where a run's time goes, step by step, from the Temporal histories (``bench.scale.breakdown``);
 
-and writes ``bench/results/latest.{json,md,png}`` (``bench.report``). ``--quick`` (under two minutes) is the smoke
-check CI runs: it proves the benchmark runs and reports, its figures are noisy.
+and writes ``bench/results/latest.{json,md,png}`` (``bench.report``). ``--quick`` (under two minutes; writes
+``quick.*``) is the smoke check CI runs: it proves the benchmark runs and reports, its figures are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shlex
@@ -122,8 +124,17 @@ def goals(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], quick: bool) -> dict[str, Any]:
+async def rabbitmq_version() -> str:
+    try:
+        return await asyncio.wait_for(fleet.broker_version(), 15)
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+
+
+async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], r: dict[str, Any]) -> None:
+    """Every measurement, in order; each one's figures land in ``r`` as soon as they exist."""
     telemetry.setup("devart-bench")  # the same tracing as devart's processes, so the baseline pays it too
+    r["machine"]["rabbitmq"] = await rabbitmq_version()
     client = await connect(stack.temporal_address)
     await bench_stack.start_agents(stack, cfg["agents"], cfg["agent_concurrency"])
     report.progress(f"stack up: API {stack.api_url}, Temporal {stack.temporal_address}, {cfg['agents']} agents")
@@ -141,66 +152,75 @@ async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], quick: bool) -
             # Warm-up: the first dispatch declares the lane and the agents start consuming it.
             await closed_loop(devart_run(api, client, one, str(repo)), 4, 2)
             await closed_loop(baseline_run(client, queue), 10, 5)
-            base, devart, cpu = await headline(stack, api, client, cfg, queue=queue, pipeline=one, repo=str(repo))
-            devart_3 = await closed_loop(devart_run(api, client, three, str(repo)), cfg["runs_3"],
-                                         cfg["concurrency_3"], cfg["deadline"])
-            report.progress(f"three stages: {report.stats(devart_3)['per_s']}/s")
-            dispatched = await dispatch(cfg)
-            points = await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
-                                       levels=cfg["levels"], minimum=cfg["minimum"], deadline=cfg["deadline"])
-            api_figures = await api_load.measure(stack.api_url, client, pipeline=one, repo=str(repo),
-                                                 clients=cfg["api_clients"], seconds=cfg["api_seconds"],
-                                                 max_requests=cfg["api_max"])
-            report.progress(f"drained the API's runs in {api_figures['drain']['seconds']} s")
-            steps = await breakdown(client, points[0]["devart_run_ids"])
-            base_steps = await breakdown(client, base.ids[:20])
+            base, devart, r["cpu_ms_per_run"] = await headline(stack, api, client, cfg, queue=queue, pipeline=one,
+                                                               repo=str(repo))
+            r["baseline"], r["devart"] = report.stats(base), report.stats(devart)
+            r["ratios"] = {"throughput": report.ratio(r["devart"]["per_s"], r["baseline"]["per_s"]),
+                           "p50": report.ratio(r["devart"]["p50_ms"], r["baseline"]["p50_ms"]),
+                           "p99": report.ratio(r["devart"]["p99_ms"], r["baseline"]["p99_ms"])}
+            r["devart_3"] = report.stats(await closed_loop(devart_run(api, client, three, str(repo)), cfg["runs_3"],
+                                                           cfg["concurrency_3"], cfg["deadline"]))
+            report.progress(f"three stages: {r['devart_3']['per_s']}/s")
+            r["dispatch"] = {"concurrent_runs": fleet.CONCURRENT_RUNS, "fleet": await dispatch(cfg)}
+            r["sweep"] = await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
+                                           levels=cfg["levels"], minimum=cfg["minimum"], deadline=cfg["deadline"])
+            in_stack = next((p for p in r["sweep"] if p["in_flight"] >= 100), r["sweep"][-1])
+            r["dispatch"].update(in_stack=in_stack["dispatch_ms"], in_stack_in_flight=in_stack["in_flight"])
+            r["api"] = await api_load.measure(stack.api_url, client, pipeline=one, repo=str(repo),
+                                              clients=cfg["api_clients"], seconds=cfg["api_seconds"],
+                                              max_requests=cfg["api_max"])
+            report.progress(f"drained the API's runs in {r['api']['drain']['seconds']} s")
+            r["breakdown"] = await breakdown(client, r["sweep"][0]["devart_run_ids"])
+            r["baseline_breakdown"] = await breakdown(client, r["sweep"][0]["baseline_run_ids"])
     finally:
-        report.progress("stopping the stack")
-        for left in await bench_stack.delete_broker_objects(stack):
-            report.progress(f"could not remove {left} from RabbitMQ")
         await db.engine().dispose()
-    in_stack = next((p for p in points if p["in_flight"] >= 100), points[-1])
-    return {"baseline": report.stats(base), "devart": report.stats(devart), "devart_3": report.stats(devart_3),
-            "cpu_ms_per_run": cpu,
-            "dispatch": {"concurrent_runs": fleet.CONCURRENT_RUNS, "fleet": dispatched,
-                         "rabbitmq": await fleet.broker_version(), "in_stack": in_stack["dispatch_ms"],
-                         "in_stack_in_flight": in_stack["in_flight"]},
-            "api": api_figures, "sweep": points, "breakdown": steps, "baseline_breakdown": base_steps}
+
+
+async def clean_broker(stack: bench_stack.BenchStack) -> None:
+    """Remove the stack's exchanges and queues, once nothing of the stack is left to declare them again."""
+    try:
+        left = await asyncio.wait_for(bench_stack.delete_broker_objects(stack), 60)
+    except Exception as exc:
+        left = [f"everything ({type(exc).__name__})"]
+    for item in left:
+        report.progress(f"could not remove {item} from RabbitMQ (prefix {stack.env['AMQP_PREFIX']})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke check in under two minutes (noisy figures)")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (logs) afterwards")
-    parser.add_argument("--name", default="latest", help="results file name under bench/results (default: latest)")
+    parser.add_argument("--name", help="results file name under bench/results (default: latest, or quick)")
     args = parser.parse_args()
+    args.name = args.name or ("quick" if args.quick else "latest")
     cfg = QUICK if args.quick else FULL
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    info = machine()
+    r: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+                         "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
+                         "machine": machine(), "settings": cfg}
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the stack below is always taken down.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report.progress("starting the stack (Temporal, PostgreSQL, API, worker)")
     stack = bench_stack.start(keep_state=args.keep_state)
     try:
-        figures = asyncio.run(run(stack, cfg, args.quick))
+        asyncio.run(run(stack, cfg, r))
+    except BaseException:
+        partial = report.RESULTS / f"{args.name}.partial.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        report.progress(f"failed; the figures measured so far are in {partial}")
+        raise
     finally:
+        report.progress("stopping the stack")
         bench_stack.stop(stack)
-    report.progress("stack stopped; writing the results")
+        asyncio.run(clean_broker(stack))
+    info = r["machine"]
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    info["rabbitmq"] = figures["dispatch"]["rabbitmq"]
     info["summary"] = (f"{info['cpus']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
                        f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, {info['temporal']}; load average "
                        f"{info['load_average_start'][0]} at start, {info['load_average_end'][0]} at end")
-    result: dict[str, Any] = {"when": when, "quick": args.quick,
-                              "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
-                              "machine": info,
-                              "settings": cfg, **figures}
-    result["ratios"] = {"throughput": report.ratio(result["devart"]["per_s"], result["baseline"]["per_s"]),
-                        "p50": report.ratio(result["devart"]["p50_ms"], result["baseline"]["p50_ms"]),
-                        "p99": report.ratio(result["devart"]["p99_ms"], result["baseline"]["p99_ms"])}
-    result["goals"] = goals(result, args.quick)
-    paths = report.write(result, args.name)
-    print(report.markdown(result))
+    r["goals"] = goals(r, args.quick)
+    paths = report.write(r, args.name)
+    print(report.markdown(r))
     shown = [str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p) for p in paths]
     print(f"\nwrote {', '.join(shown)}")
 

@@ -102,9 +102,12 @@ def markdown(r: dict[str, Any]) -> str:
                    f"{v['p99_ms']} | {b['errors']} / {v['errors']} | {m['api']['peak_mib']} / "
                    f"{m['worker']['peak_mib']} / {m['agents']['peak_mib']} | {m['total']['per_run_kib']} |")
     if r.get("breakdown"):
-        out += ["", "Where a devart run's time goes (median ms per run at 1 in flight, from Temporal histories):", "",
-                "| step | ms |", "| --- | ---: |"]
-        out += [f"| {step} | {ms} |" for step, ms in sorted(r["breakdown"].items(), key=lambda kv: -kv[1])]
+        base_steps = r.get("baseline_breakdown", {})
+        out += ["", "Where a run's time goes: median ms per run at 1 in flight, from the Temporal histories (and the "
+                "task_attempts rows):", "", "| step | devart ms | baseline ms |", "| --- | ---: | ---: |"]
+        out += [f"| {step} | {ms} | {base_steps.get(step, '')} |"
+                for step, ms in sorted(r["breakdown"].items(), key=lambda kv: -kv[1])]
+        out += [f"| {step} | | {ms} |" for step, ms in base_steps.items() if step not in r["breakdown"]]
     out += ["", "| goal | measured | met |", "| --- | --- | --- |"]
     out += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in r["goals"]]
     return "\n".join(out)
@@ -131,6 +134,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     lat.set_yscale("log")
+    thr.set_ylim(bottom=0)
     fig.suptitle(f"devart no-op stage vs bare Temporal ({r['machine']['cpus']} CPUs, {r['when']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -312,7 +312,7 @@ async def level(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pi
     stack.check_alive()
     return {"in_flight": in_flight, "runs": total, "baseline": report.stats(base), "devart": report.stats(devart),
             "memory": sampler.figures(in_flight), "dispatch_ms": await dispatch_delays(devart.ids),
-            "devart_run_ids": devart.ids[:20]}
+            "devart_run_ids": devart.ids[:20], "baseline_run_ids": base.ids[:20]}
 
 
 async def sweep(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pipeline: str, repo: str,

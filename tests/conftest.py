@@ -20,7 +20,7 @@ from core import db, services
 from core.embedded import stop_postgres
 from core.supervisor import Child, Supervisor, stop_child
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, clear_settings_caches, free_port, register_agent, require
+from tests.stack import Stack, clear_settings_caches, delete_broker_objects, free_port, register_agent, require
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +72,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         sup.stop_all(grace=5)
         receiver.close()
+        # The processes are gone, so nothing declares the lanes again: leave the shared broker as it was.
+        left = delete_broker_objects(env)
+        assert not left, f"left on RabbitMQ: {left}"
         if embedded:
             stop_postgres(state)
         if s.temporal is not None:

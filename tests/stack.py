@@ -7,6 +7,7 @@ on a laptop but fails it under ``CI=true``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -14,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from core import db, services, settings
 from core.supervisor import Child, Supervisor, stop_child
+from core.topology import Topology
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +127,15 @@ def sql(query: str, **params: object) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+
+
+def delete_broker_objects(env: dict[str, str]) -> list[str]:
+    """Delete the session's lanes, dead-letter queue and exchanges from the machine's RabbitMQ (see Topology.delete)."""
+    lanes = [row["name"] for row in sql("SELECT name FROM lanes")]
+    topology = Topology(prefix=env["AMQP_PREFIX"], delivery_limit=0)
+
+    async def delete() -> list[str]:
+        async with await aio_pika.connect(env["AMQP_URL"], timeout=10) as connection:
+            return await topology.delete(connection, lanes)
+
+    return asyncio.run(delete())

@@ -134,14 +134,8 @@ def fleet_plan(rng: random.Random) -> tuple[list[set[str]], list[str], list[list
 
 
 async def delete_topology(topology: Topology, lanes: list[str]) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for lane in lanes:
-            await channel.queue_delete(topology.lane_queue(lane))
-        await channel.queue_delete(topology.dead_letter_queue)
-        for exchange in (topology.tasks_exchange, topology.control_exchange, topology.dead_letter_exchange):
-            await channel.exchange_delete(exchange)
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        assert not await topology.delete(connection, lanes)
 
 
 @pytest.mark.timeout(90)
