@@ -111,6 +111,7 @@ class RunInput(Strict):
     source: Source
     params: dict[str, str] = Field(default_factory=dict)
     trigger: str = "api"
+    priority: int = Field(default=3, ge=1, le=5, description="1 (lowest) to 5 (highest), honoured within a lane.")
 
 
 class StageStatus(StrEnum):
@@ -207,6 +208,7 @@ class AgentTaskInput(Strict):
     sandbox: SandboxHandle
     source: Source
     wait_timeout: float = Field(default=600.0, description="Seconds the task may wait with no agent able to serve it.")
+    priority: int = Field(default=3, ge=1, le=5, description="The run's priority: higher runs first within a lane.")
 
 
 class AgentTaskMessage(Strict):
@@ -217,6 +219,7 @@ class AgentTaskMessage(Strict):
     stage: str
     attempt: int
     lane: str
+    priority: int = Field(default=3, ge=1, le=5)
 
 
 class TaskDetail(AgentTaskInput):

@@ -8,6 +8,8 @@ dependents and fails the run with the reason.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -62,6 +64,7 @@ class PipelineWorkflow:
     def __init__(self) -> None:
         self._states: dict[str, StageState] = {}
         self._approved = False
+        self._local_steps = False
 
     @workflow.signal
     def approve(self) -> None:
@@ -75,6 +78,8 @@ class PipelineWorkflow:
 
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:
+        # Runs started before the housekeeping steps became local activities replay with regular ones.
+        self._local_steps = workflow.patched("local-steps")
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -138,12 +143,12 @@ class PipelineWorkflow:
         state.started_at = workflow.now()
         handle: SandboxHandle | None = None
         try:
-            handle = await workflow.execute_activity(
+            handle = await self._step(
                 "provision_sandbox",
                 ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
-                result_type=SandboxHandle,
-                start_to_close_timeout=policies.PROVISION_TIMEOUT,
-                retry_policy=policies.PROVISION_RETRY,
+                SandboxHandle,
+                policies.PROVISION_TIMEOUT,
+                policies.PROVISION_RETRY,
             )
             task = AgentTaskInput(
                 run_id=inp.run_id,
@@ -155,6 +160,7 @@ class PipelineWorkflow:
                 sandbox=handle,
                 source=inp.source,
                 wait_timeout=spec.wait_timeout.total_seconds(),
+                priority=inp.priority,
             )
             result = await workflow.execute_activity(
                 "run_agent_task",
@@ -187,11 +193,9 @@ class PipelineWorkflow:
         finally:
             state.finished_at = workflow.now()
             if handle is not None:
-                await workflow.execute_activity(
-                    "teardown_sandbox",
-                    TeardownInput(handle=handle),
-                    start_to_close_timeout=policies.TEARDOWN_TIMEOUT,
-                    retry_policy=policies.TEARDOWN_RETRY,
+                await self._step(
+                    "teardown_sandbox", TeardownInput(handle=handle), None, policies.TEARDOWN_TIMEOUT,
+                    policies.TEARDOWN_RETRY,
                 )
 
     async def _within_budget(self, inp: RunInput, state: StageState) -> bool:
@@ -199,9 +203,8 @@ class PipelineWorkflow:
         check = BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo,
                             stage=state.name)
         while True:
-            decision = await workflow.execute_activity(
-                "check_budget", check, result_type=BudgetDecision, start_to_close_timeout=policies.RECORD_TIMEOUT,
-                retry_policy=policies.RECORD_RETRY,
+            decision = await self._step(
+                "check_budget", check, BudgetDecision, policies.RECORD_TIMEOUT, policies.RECORD_RETRY
             )
             if decision.state == "ok" or (decision.state == "soft" and self._approved):
                 state.status, state.error = StageStatus.PENDING, None
@@ -228,8 +231,23 @@ class PipelineWorkflow:
             stages=self.stages(),
             error=error,
         )
-        await workflow.execute_activity(
-            "record_run", record, start_to_close_timeout=policies.RECORD_TIMEOUT, retry_policy=policies.RECORD_RETRY
+        await self._step("record_run", record, None, policies.RECORD_TIMEOUT, policies.RECORD_RETRY)
+
+    async def _step(
+        self, name: str, arg: Any, result_type: type | None, timeout: timedelta, retry: RetryPolicy
+    ) -> Any:
+        """Run a housekeeping activity: recording, the budget check, sandbox provision and teardown.
+
+        They are short, run on this worker and need no heartbeat, so they run as local activities: no round
+        trip through the server's activity task queue, and a one-stage run costs two workflow tasks instead of
+        seven. Only the agent task, which waits on another process, stays a regular activity.
+        """
+        if self._local_steps:
+            return await workflow.execute_local_activity(
+                name, arg, result_type=result_type, start_to_close_timeout=timeout, retry_policy=retry
+            )
+        return await workflow.execute_activity(
+            name, arg, result_type=result_type, start_to_close_timeout=timeout, retry_policy=retry
         )
 
 
