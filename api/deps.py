@@ -13,8 +13,8 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from core import db, settings
-from core.models import Agent, utcnow
+from core import agents, db, settings
+from core.models import Agent
 from core.security import key_prefix, verify
 
 _bearer = HTTPBearer(auto_error=False, description="The agent's API key")
@@ -51,8 +51,7 @@ async def _identified_agent(
     if not verify(key, agent.key_hash if agent else None) or agent is None:
         raise HTTPException(401, "unknown or malformed agent key", headers={"WWW-Authenticate": "Bearer"})
     request.state.previous_seen = agent.last_seen_at
-    agent.last_seen_at = utcnow()
-    session.add(agent)
+    await agents.seen(agent)
     return agent
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core import db
 from core.errors import DevartError
 from core.events import add_event
 from core.models import Agent, AgentSkillStat, utcnow
@@ -19,6 +21,8 @@ from core.security import generate_key
 
 #: An agent that has not called the API for this long is shown offline, whatever it last said.
 OFFLINE_AFTER = timedelta(seconds=30)
+#: An agent's calls move its last-seen time at most this often (its keepalive always does).
+SEEN_EVERY = timedelta(seconds=1)
 
 
 class AgentNotFound(DevartError):
@@ -91,6 +95,19 @@ async def remove(session: AsyncSession, name: str) -> None:
 
 async def list_agents(session: AsyncSession) -> list[Agent]:
     return list((await session.exec(select(Agent).order_by(col(Agent.name)))).all())
+
+
+async def seen(agent: Agent) -> None:
+    """Note that the agent called, at most once per ``SEEN_EVERY``, in a short transaction of its own.
+
+    Not in the caller's transaction: that one may wait on Temporal while it holds its locks, and an agent with
+    many tasks in flight would then queue every call behind the lock on its own row.
+    """
+    now = utcnow()
+    if agent.last_seen_at is not None and now - agent.last_seen_at < SEEN_EVERY:
+        return
+    async with db.session() as s:
+        await s.exec(update(Agent).where(col(Agent.name) == agent.name).values(last_seen_at=now))  # type: ignore[call-overload]
 
 
 def effective_status(agent: Agent, last_seen: datetime | None = None) -> str:

@@ -3,7 +3,8 @@
 Called by the records activity (run start: a queued check run per stage; run end: conclusions of what the agents
 did not report, and the review) and by the API's task service (claim: in progress; complete / fail: completed
 with figures and annotations). Only runs started by a webhook have a ``GitHubRun`` row, so every other run costs
-one primary-key lookup. GitHub never breaks the pipeline: every report is bounded in time, and a failure is
+one primary-key lookup per process (remembered: the row is written before the run starts, so a miss stays one).
+GitHub never breaks the pipeline: every report is bounded in time, and a failure is
 logged and written to the activity feed as ``github.report_failed``, never raised.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -87,10 +89,22 @@ def stage_finished(row: TaskAttempt, result: StageResult | None, error_type: str
 
 #: The latest background report of each stage: the next one waits for it, so claim → complete keep their order.
 _chains: dict[tuple[str, str], asyncio.Task[None]] = {}
+#: Runs known not to come from GitHub (most recent last), so their stage reports skip the lookup entirely.
+_not_github: OrderedDict[str, None] = OrderedDict()
+_NOT_GITHUB_KEPT = 4096
+
+
+def _remember_not_github(run_id: str) -> None:
+    _not_github[run_id] = None
+    _not_github.move_to_end(run_id)
+    while len(_not_github) > _NOT_GITHUB_KEPT:
+        _not_github.popitem(last=False)
 
 
 def _spawn(attempt: Attempt, what: str, report: Callable[[], Awaitable[None]]) -> None:
     """Report without holding up the agent's call (a slow GitHub must not eat its heartbeat timeout)."""
+    if attempt.run_id in _not_github:
+        return
     key = (attempt.run_id, attempt.stage)
     previous = _chains.get(key)
 
@@ -142,9 +156,14 @@ def _describe(exc: BaseException) -> str:
 
 async def _context(run_id: str) -> tuple[GitHubRun, dict[str, GitHubCheck]] | None:
     """The run's PR context and check rows; None when GitHub did not start the run or reporting is off."""
+    if run_id in _not_github:
+        return None
     async with db.session() as s:
         ctx = await s.get(GitHubRun, run_id)
-        if ctx is None or not _reporting():
+        if ctx is None:
+            _remember_not_github(run_id)
+            return None
+        if not _reporting():
             return None
         rows = (await s.exec(select(GitHubCheck).where(GitHubCheck.run_id == run_id))).all()
     return ctx, {r.stage: r for r in rows}
