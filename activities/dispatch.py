@@ -3,6 +3,9 @@
 The activity returns at once with ``raise_complete_async``; the API later completes, fails or heartbeats it
 through the task token when the agent reports. Every attempt gets its own row, so the API can tell the
 current attempt from a late one and refuse the latter.
+
+A task goes to the band of its run's priority (see ``core.topology``). A band is declared, registered in the
+``lanes`` table and announced to the agents the first time this process uses it.
 """
 
 from __future__ import annotations
@@ -15,20 +18,22 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from opentelemetry.trace import SpanKind
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from core import db, metrics, telemetry
 from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
-from core.topology import Topology, lane_name
+from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_is_ambiguous, lane_name
 
 #: States in which an attempt may still be reported on; anything else is final.
 OPEN_STATES = ("queued", "claimed")
 
 
 class Dispatcher:
-    """Holds the worker's AMQP connection (one per process) and the lanes it has already declared."""
+    """Holds the worker's AMQP connection (one per process) and the lane bands it has already declared."""
 
     def __init__(self, amqp_url: str, topology: Topology) -> None:
         self._url = amqp_url
@@ -36,7 +41,7 @@ class Dispatcher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._lanes: set[str] = set()
+        self._bands: set[tuple[str, int]] = set()
         self._lock = asyncio.Lock()
 
     async def _ready(self) -> AbstractExchange:
@@ -47,20 +52,32 @@ class Dispatcher:
                 self._exchange = await self._topology.declare_exchanges(self._channel)
             return self._exchange
 
-    async def _ensure_lane(self, lane: str, requires: list[str]) -> None:
-        """Declare the lane once per process, register it, and tell the agents it exists."""
-        if lane in self._lanes:
+    async def _ensure_band(self, lane: str, requires: list[str], priority: int) -> None:
+        """Declare the lane's band once per process, register it, and tell the agents it exists.
+
+        The default band is announced as ``lane.declared`` with the lane as body, exactly as before priorities, so
+        agents of an older release keep serving it; other bands are ``lane.band.declared`` with the band key as
+        body, a type older agents ignore (they could not consume the band's queue anyway).
+        """
+        if (lane, priority) in self._bands:
             return
         await self._ready()
         assert self._channel is not None
-        await self._topology.declare_lane(self._channel, lane)
+        await self._topology.declare_lane(self._channel, lane, priority)
         async with db.session() as s:
             await s.exec(  # type: ignore[call-overload]
-                insert(Lane).values(name=lane, requires=sorted(requires), created_at=utcnow()).on_conflict_do_nothing()
+                insert(Lane)
+                .values(name=lane, requires=sorted(requires), priorities=[priority], created_at=utcnow())
+                .on_conflict_do_nothing()
             )
+            row = (await s.exec(select(Lane).where(Lane.name == lane).with_for_update())).one()
+            if priority not in row.priorities:
+                row.priorities = sorted({*row.priorities, priority})  # a new list: JSON columns see no mutation
+                s.add(row)
+        kind = "lane.declared" if priority == DEFAULT_PRIORITY else "lane.band.declared"
         control = await self._channel.get_exchange(self._topology.control_exchange)
-        await control.publish(aio_pika.Message(body=lane.encode(), type="lane.declared"), routing_key="")
-        self._lanes.add(lane)
+        await control.publish(aio_pika.Message(body=band_key(lane, priority).encode(), type=kind), routing_key="")
+        self._bands.add((lane, priority))
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -71,6 +88,12 @@ class Dispatcher:
         """Record this attempt, publish it to the lane with publisher confirms, and hand completion to the API."""
         info = activity.info()
         lane = lane_name(inp.requires)
+        if lane_is_ambiguous(lane):
+            raise ApplicationError(
+                f"requirements {sorted(inp.requires)} make the lane '{lane}', which reads as a priority band of "
+                f"another lane; rename the capability so that it does not end in ',p<digit>'",
+                type="InvalidInput", non_retryable=True,
+            )
         task_id = str(uuid.uuid4())
         row = {
             "id": task_id,
@@ -113,23 +136,27 @@ class Dispatcher:
                 attempt=info.attempt,
                 lane=lane,
             )
-        await self._ensure_lane(lane, inp.requires)
-        message = AgentTaskMessage(task_id=task_id, run_id=inp.run_id, stage=inp.stage, attempt=info.attempt, lane=lane)
+        await self._ensure_band(lane, inp.requires, inp.priority)
+        message = AgentTaskMessage(task_id=task_id, run_id=inp.run_id, stage=inp.stage, attempt=info.attempt, lane=lane,
+                                   priority=inp.priority)
+        # An older agent's contract forbids unknown fields: the default band's messages stay as they were.
+        body = message.model_dump_json(exclude={"priority"} if inp.priority == DEFAULT_PRIORITY else None)
         exchange = await self._ready()
         with telemetry.tracer().start_as_current_span(
             f"publish {lane}", kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "rabbitmq", "messaging.destination.name": lane, "devart.run_id": inp.run_id,
-                        "devart.stage": inp.stage, "devart.attempt": info.attempt},
+                        "devart.stage": inp.stage, "devart.attempt": info.attempt, "devart.priority": inp.priority},
         ):
             await exchange.publish(
                 aio_pika.Message(
-                    body=message.model_dump_json().encode(),
+                    body=body.encode(),
                     content_type="application/json",
                     message_id=task_id,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    priority=inp.priority,
                     type="agent.task",
                     headers=dict(telemetry.inject({})),
                 ),
-                routing_key=lane,
+                routing_key=band_key(lane, inp.priority),
             )
         activity.raise_complete_async()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from core.contracts import StageResult, StageState
+from core.topology import DEFAULT_PRIORITY, PRIORITIES
 
 
 class RunRequest(BaseModel):
@@ -17,6 +18,14 @@ class RunRequest(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, description="Pipeline version (default: the latest).")
     trigger: str = Field(default="api", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    priority: int = Field(default=DEFAULT_PRIORITY, description="1 (lowest) to 5 (highest), honoured within a lane.")
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, value: int) -> int:
+        if value not in PRIORITIES:
+            raise ValueError(f"priority must be an integer from 1 (lowest) to 5 (highest), got {value}")
+        return value
 
 
 class RunCreated(BaseModel):
@@ -55,6 +64,7 @@ class RunView(BaseModel):
     ref: str | None
     trigger: str
     params: dict[str, str]
+    priority: int = DEFAULT_PRIORITY
     error: str | None
     created_at: datetime
     finished_at: datetime | None

@@ -8,7 +8,7 @@ import signal
 import typer
 
 from cli.output import console, fail
-from core import db, settings, telemetry
+from core import db, eventloop, settings, telemetry
 from core.errors import DevartError
 from devart_sdk import load
 from workers.skills.base import Skill
@@ -33,7 +33,7 @@ def worker() -> None:
     from workers.pipeline_worker import serve
 
     try:
-        asyncio.run(serve())
+        eventloop.run(serve())
     except DevartError as exc:
         fail(str(exc))
 
@@ -60,7 +60,7 @@ def agent(
     if not caps:
         fail("the agent has no capabilities: pass --capabilities or --module")
     try:
-        asyncio.run(_run_agent(name, sorted(set(caps)), key, concurrency, custom))
+        eventloop.run(_run_agent(name, sorted(set(caps)), key, concurrency, custom))
     except DevartError as exc:
         fail(str(exc))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -54,6 +54,8 @@ class Run(SQLModel, table=True):
     ref: str | None = None
     trigger: str = "api"
     params: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    priority: int = Field(default=3, sa_column=Column(Integer, nullable=False, server_default="3"),
+                          description="1 (lowest) to 5 (highest): the order of its tasks within a lane.")
     status: str = Field(default="running", index=True)
     error: str | None = None
     stages: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -120,6 +122,10 @@ class Lane(SQLModel, table=True):
     __tablename__ = "lanes"
     name: str = Field(primary_key=True)
     requires: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    priorities: list[int] = Field(
+        default_factory=lambda: [3], sa_column=Column(JSON, nullable=False, server_default="[3]"),
+        description="Priority bands used so far, each its own queue (core.topology); 3 is the original queue.",
+    )
     created_at: datetime = _created()
 
 

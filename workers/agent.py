@@ -5,6 +5,9 @@ that dies mid-task leaves its message to RabbitMQ and its attempt to Temporal's 
 call tells the API the agent is alive and tells the agent whether it is still active: a deactivated agent stops
 taking tasks within one keepalive interval. On SIGTERM the agent drains: it takes nothing new, lets running
 tasks finish within a grace period, then hands the rest back so another agent picks them up.
+
+A lane has a queue per priority band in use (``core.topology``); the agent consumes every band of every lane it
+serves, and ``workers.intake`` starts what was delivered highest priority first.
 """
 
 from __future__ import annotations
@@ -17,22 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from core import telemetry
 from core.contracts import AgentTaskMessage, StageResult, TaskDetail
 from core.errors import SkillError
-from core.topology import Topology, can_serve
+from core.topology import Topology, can_serve, parse_band_key
 from sandboxes.base import Sandbox
 from workers.agent_client import AgentClient, Refused
 from workers.dead_letters import dead_letter
+from workers.intake import Intake, Settle
 from workers.skills.base import Skill, SkillContext
 from workers.skills.registry import SKILLS
 
 log = logging.getLogger("devart.agent")
 
+#: Control broadcasts announcing a lane's band: the default band (body: the lane) and the others (body: band key).
+BAND_ANNOUNCEMENTS = ("lane.declared", "lane.band.declared")
 #: How often the agent re-reads the lane list, in case it missed a control broadcast while reconnecting.
 LANE_REFRESH_SECONDS = 30.0
 
@@ -70,17 +76,14 @@ class Agent:
         self.skills: dict[str, Skill] = {**SKILLS, **(skills or {})}
         self._amqp_url = amqp_url
         self._topology = topology
-        self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
+        self._intake = Intake(concurrency, self._take)
         self._heartbeat_interval = heartbeat_interval
         self._keepalive_interval = keepalive_interval
         self._drain_grace = drain_grace
-        self._lanes: dict[str, AbstractQueue] = {}
-        self._consumers: dict[str, str] = {}
         self._accepting = True
         self._active = True
         self._executions: dict[str, Execution] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
 
@@ -101,7 +104,7 @@ class Agent:
         await control.consume(self._on_control, no_ack=True)
         await self._keepalive()
         await self._refresh_lanes()
-        log.info("agent %s serving lanes %s", self.name, sorted(self._lanes))
+        log.info("agent %s serving lanes %s", self.name, self._intake.bands)
         ticks = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -133,8 +136,8 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.client.keepalive("draining", sorted(self.skills))
         await self._stop_consuming()
-        if self._handlers:
-            _, pending = await asyncio.wait(self._handlers, timeout=self._drain_grace)
+        if self._intake.running:
+            _, pending = await asyncio.wait(self._intake.running, timeout=self._drain_grace)
             for execution in self._executions.values():
                 self._hand_back(execution, f"agent is shutting down (grace of {self._drain_grace:.0f}s over)")
             if pending:
@@ -150,66 +153,49 @@ class Agent:
             execution.skill.cancel()
 
     async def _refresh_lanes(self) -> None:
-        for lane in await self.client.lanes():
-            await self._serve_lane(lane)
+        for key in await self.client.lanes():
+            await self._serve_band(*parse_band_key(key))
 
     async def _on_control(self, message: AbstractIncomingMessage) -> None:
-        lane = message.body.decode()
-        if message.type == "lane.declared" and can_serve(self.capabilities, lane):
-            await self._serve_lane(lane)
+        if message.type in BAND_ANNOUNCEMENTS:
+            await self._serve_band(*parse_band_key(message.body.decode()))
 
-    async def _serve_lane(self, lane: str) -> None:
-        if lane in self._lanes or not can_serve(self.capabilities, lane) or self._channel is None:
+    async def _serve_band(self, lane: str, priority: int) -> None:
+        if self._intake.serves(lane, priority) or not can_serve(self.capabilities, lane) or self._channel is None:
             return
-        self._lanes[lane] = await self._topology.declare_lane(self._channel, lane)
-        if self._active and self._accepting:
-            self._consumers[lane] = await self._lanes[lane].consume(self._on_task)
+        await self._intake.serve(lane, priority, await self._topology.declare_lane(self._channel, lane, priority))
 
     async def _start_consuming(self) -> None:
-        for lane, queue in self._lanes.items():
-            if lane not in self._consumers and self._accepting:
-                self._consumers[lane] = await queue.consume(self._on_task)
+        if self._accepting:
+            await self._intake.open()
 
     async def _stop_consuming(self) -> None:
-        for lane, tag in list(self._consumers.items()):
-            with contextlib.suppress(Exception):
-                await self._lanes[lane].cancel(tag)
-            del self._consumers[lane]
+        await self._intake.close()
 
-    async def _on_task(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        try:
-            async with self._slots:
-                await self._handle(message)
-        finally:
-            if task is not None:
-                self._handlers.discard(task)
-
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _take(self, message: AbstractIncomingMessage) -> Settle:
+        """Run one delivered task message; the intake settles it as this says once it has chosen the next."""
         if not (self._accepting and self._active):
-            await message.nack(requeue=True)  # delivered before we stopped consuming: leave it to others
-            return
+            return Settle.REQUEUE  # delivered before we stopped consuming: leave it to others
         try:
             envelope = AgentTaskMessage.model_validate_json(message.body)
         except ValidationError as exc:
             await dead_letter(self._channel, self._topology, message, f"unreadable task message: {exc.errors()[0]}")
-            return
+            return Settle.SETTLED
         parent = telemetry.extract(message.headers)
         attributes: dict[str, str | int] = {
             "devart.run_id": envelope.run_id,
             "devart.stage": envelope.stage,
             "devart.attempt": envelope.attempt,
             "devart.agent": self.name,
+            "devart.priority": envelope.priority,
             "messaging.destination.name": envelope.lane,
         }
         with telemetry.tracer().start_as_current_span(
             "agent task", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
         ):
-            await self._claim_and_run(envelope, message)
+            return await self._claim_and_run(envelope)
 
-    async def _claim_and_run(self, envelope: AgentTaskMessage, message: AbstractIncomingMessage) -> None:
+    async def _claim_and_run(self, envelope: AgentTaskMessage) -> Settle:
         try:
             with telemetry.tracer().start_as_current_span("claim"):
                 task = await self.client.claim(envelope.task_id)
@@ -217,18 +203,16 @@ class Agent:
             if exc.status_code in (401, 403):
                 # Refused because of *us* (deactivated, key rotated): the task is fine, leave it to other agents.
                 log.warning("cannot claim %s: %s", envelope.task_id, exc.detail)
-                await message.nack(requeue=True)
                 await self._stop_consuming()
-                return
+                return Settle.REQUEUE
             log.info("task %s not ours: %s", envelope.task_id, exc.detail)
-            await message.ack()
-            return
-        log.info("claimed %s/%s attempt %s", task.run_id, task.stage, task.attempt)
+            return Settle.ACK
+        log.info("claimed %s/%s attempt %s (priority %s)", task.run_id, task.stage, task.attempt, task.priority)
         try:
             await self._execute(Execution(task=task))
         except Refused as exc:
             log.warning("report on %s/%s refused: %s", task.run_id, task.stage, exc.detail)
-        await message.ack()
+        return Settle.ACK
 
     async def _execute(self, execution: Execution) -> None:
         """Run the skill beside a heartbeat loop; report the outcome; a cancel or lost claim stops the skill."""

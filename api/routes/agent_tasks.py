@@ -20,8 +20,8 @@ from api.services import tasks
 from core.agents import effective_status
 from core.contracts import TaskDetail
 from core.events import add_event
-from core.models import Lane
-from core.topology import can_serve
+from core.models import Lane, utcnow
+from core.topology import band_key, can_serve
 
 router = APIRouter(prefix="/v1/agent", tags=["agents"])
 
@@ -47,6 +47,7 @@ async def keepalive(
         add_event(session, "agent.online", f"agent {agent.name} is online ({req.status})", agent=agent.name,
                   capabilities=agent.capabilities)
     agent.skills = sorted(set(req.skills))
+    agent.last_seen_at = utcnow()  # the liveness signal itself: always written, not throttled
     session.add(agent)
     await session.commit()
     return KeepaliveReply(active=agent.active, handback=handback)
@@ -54,9 +55,13 @@ async def keepalive(
 
 @router.get("/lanes", response_model=list[str])
 async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
-    """Every known lane this agent can serve (its requirements are a subset of the agent's capabilities)."""
-    names = (await session.exec(select(Lane.name))).all()
-    return sorted(n for n in names if can_serve(agent.capabilities, n))
+    """The band keys of every known lane this agent can serve (its requirements are a subset of its capabilities).
+
+    A lane's default band is its plain name, as before priorities; other bands are ``lane,pN`` (core.topology),
+    which an older agent's capability check never matches, so it keeps consuming just the default bands.
+    """
+    rows = (await session.exec(select(Lane))).all()
+    return sorted(band_key(r.name, p) for r in rows if can_serve(agent.capabilities, r.name) for p in r.priorities)
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskDetail)

@@ -34,6 +34,7 @@ async def list_runs(
             "status": r.status,
             "repository": r.repository,
             "trigger": r.trigger,
+            "priority": r.priority,
             "created_at": r.created_at,
             "finished_at": r.finished_at,
             "error": r.error,

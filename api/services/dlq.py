@@ -1,4 +1,4 @@
-"""Dead letters: list, inspect, redrive (back to the lane they came from) and purge."""
+"""Dead letters: list, inspect, redrive (back to the lane and priority band they came from) and purge."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from core import settings
 from core.errors import DevartError, ServiceUnavailable
 from core.events import add_event
 from core.models import DeadLetter, utcnow
-from core.topology import Topology
+from core.topology import Topology, band_key, parse_band_key
 
 
 class DeadLetterNotFound(DevartError):
@@ -32,10 +32,15 @@ async def get(session: AsyncSession, letter_id: int) -> DeadLetter:
 
 
 async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
-    """Publish the message again on its lane; a task whose stage still waits for it then resumes."""
+    """Publish the message again on its lane's band; a task whose stage still waits for it then resumes.
+
+    A dead letter's ``lane`` is the band key it was routed with (the collector reads it from the routing key or
+    the queue name), so a priority-5 task goes back to the priority-5 queue, not behind the default band.
+    """
     letter = await get(session, letter_id)
     if not letter.lane:
         raise DeadLetterNotFound(f"dead letter {letter_id} has no lane to go back to")
+    lane, priority = parse_band_key(letter.lane)
     topology = Topology.from_settings()
     try:
         connection = await aio_pika.connect(settings.amqp().amqp_url)
@@ -43,12 +48,12 @@ async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
         raise ServiceUnavailable(f"RabbitMQ is not reachable: {exc}") from exc
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        await topology.declare_lane(channel, letter.lane)
+        await topology.declare_lane(channel, lane, priority)
         exchange = await channel.get_exchange(topology.tasks_exchange)
         await exchange.publish(
             aio_pika.Message(body=letter.body.encode(), message_id=letter.message_id, content_type="application/json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type="agent.task"),
-            routing_key=letter.lane,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=priority, type="agent.task"),
+            routing_key=band_key(lane, priority),
         )
     letter.redriven_at = utcnow()
     session.add(letter)
