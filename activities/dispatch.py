@@ -16,7 +16,7 @@ import uuid
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from temporalio import activity
@@ -27,6 +27,8 @@ from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
 from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_is_ambiguous, lane_name
+
+_PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 
 #: States in which an attempt may still be reported on; anything else is final.
 OPEN_STATES = ("queued", "claimed")
@@ -159,4 +161,8 @@ class Dispatcher:
                 ),
                 routing_key=band_key(lane, inp.priority),
             )
+        # From now on the queue keeper keeps the attempt alive while it waits. Not before: an attempt whose
+        # worker died between recording and publishing has no message, so it must time out and be retried.
+        async with db.session() as s:
+            await s.execute(_PUBLISHED, {"id": task_id})
         activity.raise_complete_async()

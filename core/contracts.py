@@ -103,6 +103,11 @@ class Source(Strict):
     ref: str | None = Field(default=None, description="Branch, tag or commit; None means the working tree.")
 
 
+#: The version of PipelineWorkflow's behaviour a new run gets (see ``RunInput.engine``): 2 checks budgets before
+#: each dispatch, 3 runs the housekeeping steps as local activities.
+ENGINE = 3
+
+
 class RunInput(Strict):
     """Input of ``PipelineWorkflow``: the validated definition plus everything that varies per run."""
 
@@ -112,6 +117,12 @@ class RunInput(Strict):
     params: dict[str, str] = Field(default_factory=dict)
     trigger: str = "api"
     priority: int = Field(default=3, ge=1, le=5, description="1 (lowest) to 5 (highest), honoured within a lane.")
+    engine: int = Field(
+        default=1,
+        description="The workflow behaviour this run started with (ENGINE); absent in runs from before it existed. "
+        "It selects replay-sensitive branches instead of patch markers, each of which costs every run a "
+        "search-attribute write on the server.",
+    )
 
 
 class StageStatus(StrEnum):

@@ -31,8 +31,8 @@ TICK = 0.5
 
 _DUE = text(
     "SELECT id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason FROM task_attempts "
-    "WHERE status = 'queued' "
-    "AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => heartbeat_timeout / 3.0) LIMIT 500"
+    "WHERE status = 'queued' AND heartbeat_at IS NOT NULL "  # NULL: recorded, not published yet (or never)
+    "AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) LIMIT 500"
 )
 _ONLINE = text("SELECT capabilities FROM agents WHERE active AND last_seen_at > :since")
 

@@ -79,7 +79,7 @@ class PipelineWorkflow:
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:
         # Runs started before the housekeeping steps became local activities replay with regular ones.
-        self._local_steps = workflow.patched("local-steps")
+        self._local_steps = inp.engine >= 3
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -136,8 +136,9 @@ class PipelineWorkflow:
 
     async def _run_stage(self, inp: RunInput, spec: StageSpec) -> None:
         state = self._states[spec.name]
-        # Runs recorded before budgets existed replay without the check.
-        if workflow.patched("budget-check") and not await self._within_budget(inp, state):
+        # Runs recorded before budgets existed replay without the check; runs started in between (no engine in
+        # their input) carry the check's patch marker.
+        if (inp.engine >= 2 or workflow.patched("budget-check")) and not await self._within_budget(inp, state):
             return
         state.status = StageStatus.RUNNING
         state.started_at = workflow.now()

@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
 from api.services import catalog
 from core import metrics, pipelines, settings
-from core.contracts import PipelineDefinition, RunInput, RunStatus, Source, StageState
+from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source, StageState
 from core.costs import to_money
 from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from core.events import add_event
@@ -85,7 +85,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
         await client.start_workflow(
             PipelineWorkflow.run,
             RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
-                     priority=req.priority),
+                     priority=req.priority, engine=ENGINE),
             id=run_id,
             task_queue=settings.temporal().task_queue,
             search_attributes=search_attributes(definition.name, source.repo, req.trigger),
