@@ -51,7 +51,7 @@ async def _identified_agent(
     if not verify(key, agent.key_hash if agent else None) or agent is None:
         raise HTTPException(401, "unknown or malformed agent key", headers={"WWW-Authenticate": "Bearer"})
     request.state.previous_seen = agent.last_seen_at
-    await agents.seen(agent)
+    await agents.seen(session, agent)
     return agent
 
 

@@ -120,7 +120,8 @@ def goals(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
                         + (f" (quick mode: {top['in_flight']} in flight)" if quick else ""),
                 "measured": f"{top['devart']['errors']} errors of {top['runs']}, {kib} KiB per in-flight run "
                             f"(bound {GOAL_KIB_PER_RUN:g})",
-                "met": top["in_flight"] >= 1000 and top["devart"]["errors"] == 0 and kib <= GOAL_KIB_PER_RUN})
+                "met": None if quick else (top["in_flight"] >= 1000 and top["devart"]["errors"] == 0
+                                           and kib <= GOAL_KIB_PER_RUN)})
     return out
 
 
@@ -191,6 +192,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke check in under two minutes (noisy figures)")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (logs) afterwards")
     parser.add_argument("--name", help="results file name under bench/results (default: latest, or quick)")
+    parser.add_argument("--results", type=Path, default=report.RESULTS, help="folder for the results files")
     args = parser.parse_args()
     args.name = args.name or ("quick" if args.quick else "latest")
     cfg = QUICK if args.quick else FULL
@@ -204,7 +206,7 @@ def main() -> None:
     try:
         asyncio.run(run(stack, cfg, r))
     except BaseException:
-        partial = report.RESULTS / f"{args.name}.partial.json"
+        partial = args.results / f"{args.name}.partial.json"
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(r, indent=2, default=str) + "\n")
         report.progress(f"failed; the figures measured so far are in {partial}")
@@ -219,7 +221,7 @@ def main() -> None:
                        f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, {info['temporal']}; load average "
                        f"{info['load_average_start'][0]} at start, {info['load_average_end'][0]} at end")
     r["goals"] = goals(r, args.quick)
-    paths = report.write(r, args.name)
+    paths = report.write(r, args.name, args.results)
     print(report.markdown(r))
     shown = [str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p) for p in paths]
     print(f"\nwrote {', '.join(shown)}")

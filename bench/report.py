@@ -109,7 +109,8 @@ def markdown(r: dict[str, Any]) -> str:
                 for step, ms in sorted(r["breakdown"].items(), key=lambda kv: -kv[1])]
         out += [f"| {step} | | {ms} |" for step, ms in base_steps.items() if step not in r["breakdown"]]
     out += ["", "| goal | measured | met |", "| --- | --- | --- |"]
-    out += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in r["goals"]]
+    verdict = {True: "yes", False: "**no**", None: "not measured (quick mode)"}
+    out += [f"| {g['goal']} | {g['measured']} | {verdict[g['met']]} |" for g in r["goals"]]
     return "\n".join(out)
 
 
@@ -141,10 +142,10 @@ def chart(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write(r: dict[str, Any], name: str = "latest") -> list[Path]:
-    """Write ``<name>.json``, ``<name>.md`` and ``<name>.png`` under ``bench/results``; returns the paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    paths = [RESULTS / f"{name}.json", RESULTS / f"{name}.md", RESULTS / f"{name}.png"]
+def write(r: dict[str, Any], name: str = "latest", directory: Path = RESULTS) -> list[Path]:
+    """Write ``<name>.json``, ``<name>.md`` and ``<name>.png`` under ``directory``; returns the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.json", directory / f"{name}.md", directory / f"{name}.png"]
     paths[0].write_text(json.dumps(r, indent=2, default=str) + "\n")
     paths[1].write_text(f"# devart pipeline benchmark, {r['when']}\n\n`{r['command']}` on {r['machine']['summary']}\n\n"
                         + markdown(r) + "\n")

@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import db
 from core.errors import DevartError
 from core.events import add_event
 from core.models import Agent, AgentSkillStat, utcnow
@@ -97,17 +97,19 @@ async def list_agents(session: AsyncSession) -> list[Agent]:
     return list((await session.exec(select(Agent).order_by(col(Agent.name)))).all())
 
 
-async def seen(agent: Agent) -> None:
-    """Note that the agent called, at most once per ``SEEN_EVERY``, in a short transaction of its own.
+async def seen(session: AsyncSession, agent: Agent) -> None:
+    """Note that the agent called, at most once per ``SEEN_EVERY``, committed at once.
 
-    Not in the caller's transaction: that one may wait on Temporal while it holds its locks, and an agent with
-    many tasks in flight would then queue every call behind the lock on its own row.
+    Not left for the request's own commit: the request may wait on Temporal while it holds its locks, and an agent
+    with many tasks in flight would then queue every call behind the lock on its own row. Nor in a session of its
+    own: a request holding one pooled connection while it waits for a second can starve the pool under load.
     """
     now = utcnow()
     if agent.last_seen_at is not None and now - agent.last_seen_at < SEEN_EVERY:
         return
-    async with db.session() as s:
-        await s.exec(update(Agent).where(col(Agent.name) == agent.name).values(last_seen_at=now))  # type: ignore[call-overload]
+    await session.exec(update(Agent).where(col(Agent.name) == agent.name).values(last_seen_at=now))  # type: ignore[call-overload]
+    await session.commit()
+    set_committed_value(agent, "last_seen_at", now)  # known to the object without making it dirty again
 
 
 def effective_status(agent: Agent, last_seen: datetime | None = None) -> str:

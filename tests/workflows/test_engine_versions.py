@@ -12,17 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from core.contracts import ENGINE, PipelineDefinition, RunInput, RunResult, RunStatus, Source
+from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source
 from tests.helpers import noop_stage, publish, start, unique
 from tests.stack import Stack
 from workflows.pipeline import PipelineWorkflow
 
 
-async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], object]:
+async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], WorkflowHistory]:
     history = await temporal.get_workflow_handle(run_id).fetch_history()
     return [e.event_type for e in history.events], history
 
@@ -44,7 +44,6 @@ async def test_each_engine_runs_and_replays(
         RunInput(run_id=run_id, pipeline=definition, source=Source(repo=str(tmp_path)), engine=engine),
         id=run_id,
         task_queue=stack.env["TEMPORAL_TASK_QUEUE"],
-        result_type=RunResult,
     )
     # Then it succeeds with the behaviour of its engine, and its history replays on today's code
     assert result.status == RunStatus.SUCCEEDED, result
