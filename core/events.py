@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event as sa_event
-from sqlalchemy import text
-from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import Event
@@ -26,12 +23,6 @@ def add_event(
     session.add(Event(kind=kind, message=message, run_id=run_id, stage=stage, agent=agent, data=data))
 
 
-#: The PostgreSQL channel the live feed listens on; a notification means "new events were committed".
+#: The PostgreSQL channel the live feed listens on; a notification means "new events were committed". A trigger on
+#: ``events`` sends it (migration 0006), so it is delivered on commit, atomically with the events.
 CHANNEL = "devart_events"
-
-
-@sa_event.listens_for(Session, "after_flush")
-def _notify_new_events(session: Session, _context: object) -> None:
-    """Queue a NOTIFY in the same transaction as new events; PostgreSQL delivers it only on commit."""
-    if any(isinstance(obj, Event) for obj in session.new):
-        session.execute(text(f"NOTIFY {CHANNEL}"))
