@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from core.contracts import StageResult, StageState
+from core.contracts import StageResult, StageState, check_capabilities
 from core.topology import DEFAULT_PRIORITY, PRIORITIES
 
 
@@ -137,6 +137,11 @@ class AgentCreate(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     capabilities: list[str] = Field(min_length=1)
     owner: str = "admin"
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        return check_capabilities(value)
 
 
 class AgentCreated(BaseModel):

@@ -9,6 +9,7 @@ import typer
 
 from cli.output import console, fail
 from core import db, eventloop, settings, telemetry
+from core.contracts import check_capabilities
 from core.errors import DevartError
 from devart_sdk import load
 from workers.skills.base import Skill
@@ -59,6 +60,10 @@ def agent(
         caps += app.capabilities
     if not caps:
         fail("the agent has no capabilities: pass --capabilities or --module")
+    try:
+        check_capabilities(caps)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         eventloop.run(_run_agent(name, sorted(set(caps)), key, concurrency, custom))
     except DevartError as exc:

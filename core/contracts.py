@@ -7,6 +7,7 @@ only pydantic and the standard library: workflows import it inside Temporal's de
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -69,6 +70,21 @@ class SandboxSpec(Strict):
         return value
 
 
+#: A capability: what an agent offers and a stage requires. '+' joins a lane's requirements and ',' separates
+#: capabilities on the command line and priority bands in queue names, so neither may appear in one.
+CAPABILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@#/-]{0,63}")
+
+
+def check_capabilities(values: list[str]) -> list[str]:
+    """The capabilities, stripped; a clear error for the first that could not name a lane unambiguously."""
+    stripped = [v.strip() for v in values]
+    for value in stripped:
+        if not CAPABILITY.fullmatch(value):
+            raise ValueError(f"invalid capability {value!r}: use letters, digits and . _ : @ # / - (up to 64, no "
+                             "spaces, '+' or ',')")
+    return stripped
+
+
 class StageSpec(Strict):
     """One stage of a pipeline template."""
 
@@ -84,6 +100,11 @@ class StageSpec(Strict):
     )
     retry: RetrySpec = Field(default_factory=RetrySpec)
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+
+    @field_validator("requires")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        return check_capabilities(value)
 
 
 class PipelineDefinition(Strict):

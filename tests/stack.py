@@ -139,3 +139,8 @@ def delete_broker_objects(env: dict[str, str]) -> list[str]:
             return await topology.delete(connection, lanes)
 
     return asyncio.run(delete())
+
+
+def admin(stack: Stack) -> dict[str, str]:
+    """The administrator's authorization header."""
+    return {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}

@@ -6,7 +6,7 @@ import httpx
 from temporalio.client import Client
 
 from tests.helpers import unique
-from tests.stack import SAMPLE_REPO, Stack, register_agent, sql
+from tests.stack import SAMPLE_REPO, Stack, admin, register_agent, sql
 
 
 async def _workflow_count(temporal: Client, stack: Stack) -> int:
@@ -85,3 +85,12 @@ def test_keys_are_not_stored_in_clear(stack: Stack) -> None:
     key = register_agent(unique("clear"), ["python"])
     dump = str(sql("SELECT * FROM agents")) + str(sql("SELECT * FROM events"))
     assert key not in dump and key.split("_", 2)[2] not in dump
+
+
+async def test_an_agent_with_a_capability_that_cannot_name_a_lane_is_refused(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    name = unique("odd")
+    r = await api.post("/v1/agents", headers=admin(stack), json={"name": name, "capabilities": ["python", "c++"]})
+    assert r.status_code == 422 and "invalid capability 'c++'" in r.text, r.text
+    assert sql("SELECT name FROM agents WHERE name = :n", n=name) == []

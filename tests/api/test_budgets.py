@@ -7,15 +7,11 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
-from tests.stack import Stack
+from tests.stack import Stack, admin
 
 #: The suite's price table: 2.0 per 1,000 tokens of test-model, 0.5 per 1,000 of any other model.
 TOKENS = {"test-model": 1500, "other": 200}
 STAGE_COST = 1500 * 2.0 / 1000 + 200 * 0.5 / 1000  # 3.1
-
-
-def admin(stack: Stack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}
 
 
 async def _pipeline(api: httpx.AsyncClient, stack: Stack) -> str:

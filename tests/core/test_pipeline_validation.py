@@ -104,3 +104,13 @@ def test_all_problems_reported_at_once() -> None:
 def test_unknown_run_parameter_is_refused() -> None:
     with pytest.raises(InvalidPipeline, match="unknown parameter 'flag' \\(did you mean 'flags'\\?\\)"):
         pipelines.resolve_params(pipelines.parse(VALID), {"flag": "x"})
+
+
+@pytest.mark.parametrize("capability", ["c++", "python,test", "two words", "", "x" * 65])
+def test_a_capability_that_cannot_name_a_lane_is_refused(capability: str) -> None:
+    problems = problems_of(mutate(stages__0__requires=["python", capability]))
+    assert any("invalid capability" in p and "stages[build].requires" in p for p in problems), problems
+
+
+def test_capabilities_are_stripped() -> None:
+    assert pipelines.parse(mutate(stages__0__requires=[" python "])).stages[0].requires == ["python"]

@@ -13,11 +13,7 @@ import httpx
 from core.topology import Topology, lane_name
 from tests.cli.test_cli import devart
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run, wait_stage
-from tests.stack import Stack, sql
-
-
-def admin(stack: Stack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}
+from tests.stack import Stack, admin, sql
 
 
 async def test_registry_through_the_cli(stack: Stack, api: httpx.AsyncClient) -> None:

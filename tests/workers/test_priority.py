@@ -11,16 +11,12 @@ import httpx
 from core.topology import Topology, band_key, lane_name
 from tests.cli.test_cli import devart
 from tests.helpers import noop_stage, poll, publish, unique, wait_run
-from tests.stack import Stack, register_agent, sql
+from tests.stack import Stack, admin, register_agent, sql
 
 #: Runs queued behind the slow run at priority 1 and at priority 5. The busy agent holds one of each (prefetch 1 per
 #: band consumer), so when the first priority-5 task finishes the other one is the last in its queue: the case where
 #: acknowledging before choosing the next would let the broker push it to us while our get comes back empty.
 LOW, HIGH = 3, 2
-
-
-def admin(stack: Stack) -> dict[str, str]:
-    return {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}
 
 
 async def start(api: httpx.AsyncClient, pipeline: str, repo: Path, priority: int) -> str:
