@@ -65,7 +65,8 @@ class Dispatcher:
             return
         await self._ready()
         assert self._channel is not None
-        await self._topology.declare_lane(self._channel, lane, priority)
+        # Registered before it is declared: a worker dying in between leaves a row without a queue (agents and the
+        # next attempt declare it), never a queue that nothing lists, which no clean-up would find.
         async with db.session() as s:
             await s.exec(  # type: ignore[call-overload]
                 insert(Lane)
@@ -76,6 +77,7 @@ class Dispatcher:
             if priority not in row.priorities:
                 row.priorities = sorted({*row.priorities, priority})  # a new list: JSON columns see no mutation
                 s.add(row)
+        await self._topology.declare_lane(self._channel, lane, priority)
         kind = "lane.declared" if priority == DEFAULT_PRIORITY else "lane.band.declared"
         control = await self._channel.get_exchange(self._topology.control_exchange)
         await control.publish(aio_pika.Message(body=band_key(lane, priority).encode(), type=kind), routing_key="")
