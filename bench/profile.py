@@ -3,10 +3,10 @@
     python -m bench.profile [--seconds 20] [--concurrency 10]
 
 Starts the benchmark stack, keeps ``--concurrency`` one-stage no-op runs in flight for ``--seconds`` while
-``py-spy record`` samples each devart process (native Python frames, idle time left out), then prints, per
-process, the functions with the most samples inclusive of what they call, restricted to frames of devart's
-own packages and of the libraries they spend it in. The raw collapsed stacks (flamegraph input) and speedscope
-files land in ``bench/results/profiles/``. py-spy needs ptrace: run as root or with CAP_SYS_PTRACE.
+``py-spy record`` samples each devart process (idle time left out), then prints and writes
+``bench/results/profiles/summary.md``: per process, the self time by library and the inclusive time of devart's
+own functions. The raw collapsed stacks (flamegraph input) and speedscope files land beside it. py-spy needs
+ptrace: run as root or with CAP_SYS_PTRACE.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from core import db
 from core.temporal import connect
 
 PROFILES = report.RESULTS / "profiles"
-#: Frames worth showing: devart's packages plus the libraries a run's time is spent in.
-INTERESTING = ("api/", "activities/", "workflows/", "workers/", "core/", "sandboxes/", "devart_sdk/", "temporalio/",
-               "sqlalchemy/", "psycopg/", "aio_pika/", "aiormq/", "pamqp/", "fastapi/", "starlette/", "pydantic/",
-               "httpx/", "httpcore/", "opentelemetry/", "uvicorn/", "asyncio/")
+#: devart's own packages: their functions are shown with the share of samples spent in them and what they call.
+OWN = ("api/", "activities/", "workflows/", "workers/", "core/", "sandboxes/", "devart_sdk/")
+#: Libraries a sample's innermost frame is attributed to (self time); anything else counts under its file name.
+LIBRARIES = ("sqlalchemy", "psycopg", "temporalio", "opentelemetry", "fastapi", "starlette", "uvicorn", "pydantic",
+             "httpx", "httpcore", "h11", "aio_pika", "aiormq", "pamqp", "asyncio", "concurrent", "greenlet",
+             "importlib", "shutil", "pathlib", "json", "selectors", "threading", "uvloop", "anyio", "logging")
 
 
 def py_spy() -> str:
@@ -52,20 +54,44 @@ def record(pid: int, seconds: float, out: Path, fmt: str) -> subprocess.Popen[by
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def top(collapsed: Path, limit: int) -> list[tuple[str, int, float]]:
-    """The most-sampled frames, inclusive: (frame, samples, share of the process's samples)."""
-    inclusive: Counter[str] = Counter()
-    total = 0
+def _samples(collapsed: Path) -> list[tuple[list[str], int]]:
+    out = []
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        n = int(count)
-        total += n
-        seen = set()
-        for frame in stack.split(";"):
-            if any(part in frame for part in INTERESTING) and frame not in seen:
-                seen.add(frame)
-                inclusive[frame] += n
-    return [(frame, n, n / total if total else 0.0) for frame, n in inclusive.most_common(limit)]
+        out.append((stack.split(";"), int(count)))
+    return out
+
+
+def _library(frame: str) -> str:
+    where = frame.rpartition(" (")[2]
+    for library in (*LIBRARIES, *OWN):
+        if library in where:
+            return library.rstrip("/")
+    return where.split(":")[0].rstrip(")") or "(no Python frame: native code, the GIL)"
+
+
+#: The process's entry point: on every stack, so it says nothing.
+_ENTRY = "run (core/eventloop.py)"
+
+
+def _function(frame: str) -> str:
+    """``name (file:line)`` → ``name (file)``: a function's samples counted together across its lines."""
+    name, _, where = frame.rpartition(" (")
+    return f"{name} ({where.rpartition(':')[0] or where.rstrip(')')})"
+
+
+def summary(collapsed: Path, limit: int) -> dict[str, list[tuple[str, float]]]:
+    """Self time by library (innermost frame) and inclusive time of devart's own functions, as sample shares."""
+    samples = _samples(collapsed)
+    total = sum(n for _, n in samples) or 1
+    by_library: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for frames, n in samples:
+        by_library[_library(frames[-1])] += n
+        for function in {_function(f) for f in frames if any(f" ({o}" in f for o in OWN)} - {_ENTRY}:
+            own[function] += n
+    return {"self time by library": [(k, n / total) for k, n in by_library.most_common(limit)],
+            "devart functions, inclusive": [(k, n / total) for k, n in own.most_common(limit)]}
 
 
 async def load(stack: bench_stack.BenchStack, seconds: float, concurrency: int) -> int:
@@ -101,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=10)
-    parser.add_argument("--top", type=int, default=25, help="frames shown per process")
+    parser.add_argument("--top", type=int, default=15, help="rows shown per table")
     args = parser.parse_args()
     py_spy()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -111,16 +137,20 @@ def main() -> None:
     finally:
         bench_stack.stop(stack)
         asyncio.run(bench_stack.delete_broker_objects(stack))
-    print(f"{done} runs in {args.seconds:g} s at {args.concurrency} in flight; inclusive samples per process:")
+    lines = [f"# Where devart's CPU goes ({done} runs in {args.seconds:g} s, {args.concurrency} in flight)", "",
+             "Shares of py-spy samples (200 Hz, idle excluded) per process. Self time counts a sample once, under the",
+             "library of its innermost frame; inclusive time counts it under every devart function on its stack.", ""]
     for name in ("api", "worker", "agent"):
         path = PROFILES / f"{name}.txt"
         if not path.exists():
             continue
-        print(f"\n## {name}")
-        for frame, _, share in top(path, args.top):
-            print(f"{share:6.1%}  {frame}")
-    print(f"\nflamegraph input and speedscope files: {PROFILES}")
-
+        for title, rows in summary(path, args.top).items():
+            lines += [f"## {name}: {title}", "", "| share | where |", "| ---: | --- |"]
+            lines += [f"| {share:.1%} | `{where}` |" for where, share in rows] + [""]
+    text = "\n".join(lines)
+    (PROFILES / "summary.md").write_text(text + "\n")
+    print(text)
+    print(f"flamegraph input, speedscope files and this summary: {PROFILES}")
 
 if __name__ == "__main__":
     main()
