@@ -159,8 +159,13 @@ class Intake:
         settle: Settle | None = None
         try:
             settle = await self._handler(message)
-        except Exception:  # as before the intake: the message stays unacknowledged until the channel closes
-            log.exception("handling task message %s failed", message.message_id)
+        except Exception:
+            # E.g. the API stayed unreachable past the client's retries. Give the message back rather than hold it
+            # unacknowledged until the channel closes: held, it would block a prefetch slot and its run would wait
+            # forever. Each return counts towards the lane's delivery limit, so a message that keeps failing ends
+            # in the dead-letter queue, where a person sees it.
+            log.exception("handling task message %s failed; giving it back", message.message_id)
+            settle = Settle.REQUEUE
         finally:
             self._free += 1
         # Choose the next message before settling this one: see the module docstring.
