@@ -27,8 +27,9 @@ PRIORITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 DEFAULT_PRIORITY = 3
 #: Separates a lane from its band in a band key. A comma, because agents get their capabilities as a
 #: comma-separated list (``devart agent --capabilities``), so a lane an agent serves never contains one; and the
-#: AMQP client allows only ``[A-Za-z0-9-_.:@#,/+ ]`` in queue names. Capabilities are otherwise free text, so
-#: dispatch also refuses a lane whose name ends like a band key (``lane_is_ambiguous``): no collision either way.
+#: AMQP client allows only ``[A-Za-z0-9-_.:@#,/+ ]`` in queue names. Capabilities may not contain one
+#: (``core.contracts.CAPABILITY``), and dispatch still refuses a lane whose name ends like a band key
+#: (``lane_is_ambiguous``), for lanes recorded before that check: no collision either way.
 BAND_MARK = ",p"
 _BAND_DIGITS = frozenset(str(p) for p in PRIORITIES if p != DEFAULT_PRIORITY)
 
