@@ -125,8 +125,9 @@ class Source(Strict):
 
 
 #: The version of PipelineWorkflow's behaviour a new run gets (see ``RunInput.engine``): 2 checks budgets before
-#: each dispatch, 3 runs the housekeeping steps as local activities.
-ENGINE = 3
+#: each dispatch, 3 runs the housekeeping steps as local activities, 4 records the run's start while its first
+#: stages prepare.
+ENGINE = 4
 
 
 class RunInput(Strict):

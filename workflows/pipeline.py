@@ -83,9 +83,13 @@ class PipelineWorkflow:
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
         tasks: dict[str, asyncio.Task[None]] = {}
+        started: asyncio.Task[None] | None = None
         try:
             # Inside the try: a cancel that lands during the first record still records the run as cancelled.
-            await self._record(inp, RunStatus.RUNNING)
+            if inp.engine >= 4:  # recorded while the first stages prepare (all in the first workflow task)
+                started = asyncio.create_task(self._record(inp, RunStatus.RUNNING))
+            else:
+                await self._record(inp, RunStatus.RUNNING)
             while True:
                 self._skip_blocked()
                 for name in self._ready(tasks):
@@ -98,12 +102,14 @@ class PipelineWorkflow:
             for task in tasks.values():
                 task.cancel()
             # Let every stage run its teardown before the run is reported cancelled.
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            await asyncio.gather(*tasks.values(), *([started] if started else []), return_exceptions=True)
             for state in self._states.values():
                 if state.status in (StageStatus.PENDING, StageStatus.RUNNING, StageStatus.AWAITING_APPROVAL):
                     state.status = StageStatus.CANCELLED
             await self._record(inp, RunStatus.CANCELLED, "cancelled")
             raise
+        if started is not None:
+            await started  # the start is on record before the end is
         failed = [s for s in self._states.values() if s.status == StageStatus.FAILED]
         status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
         error = "; ".join(f"stage '{s.name}' failed: {s.error}" for s in failed) or None
