@@ -18,12 +18,14 @@ class RunRequest(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, description="Pipeline version (default: the latest).")
     trigger: str = Field(default="api", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
-    priority: int = Field(default=DEFAULT_PRIORITY, description="1 (lowest) to 5 (highest), honoured within a lane.")
+    priority: int | None = Field(
+        default=None, description="1 (lowest) to 5 (highest), honoured within a lane (default: the pipeline's)."
+    )
 
     @field_validator("priority")
     @classmethod
-    def _priority(cls, value: int) -> int:
-        if value not in PRIORITIES:
+    def _priority(cls, value: int | None) -> int | None:
+        if value is not None and value not in PRIORITIES:
             raise ValueError(f"priority must be an integer from 1 (lowest) to 5 (highest), got {value}")
         return value
 

@@ -76,10 +76,12 @@ def run(
     param: list[str] = typer.Option([], "--param", "-p", help="Pipeline parameter key=value (repeatable)."),
     wait: bool = typer.Option(False, "--wait", "-w", help="Show live progress and wait for the result."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
-    priority: int = typer.Option(3, "--priority", help="1 (lowest) to 5 (highest): order within a busy lane."),
+    priority: int | None = typer.Option(
+        None, "--priority", help="1 (lowest) to 5 (highest): order within a busy lane (default: the pipeline's)."
+    ),
 ) -> None:
     """Start a pipeline run; with --wait, follow it and exit non-zero unless it succeeds."""
-    if not 1 <= priority <= 5:
+    if priority is not None and not 1 <= priority <= 5:
         fail(f"--priority must be from 1 (lowest) to 5 (highest), got {priority}")
     body = {"pipeline": pipeline, "repo": _repo_argument(repo), "ref": ref, "params": _params(param), "trigger": "cli",
             "priority": priority}

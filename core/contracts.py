@@ -114,6 +114,7 @@ class PipelineDefinition(Strict):
     version: int = Field(default=1, ge=1)
     description: str = ""
     params: dict[str, str] = Field(default_factory=dict, description="Parameter names and their defaults.")
+    priority: int = Field(default=3, ge=1, le=5, description="Priority of its runs unless a run asks for another.")
     stages: list[StageSpec] = Field(min_length=1)
 
 

@@ -64,6 +64,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     params = pipelines.resolve_params(definition, req.params)
     source = check_source(req.repo, req.ref)
     run_id = run_id or new_run_id(definition.name)
+    priority = req.priority if req.priority is not None else definition.priority
     stages = [StageState(name=s.name, depends_on=s.depends_on).model_dump(mode="json") for s in definition.stages]
     session.add(
         Run(
@@ -74,7 +75,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
             ref=source.ref,
             trigger=req.trigger,
             params=params,
-            priority=req.priority,
+            priority=priority,
             status="running",
             stages=stages,
         )
@@ -85,7 +86,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
         await client.start_workflow(
             PipelineWorkflow.run,
             RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
-                     priority=req.priority, engine=ENGINE),
+                     priority=priority, engine=ENGINE),
             id=run_id,
             task_queue=settings.temporal().task_queue,
             search_attributes=search_attributes(definition.name, source.repo, req.trigger),

@@ -141,3 +141,25 @@ async def test_dead_letter_is_redriven_to_its_band(stack: Stack, api: httpx.Asyn
     stack.start_agent(unique("prio-rescuer"), [cap])
     run = await wait_run(api, run_id, deadline=60)
     assert run["status"] == "succeeded" and len(run["stages"][0]["attempt_log"]) == 1
+
+
+async def test_a_pipeline_sets_the_default_priority_of_its_runs(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    cap = unique("urgent")
+    stack.start_agent(unique("agent"), [cap])
+    pipeline = unique("urgent")
+    await publish(api, {"name": pipeline, "priority": 5, "stages": [noop_stage("work", cap)]})
+    # A run that names no priority gets the pipeline's, one that names one keeps its own
+    by_default = (await api.post("/v1/runs", json={"pipeline": pipeline, "repo": str(tmp_path)})).json()["run_id"]
+    explicit = await start(api, pipeline, tmp_path, 1)
+    for run_id, expected in ((by_default, 5), (explicit, 1)):
+        run = await wait_run(api, run_id)
+        assert run["status"] == "succeeded" and run["priority"] == expected, run
+    attempts = sql("SELECT run_id, input->>'priority' AS priority FROM task_attempts WHERE run_id IN (:a, :b)",
+                   a=by_default, b=explicit)
+    assert {r["run_id"]: r["priority"] for r in attempts} == {by_default: "5", explicit: "1"}
+    # A pipeline's priority is checked like the rest of it
+    response = await api.post("/v1/pipelines", json={"name": unique("bad"), "priority": 9,
+                                                     "stages": [noop_stage("work", cap)]})
+    assert response.status_code == 422 and "priority" in response.text, response.text
