@@ -20,13 +20,12 @@ from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from core import db, metrics, telemetry
 from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
-from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_is_ambiguous, lane_name
+from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
 
 _PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 
@@ -92,12 +91,6 @@ class Dispatcher:
         """Record this attempt, publish it to the lane with publisher confirms, and hand completion to the API."""
         info = activity.info()
         lane = lane_name(inp.requires)
-        if lane_is_ambiguous(lane):
-            raise ApplicationError(
-                f"requirements {sorted(inp.requires)} make the lane '{lane}', which reads as a priority band of "
-                f"another lane; rename the capability so that it does not end in ',p<digit>'",
-                type="InvalidInput", non_retryable=True,
-            )
         task_id = str(uuid.uuid4())
         row = {
             "id": task_id,

@@ -28,8 +28,7 @@ DEFAULT_PRIORITY = 3
 #: Separates a lane from its band in a band key. A comma, because agents get their capabilities as a
 #: comma-separated list (``devart agent --capabilities``), so a lane an agent serves never contains one; and the
 #: AMQP client allows only ``[A-Za-z0-9-_.:@#,/+ ]`` in queue names. Capabilities may not contain one
-#: (``core.contracts.CAPABILITY``), and dispatch still refuses a lane whose name ends like a band key
-#: (``lane_is_ambiguous``), for lanes recorded before that check: no collision either way.
+#: (``core.contracts.CAPABILITY``, checked wherever a pipeline or an agent is read), so no lane reads as a band.
 BAND_MARK = ",p"
 _BAND_DIGITS = frozenset(str(p) for p in PRIORITIES if p != DEFAULT_PRIORITY)
 
@@ -56,11 +55,6 @@ def parse_band_key(key: str) -> tuple[str, int]:
     if mark and lane and digit in _BAND_DIGITS:
         return lane, int(digit)
     return key, DEFAULT_PRIORITY
-
-
-def lane_is_ambiguous(lane: str) -> bool:
-    """Whether a lane's name would read as another lane's band (a capability ending in ``,p5``, say)."""
-    return parse_band_key(lane)[1] != DEFAULT_PRIORITY
 
 
 def can_serve(capabilities: set[str] | list[str], lane: str) -> bool:
