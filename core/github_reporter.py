@@ -52,7 +52,8 @@ async def run_recorded(rec: RunRecord) -> None:
     if rec.trigger != TRIGGER:
         return
     what = "run start" if rec.status == RunStatus.RUNNING else "run end"
-    await _guarded(rec.run_id, None, what, _run_started(rec) if what == "run start" else _run_finished(rec))
+    reports = _started_reports if what == "run start" else _finished_reports
+    await _guarded(rec.run_id, None, what, _report_run(rec, reports))
 
 
 @dataclass(frozen=True)
@@ -282,43 +283,50 @@ async def _together(reports: Sequence[Awaitable[None]]) -> None:
         raise failed[0]
 
 
-async def _run_started(rec: RunRecord) -> None:
+#: Builds the reports of a run's start or end: (record, GitHub client, PR context, check rows by stage, links).
+RunReports = Callable[[RunRecord, GitHub[Any], GitHubRun, dict[str, GitHubCheck], fmt.Links], list[Awaitable[None]]]
+
+
+async def _report_run(rec: RunRecord, reports: RunReports) -> None:
+    """Send a run's stage reports over one GitHub client, side by side; nothing for a run GitHub did not start."""
     found = await _context(rec.run_id)
     if found is None:
         return
     ctx, rows = found
-    links = _links(ctx)
-    reports = []
     async with client(ctx.installation_id) as gh:
-        for stage in rec.stages:
-            row = rows.get(stage.name)
-            if row is None or row.status in (*_FINAL, "in_progress"):
-                continue  # a retried record must not move a check run back
-            waits = f"waits for {', '.join(stage.depends_on)}" if stage.depends_on else "waits for an agent"
-            output = fmt.check_output(stage.name, "queued", None, None, None, links, waits)
-            reports.append(_send(gh, ctx, row, {"status": "queued", "output": output}))
-        await _together(reports)
+        await _together(reports(rec, gh, ctx, rows, _links(ctx)))
 
 
-async def _run_finished(rec: RunRecord) -> None:
-    found = await _context(rec.run_id)
-    if found is None:
-        return
-    ctx, rows = found
-    links = _links(ctx)
-    reports = []
-    async with client(ctx.installation_id) as gh:
-        for stage in rec.stages:
-            row = rows.get(stage.name)
-            if row is None or row.status in _FINAL:
-                continue
-            status = stage.status if stage.status in _ENDED else StageStatus.CANCELLED  # never started: cancelled
-            fields = {"conclusion": fmt.conclusion(status, stage.error), "completed_at": stage.finished_at or utcnow(),
-                      "output": fmt.check_output(stage.name, status, stage.result, stage.error,
-                                                 fmt.seconds_between(stage.started_at, stage.finished_at), links)}
-            reports.append(_send(gh, ctx, row, fields, fmt.finding_annotations(stage.result)))
-        for stage in rec.stages:
-            row = rows.get(stage.name)
-            if row is not None and row.skill == "review" and stage.status == StageStatus.SUCCEEDED and stage.result:
-                reports.append(post_review(gh, ctx, stage, links))
-        await _together(reports)
+def _started_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
+                     links: fmt.Links) -> list[Awaitable[None]]:
+    """A queued check run for every stage that has none in progress or done yet."""
+    out: list[Awaitable[None]] = []
+    for stage in rec.stages:
+        row = rows.get(stage.name)
+        if row is None or row.status in (*_FINAL, "in_progress"):
+            continue  # a retried record must not move a check run back
+        waits = f"waits for {', '.join(stage.depends_on)}" if stage.depends_on else "waits for an agent"
+        output = fmt.check_output(stage.name, "queued", None, None, None, links, waits)
+        out.append(_send(gh, ctx, row, {"status": "queued", "output": output}))
+    return out
+
+
+def _finished_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
+                      links: fmt.Links) -> list[Awaitable[None]]:
+    """The conclusion of every stage the agents did not report, and the review of a successful review stage."""
+    out: list[Awaitable[None]] = []
+    for stage in rec.stages:
+        row = rows.get(stage.name)
+        if row is None or row.status in _FINAL:
+            continue
+        status = stage.status if stage.status in _ENDED else StageStatus.CANCELLED  # never started: cancelled
+        fields = {"conclusion": fmt.conclusion(status, stage.error), "completed_at": stage.finished_at or utcnow(),
+                  "output": fmt.check_output(stage.name, status, stage.result, stage.error,
+                                             fmt.seconds_between(stage.started_at, stage.finished_at), links)}
+        out.append(_send(gh, ctx, row, fields, fmt.finding_annotations(stage.result)))
+    for stage in rec.stages:
+        row = rows.get(stage.name)
+        if row is not None and row.skill == "review" and stage.status == StageStatus.SUCCEEDED and stage.result:
+            out.append(post_review(gh, ctx, stage, links))
+    return out
+
