@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,12 +34,6 @@ from core.topology import Topology, lane_name
 
 #: Seconds the agents may take to start, reach the API and bind their control queue.
 AGENTS_READY_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -104,22 +97,11 @@ def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
     if not services.amqp_reachable(amqp_url):
         raise ServiceUnavailable(f"RabbitMQ is not reachable at {amqp_url} (start it: rabbitmq-server -detached)")
     state = Path(tempfile.mkdtemp(prefix="devart-bench-"))
-    tag = uuid.uuid4().hex[:8]
-    api_port, temporal_port = free_port(), free_port()
-    env = {
-        "DEVART_HOME": str(state),
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
-        "TEMPORAL_TASK_QUEUE": f"devart-bench-{tag}",
-        "AMQP_URL": amqp_url,
-        "AMQP_PREFIX": f"devart-bench-{tag}",
-        "DEVART_API_HOST": "127.0.0.1",
-        "DEVART_API_PORT": str(api_port),
-        "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
-        "DEVART_WORKER_METRICS_PORT": str(free_port()),
-        "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
-        "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
-        "DEVART_LOG_LEVEL": os.environ.get("DEVART_LOG_LEVEL", "WARNING"),
-    }
+    env = {**services.isolated_env(state, "devart-bench", amqp_url),
+           "DEVART_LOG_LEVEL": os.environ.get("DEVART_LOG_LEVEL", "WARNING")}
+    tag = env["AMQP_PREFIX"].rsplit("-", 1)[1]
+    api_port = int(env["DEVART_API_PORT"])
+    temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])
     # Set before any settings are read, so every lru-cached settings object sees this stack.
     os.environ.update(env)
     temporal = services.start_temporal(state / "temporal.db", port=temporal_port, headless=True,

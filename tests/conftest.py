@@ -18,9 +18,10 @@ from temporalio.client import Client
 
 from core import db, services
 from core.embedded import stop_postgres
+from core.services import free_port
 from core.supervisor import Child, Supervisor, stop_child
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, clear_settings_caches, delete_broker_objects, free_port, register_agent, require
+from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require
 
 
 @pytest.fixture(scope="session")
@@ -29,26 +30,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url} (rabbitmq-server -detached)")
     state = tmp_path_factory.mktemp("devart-state")
     receiver = OtlpReceiver()
-    tag = uuid.uuid4().hex[:8]
-    api_port, temporal_port = free_port(), free_port()
     env = {
-        "DEVART_HOME": str(state),
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
-        "TEMPORAL_TASK_QUEUE": f"devart-test-{tag}",
-        "AMQP_URL": amqp_url,
-        "AMQP_PREFIX": f"devart-test-{tag}",
-        "DEVART_API_HOST": "127.0.0.1",
-        "DEVART_API_PORT": str(api_port),
-        "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
+        **services.isolated_env(state, "devart-test", amqp_url),
         "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
         "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "DEVART_PRICES": json.dumps({"models": {"test-model": 2.0}, "default_per_1k_tokens": 0.5,
                                      "sandbox_cpu_second": 0.0}),
-        "DEVART_WORKER_METRICS_PORT": str(free_port()),
-        "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
-        "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
         # GitHub (issue 6): tests/github/double.py serves this URL; webhooks are signed with this secret
         "DEVART_GITHUB_API_URL": f"http://127.0.0.1:{free_port()}",
         "DEVART_GITHUB_TOKEN": f"ghs_test{uuid.uuid4().hex}",
@@ -61,11 +50,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env["DATABASE_URL"] = db.database_url()
     db.upgrade()
     sup = Supervisor(state / "logs", env=env)
+    temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])
     s = Stack(receiver=receiver, state=state, env=env, supervisor=sup, temporal_port=temporal_port,
               temporal_db=state / "temporal.db", api_url=env["DEVART_API_URL"])
     try:
         s.restart_temporal()
-        api_child = sup.api("127.0.0.1", api_port)
+        api_child = sup.api("127.0.0.1", int(env["DEVART_API_PORT"]))
         sup.wait_healthy(s.api_url, api_child)
         s.worker = sup.worker()
         yield s

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +24,6 @@ from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_REPO = ROOT / "examples" / "sample-app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require(condition: bool, why: str) -> None:

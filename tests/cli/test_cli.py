@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.stack import SAMPLE_REPO, Stack, free_port
+from core.services import free_port
+from tests.stack import SAMPLE_REPO, Stack
 
 
 def devart(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,9 +14,9 @@ from githubkit.exception import RequestFailed
 from core import github_format as fmt
 from core.contracts import StageResult, StageStatus
 from core.github import GitHubNotConfigured, GitHubSettings, client, signature, verify_signature
+from core.services import free_port
 from tests.github.double import GitHubDouble
 from tests.github.rules import commentable
-from tests.stack import free_port
 
 APP_ID = 31337
 

@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from core.contracts import AgentTaskMessage
+from core.services import free_port
 from core.topology import Topology, lane_name
 from tests.helpers import poll, unique
-from tests.stack import Stack, admin, free_port, sql
+from tests.stack import Stack, admin, sql
 
 
 class FailingApi(BaseHTTPRequestHandler):
