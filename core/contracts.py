@@ -53,7 +53,11 @@ class SandboxSpec(Strict):
     pids: int = Field(default=512, ge=8, description="Maximum number of processes.")
     disk_mb: int = Field(default=2048, ge=16, description="Workspace size limit in MiB.")
     timeout: timedelta = Field(default=timedelta(minutes=30), description="Wall-clock limit of one command.")
-    network: Literal["none", "egress"] = Field(default="none", description="Outbound network access.")
+    network: Literal["none", "packages", "egress"] = Field(
+        default="none",
+        description="Outbound network access: none; packages (only the configured package index, through the "
+        "agent's index proxy); egress (unrestricted).",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every command.")
     secrets: dict[str, str] = Field(
         default_factory=dict,
