@@ -92,6 +92,23 @@ class SandboxSettings(BaseSettings):
     )
 
 
+class PackageIndexSettings(BaseSettings):
+    """The package index a ``network: packages`` stage may reach, through the agent's caching index proxy."""
+
+    model_config = _config("DEVART_PACKAGE_INDEX_")
+    url: str = Field(default="https://pypi.org/simple", description="Upstream simple index (PEP 503/691).")
+    files_url: str = Field(
+        default="https://files.pythonhosted.org",
+        description="Upstream host of the index's files; their links are rewritten to go through the proxy.",
+    )
+    cache: Path | None = Field(
+        default=None, description="Shared cache of index files and pages (default: <home>/cache/packages)."
+    )
+    page_ttl: float = Field(
+        default=300.0, ge=0, description="Seconds an index page is served from cache before it is fetched again."
+    )
+
+
 class KubernetesSettings(BaseSettings):
     """The Kubernetes sandbox backend: where sandbox pods run and how they are built."""
 
@@ -113,6 +130,11 @@ class KubernetesSettings(BaseSettings):
                                  "100.64.0.0/10", "fc00::/7", "fe80::/10"],
         description="CIDRs a 'network: egress' stage still can't reach (cloud metadata, cluster-private ranges); "
         "DNS stays allowed. '[]' allows all egress.",
+    )
+    package_proxy: str | None = Field(
+        default=None,
+        description="URL of an in-cluster package index proxy (e.g. http://devart-index.devart:3141); a "
+        "'network: packages' stage may reach only it (and DNS). Unset: such stages are refused.",
     )
 
 
@@ -150,6 +172,11 @@ def api() -> ApiSettings:
 @lru_cache
 def sandbox() -> SandboxSettings:
     return SandboxSettings()
+
+
+@lru_cache
+def package_index() -> PackageIndexSettings:
+    return PackageIndexSettings()
 
 
 @lru_cache

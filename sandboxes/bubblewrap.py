@@ -14,6 +14,10 @@ and ``home``, the only writable paths. A host folder the sandbox user cannot tra
 (one above the sandbox root, or above the agent's Python, e.g. ``/root/.pyenv``) is replaced by an empty
 read-only tmpfs holding just those paths, which hides nothing the user could have read anyway.
 
+With ``network: packages`` the command still gets an empty network namespace; the agent's package index proxy
+comes in as a unix socket bound at ``INDEX_SOCKET``, and ``sandboxes/package_forwarder.py`` (run with the
+agent's Python in place of the command, which it then starts) serves it on ``127.0.0.1:INDEX_PORT``.
+
 The command's environment never passes through a root process (an ``LD_PRELOAD`` there would run as root) nor
 through a command line (``ps`` shows those to every user): bubblewrap clears it, and after the privilege drop a
 ``/bin/sh`` reads it from its stdin (a memfd) and execs the command with stdin on ``/dev/null``.
@@ -28,9 +32,11 @@ import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from core.contracts import SandboxSpec
+from sandboxes import package_forwarder
 
 #: The uid and gid commands run as ("nobody").
 SANDBOX_UID = 65534
@@ -38,6 +44,10 @@ SANDBOX_UID = 65534
 HELPER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TMP = Path("/tmp")
 _LOADER = '. /dev/stdin || exit 126; exec "$@" < /dev/null'
+#: Where the package index proxy's socket appears inside a ``network: packages`` sandbox (its private ``/tmp``).
+INDEX_SOCKET = TMP / ".devart-package-index.sock"
+#: The port the package relay listens on, on the sandbox's own loopback (each command has its own namespace).
+INDEX_PORT = 3141
 
 
 def bubblewrap_available() -> str | None:
@@ -113,11 +123,16 @@ class Confinement:
         return cls(bwrap=bwrap, root=root, setpriv=setpriv, hidden=outermost, exposed=exposed)
 
     def argv(self, directory: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
-             seccomp_fd: int | None = None) -> list[str]:
+             seccomp_fd: int | None = None, index_socket: Path | None = None) -> list[str]:
         """The argv that runs ``command`` in ``directory``'s sandbox; its environment comes on stdin.
 
         ``seccomp_fd``: an inherited fd holding the filter of ``sandboxes/seccomp.py`` (when running as root).
+        ``index_socket``: the package index proxy's socket, for a ``network: packages`` spec (required there).
         """
+        if spec.network == "packages":
+            if index_socket is None:
+                raise ValueError("a 'network: packages' sandbox needs the package index proxy's socket")
+            command = package_relay(command)
         workspace, home = directory / "workspace", directory / "home"
         argv = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
                 "--unshare-cgroup-try"]
@@ -127,6 +142,8 @@ class Confinement:
             argv.append("--unshare-net")
         argv += ["--hostname", "sandbox", "--clearenv", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
                  "--perms", "1777", "--size", str(spec.disk_mb << 20), "--tmpfs", str(TMP)]
+        if spec.network == "packages" and index_socket is not None:
+            argv += ["--bind", str(index_socket), str(INDEX_SOCKET)]
         for folder in self.hidden:
             argv += ["--perms", "0755", "--tmpfs", str(folder)]
         for path in self.exposed:
@@ -154,6 +171,17 @@ class Confinement:
             if folder.is_relative_to(base) and folder != base:
                 args += ["--perms", "0755", "--dir", str(folder)]
         return args
+
+
+def package_relay(command: Sequence[str]) -> list[str]:
+    """``command`` started by the package relay, run from its source with the agent's Python (isolated mode)."""
+    return [sys.executable, "-I", "-S", "-c", _relay_source(), str(INDEX_PORT), str(INDEX_SOCKET), "--", *command]
+
+
+@lru_cache(maxsize=1)
+def _relay_source() -> str:
+    """The relay's source: passed with ``-c``, as the module's folder may be out of the sandbox user's reach."""
+    return Path(package_forwarder.__file__).read_text()
 
 
 def environment_script(variables: Mapping[str, str]) -> bytes:

@@ -30,6 +30,7 @@ from core.errors import SandboxError, SandboxUnavailable
 from sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
 from sandboxes.bubblewrap import (
     HELPER_PATH,
+    INDEX_PORT,
     SANDBOX_UID,
     Confinement,
     bubblewrap_available,
@@ -38,6 +39,7 @@ from sandboxes.bubblewrap import (
     userns_problem,
 )
 from sandboxes.limits import JOIN_FAILED, JOIN_FAILED_MARK, CommandCgroup, detect, prlimit_argv, remove_sandbox_cgroups
+from sandboxes.package_index import PackageIndex, package_environment
 from sandboxes.processes import (
     OutputBuffer,
     command_environment,
@@ -83,12 +85,16 @@ class LocalSandbox:
             explicitly accepts running the code unisolated (handles then say ``isolated=False``).
         limits: "auto" uses cgroups when this machine lets devart create them, else ``prlimit``; "prlimit"
             forces the fallback.
+        package_index: the running package index proxy that ``network: packages`` commands reach (through its
+            socket under bubblewrap, its loopback TCP URL without isolation); the agent attaches its own
+            (``sandboxes/factory.py``). Without one, such commands are refused.
     """
 
     backend = "local"
 
     def __init__(self, root: Path, isolation: Literal["bubblewrap", "none"] = "bubblewrap", *,
-                 limits: Literal["auto", "prlimit"] = "auto") -> None:
+                 limits: Literal["auto", "prlimit"] = "auto", package_index: PackageIndex | None = None) -> None:
+        self.package_index = package_index
         if isolation not in ("bubblewrap", "none"):
             raise ValueError(f"isolation must be 'bubblewrap' or 'none', got {isolation!r}")
         self.isolation = isolation
@@ -164,6 +170,8 @@ class LocalSandbox:
             raise SandboxError(f"handle of sandbox {handle.id!r} points outside its workspace ({handle.workspace})")
         spec = handle.spec
         variables, hidden_values = command_environment(directory, spec, env)
+        if spec.network == "packages":  # under the stage's own variables, which may adjust them
+            variables = {**package_environment(self._index_url()), **variables}
         output = OutputBuffer(output_cap, on_output, redact=hidden_values)
         group = None
         if self.cgroups is not None:
@@ -194,7 +202,9 @@ class LocalSandbox:
             fds.append(stdin)
             if self._confinement.setpriv is not None and self._seccomp is not None:
                 fds.append(memfd(self._seccomp))
-            argv = [*prefix, *self._confinement.argv(directory, workdir, spec, command, fds[1] if fds[1:] else None)]
+            socket = self.package_index.socket if spec.network == "packages" and self.package_index else None
+            argv = [*prefix, *self._confinement.argv(directory, workdir, spec, command, fds[1] if fds[1:] else None,
+                                                     socket)]
             child_env, cwd = {"PATH": HELPER_PATH}, directory
         started = time.monotonic()
         try:
@@ -278,6 +288,20 @@ class LocalSandbox:
     async def list(self) -> list[SandboxHandle]:
         """Every sandbox under ``root`` with a readable ``meta.json``, oldest first."""
         return await asyncio.to_thread(read_handles, self.root, self.backend)
+
+    def _index_url(self) -> str:
+        """The package index URL a ``network: packages`` command uses; refuses when no proxy is attached."""
+        index = self.package_index
+        if index is None:
+            raise SandboxError("this stage asks for 'network: packages', but no package index proxy runs here: "
+                               "run it on a devart agent (which starts one), or attach one to the sandbox "
+                               "(sandboxes.package_index.serve_package_index)", reason="PackageIndexUnavailable")
+        if self._confinement is not None:
+            return f"http://127.0.0.1:{INDEX_PORT}/simple"
+        if index.url is None:
+            raise SandboxError("unisolated sandboxes reach the package index proxy over loopback TCP, and this one "
+                               "listens only on its socket: serve it with tcp=True", reason="PackageIndexUnavailable")
+        return index.url
 
     def _directory(self, handle: SandboxHandle) -> Path:
         """The sandbox's directory, refusing handles of another backend or ids that would escape ``root``."""
