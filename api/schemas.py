@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, computed_field, field_validator
 
-from core.contracts import StageResult, StageState, check_capabilities
+from core.contracts import StageResult, StageState, StageStatus, check_capabilities
 from core.topology import DEFAULT_PRIORITY, PRIORITIES
 
 
@@ -51,11 +51,72 @@ class AttemptView(BaseModel):
     waiting_reason: str | None = None
 
 
+class FailedTest(BaseModel):
+    """One failing test of a stage, as the ``test`` skill lists it in ``result.output.failures``."""
+
+    test: str = Field(description="pytest node id, e.g. tests/test_slug.py::test_slugify.")
+    outcome: str = Field(default="failed", description="failed or errors (an error outside the test body).")
+    message: str = Field(default="", description="First line of the failure message.")
+
+
+def first_line(text: str | None) -> str | None:
+    """The first non-blank line of ``text``: reasons are shown on one line, the rest is in the log tail."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+def failed_tests(result: StageResult | None) -> list[FailedTest]:
+    """``result.output.failures``, tolerating a missing or malformed list (skills and agent versions differ)."""
+    listed = (result.output.get("failures") if result else None) or []
+    tests = []
+    for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, dict) and item.get("test"):
+            tests.append(FailedTest(test=str(item["test"]), outcome=str(item.get("outcome") or "failed"),
+                                    message=first_line(str(item.get("message") or "")) or ""))
+        elif isinstance(item, str) and item:
+            tests.append(FailedTest(test=item))
+    return tests
+
+
 class StageView(StageState):
+    """A stage of a run, with what a person needs to see why it failed or was skipped."""
+
+    # Redeclared only to document them in the OpenAPI schema.
+    result: StageResult | None = Field(
+        default=None,
+        description="The agent's report of the last attempt, also for a failed stage when the agent sent one: "
+        "summary, skill-specific output (the test skill: counts and `failures` with `test`, `outcome`, `message`), "
+        "`log_tail` (the last lines of the commands' output), usage and cost. None when no agent reported.",
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why the stage failed (`ErrorType: message`), was skipped or is paused; None otherwise.",
+    )
     attempt_log: list[AttemptView] = Field(default_factory=list)
     waiting: str | None = Field(default=None, description="Why the stage's task is not being worked on, if so.")
     cost: float = Field(default=0.0, description="Cost of all of the stage's attempts.")
     warnings: list[str] = Field(default_factory=list)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="One line saying why the stage did not succeed (failed, skipped, cancelled or paused): the first "
+        "line of `error`, else of the result's summary; None for a stage that succeeded or has not ended."
+    )
+    @property
+    def reason(self) -> str | None:
+        if self.status in (StageStatus.SUCCEEDED, StageStatus.PENDING, StageStatus.RUNNING):
+            return None
+        summary = self.result.summary if self.result and self.status == StageStatus.FAILED else None
+        return first_line(self.error) or first_line(summary)
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="The failing tests of the last attempt (from `result.output.failures`; empty when the skill "
+        "lists none). The test skill lists up to 50; `result.output.failed` and `errors` count all of them."
+    )
+    @property
+    def failures(self) -> list[FailedTest]:
+        return failed_tests(self.result)
 
 
 class RunView(BaseModel):

@@ -9,23 +9,17 @@ from typing import Any
 
 import typer
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from rich import box
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cli.output import api_call, console, fail
+from cli.run_view import LOG_LINES, STYLE, print_results, stage_table
 from core import telemetry
 
 runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
 
-STYLE = {
-    "succeeded": "green",
-    "failed": "red",
-    "running": "yellow",
-    "pending": "dim",
-    "skipped": "dim",
-    "cancelled": "magenta",
-}
 #: How often ``--wait`` polls the API for stage states.
 POLL_SECONDS = 0.5
 
@@ -48,25 +42,6 @@ def _params(values: list[str]) -> dict[str, str]:
             fail(f"--param '{item}' must look like key=value")
         out[key] = value
     return out
-
-
-def stage_table(run: dict[str, Any]) -> Table:
-    table = Table(title=f"{run['pipeline']} · {run['run_id']} · [{STYLE.get(run['status'], '')}]{run['status']}[/]")
-    for col in ("stage", "status", "attempts", "agent", "summary"):
-        table.add_column(col)
-    for s in run["stages"]:
-        result = s.get("result") or {}
-        summary = result.get("summary") or s.get("error") or s.get("waiting") or ""
-        if s.get("warnings"):
-            summary = f"[!] {'; '.join(s['warnings'])} · {summary}"
-        table.add_row(
-            s["name"],
-            f"[{STYLE.get(s['status'], '')}]{s['status']}[/]",
-            str(s.get("attempts") or len(s.get("attempt_log", [])) or ""),
-            result.get("agent") or "",
-            escape(summary[:100]),
-        )
-    return table
 
 
 def run(
@@ -94,13 +69,17 @@ def run(
         if as_json:
             console.print_json(json.dumps(created))
         else:
-            console.print(f"started [bold]{created['run_id']}[/] · Web UI: {created['ui_url']}")
+            console.print(f"started {created['run_id']} · Web UI: {created['ui_url']}", soft_wrap=True, markup=False,
+                          highlight=False)
         return
     final = _follow(created["run_id"], quiet=as_json)
     if as_json:
         console.print_json(json.dumps(final, default=str))
     else:
-        _print_results(final)
+        print_results(console, final)
+        if any(s.get("status") == "failed" for s in final.get("stages") or []):
+            console.print(f"log tails: devart runs show {final['run_id']}", soft_wrap=True, markup=False,
+                          highlight=False)
     raise typer.Exit(0 if final["status"] == "succeeded" else 1)
 
 
@@ -111,31 +90,12 @@ def _follow(run_id: str, quiet: bool) -> dict[str, Any]:
             time.sleep(POLL_SECONDS)
             current = api_call("GET", f"/v1/runs/{run_id}")
         return dict(current)
-    with Live(stage_table(current), console=console, refresh_per_second=4, transient=True) as live:
+    with Live(stage_table(current, console.width), console=console, refresh_per_second=4, transient=True) as live:
         while current["status"] == "running":
             time.sleep(POLL_SECONDS)
             current = api_call("GET", f"/v1/runs/{run_id}")
-            live.update(stage_table(current))
+            live.update(stage_table(current, console.width))
     return dict(current)
-
-
-def _print_results(run: dict[str, Any]) -> None:
-    console.print(stage_table(run))
-    for s in run["stages"]:
-        output = (s.get("result") or {}).get("output") or {}
-        figures = {k: v for k, v in output.items() if isinstance(v, int | float | str) and k != "attempt"}
-        if figures:
-            shown = ", ".join(f"{k}={v}" for k, v in list(figures.items())[:8])
-            console.print(f"[bold]{s['name']}[/]: " + escape(shown))
-        for finding in (output.get("findings") or [])[:10]:
-            console.print(
-                f"   {finding.get('file')}:{finding.get('line')} [{finding.get('severity')}] "
-                f"{finding.get('rule', '')} {finding.get('message', '')}",
-                highlight=False,
-            )
-    if run.get("error"):
-        console.print(f"[red]{run['error']}[/]")
-    console.print(f"Web UI: {run['ui_url']}")
 
 
 @runs_app.command("list")
@@ -155,29 +115,39 @@ def list_runs(
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table()
-    for col in ("run", "pipeline", "status", "trigger", "created", "error"):
-        table.add_column(col)
+    # Run ids are never cut: they are what `runs show` and `runs cancel` take. Other columns fold if need be.
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("run", no_wrap=True, min_width=max((len(r["run_id"]) for r in rows), default=3))
+    table.add_column("status", no_wrap=True)
+    for col in ("pipeline", "trigger", "created"):
+        table.add_column(col, overflow="fold")
+    table.add_column("error", overflow="fold", ratio=1)
     for r in rows:
+        error = (r.get("error") or "").strip().splitlines()
         table.add_row(
-            r["run_id"],
-            r["pipeline"],
-            f"[{STYLE.get(r['status'], '')}]{r['status']}[/]",
-            r["trigger"],
-            str(r["created_at"])[:19],
-            (r.get("error") or "")[:60],
+            Text(r["run_id"]),
+            Text(r["status"], style=STYLE.get(r["status"], "")),
+            Text(r["pipeline"]),
+            Text(r["trigger"]),
+            str(r["created_at"])[:19].replace("T", " "),
+            Text(error[0][:120] if error else ""),
         )
     console.print(table)
 
 
 @runs_app.command("show")
-def show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    """One run: stages, attempts, results and the Web UI link."""
+def show(
+    run_id: str,
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON (for scripts)."),
+    logs: bool = typer.Option(False, "--logs", help="Show every stage's log tail (failed stages always show theirs)."),
+    lines: int = typer.Option(LOG_LINES, "--lines", "-n", min=1, max=1000, help="Lines of each log tail."),
+) -> None:
+    """One run: stages, why any failed (failing tests, log tails), results and the Web UI link."""
     run_view = api_call("GET", f"/v1/runs/{run_id}")
     if as_json:
         console.print_json(json.dumps(run_view))
     else:
-        _print_results(run_view)
+        print_results(console, run_view, logs="all" if logs else "failed", log_lines=lines)
 
 
 @runs_app.command("cancel")
