@@ -6,7 +6,10 @@ the ``devart.dev/sandbox`` label on all of them, which is what teardown and swee
 
 Network: the sandbox policy always denies ingress and denies egress unless the stage asks for it. The init
 container needs the network to clone, so a second, temporary policy allows DNS and the git server's port while
-the pod starts; the backend deletes it once the pod runs, before any untrusted command.
+the pod starts; the backend deletes it once the pod runs, before any untrusted command. A ``network: packages``
+stage may reach only DNS and the in-cluster package index proxy of ``DEVART_K8S_PACKAGE_PROXY``: its port on
+the pods labelled ``devart.dev/package-index=true`` (in any namespace), or on its address when the URL names an
+IP; its commands get the same uv/pip variables as on the local backend, pointing at that proxy.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 from core.contracts import SandboxSpec, Source
 from core.errors import SandboxError
 from core.settings import KubernetesSettings
+from sandboxes.package_index import package_environment
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SANDBOX_LABEL = "devart.dev/sandbox"
@@ -33,6 +37,8 @@ RUN_ANNOTATION = "devart.dev/run-id"
 CREATED_ANNOTATION = "devart.dev/created"
 TTL_ANNOTATION = "devart.dev/ttl-seconds"
 SPEC_ANNOTATION = "devart.dev/spec"
+#: Label of the pods serving the in-cluster package index proxy, which ``network: packages`` pods may reach.
+PACKAGE_INDEX_LABEL = "devart.dev/package-index"
 #: Where the checkout lives in both containers; also the working directory of every command.
 WORKSPACE = "/workspace"
 #: The container commands run in (the init container is "checkout").
@@ -95,6 +101,49 @@ def git_port(source: Source) -> int:
         raise SandboxError(f"source {source.repo!r} has an invalid port", reason="InvalidSource") from None
 
 
+@dataclass(frozen=True)
+class PackageProxy:
+    """The in-cluster package index proxy of ``DEVART_K8S_PACKAGE_PROXY``: its simple index URL, host and port."""
+
+    url: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str | None) -> PackageProxy:
+        """Read the setting; refuses (for good: retrying can't help) when it is unset or not an http(s) URL."""
+        if not url:
+            raise SandboxError("this stage asks for 'network: packages', and the Kubernetes backend has no package "
+                               "index proxy to give it: set DEVART_K8S_PACKAGE_PROXY to the URL of an in-cluster "
+                               "index proxy (its pods labelled devart.dev/package-index=true), or use "
+                               "'network: egress'", reason="PackageIndexUnavailable")
+        parts = urlsplit(url.strip())
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = 0
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+            raise SandboxError(f"DEVART_K8S_PACKAGE_PROXY={url!r} is not an http(s) URL of a package index proxy",
+                               reason="PackageIndexUnavailable")
+        path = parts.path.rstrip("/") or "/simple"
+        return cls(url=f"{parts.scheme}://{parts.netloc}{path}", host=parts.hostname, port=port)
+
+    def environment(self) -> dict[str, str]:
+        """The uv/pip variables of a packages-mode command; pip trusts the proxy when it speaks plain http."""
+        variables = package_environment(self.url)
+        if self.url.startswith("http://"):
+            variables["PIP_TRUSTED_HOST"] = self.host
+        return variables
+
+    def peer(self) -> dict[str, Any]:
+        """The NetworkPolicy peer the proxy is: its IP address, or its labelled pods in any namespace."""
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            return {"namespaceSelector": {}, "podSelector": {"matchLabels": {PACKAGE_INDEX_LABEL: "true"}}}
+        return {"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}
+
+
 def check_env_names(names: list[str]) -> None:
     """Refuse variable names Kubernetes or ``env`` would reject or misread (a leading '-' is an option)."""
     for name in names:
@@ -139,7 +188,9 @@ def _container_security(cfg: KubernetesSettings) -> dict[str, Any]:
 def pod(sb: Sandbox, cfg: KubernetesSettings) -> dict[str, Any]:
     """The sandbox Pod: a hardened keepalive container over an emptyDir workspace the init container fills."""
     mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
-    env = [{"name": "HOME", "value": "/tmp"}, *({"name": k, "value": v} for k, v in sb.spec.env.items()),
+    variables = PackageProxy.parse(cfg.package_proxy).environment() if sb.spec.network == "packages" else {}
+    variables.update(sb.spec.env)  # the stage's own variables may adjust the package ones
+    env = [{"name": "HOME", "value": "/tmp"}, *({"name": k, "value": v} for k, v in variables.items()),
            *({"name": k, "valueFrom": {"secretKeyRef": {"name": sb.id, "key": k}}} for k in sorted(sb.secret_values))]
     checkout = {
         "name": "checkout", "image": cfg.git_image, "command": ["sh", "-c", CHECKOUT],
@@ -192,10 +243,14 @@ def _anywhere(blocked: list[str]) -> list[dict[str, Any]]:
 
 
 def network_policy(sb: Sandbox, cfg: KubernetesSettings) -> dict[str, Any]:
-    """Ingress denied always; egress denied, or with ``network: egress`` open except ``cfg.egress_except``."""
+    """Ingress denied always; egress denied, open except ``cfg.egress_except`` (``network: egress``), or only to
+    DNS and the package index proxy (``network: packages``)."""
     egress: list[dict[str, Any]] = []
     if sb.spec.network == "egress":
         egress = [_dns(), {"to": _anywhere(cfg.egress_except)}]
+    elif sb.spec.network == "packages":
+        proxy = PackageProxy.parse(cfg.package_proxy)
+        egress = [_dns(), {"to": [proxy.peer()], "ports": [{"protocol": "TCP", "port": proxy.port}]}]
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": metadata(sb, cfg),
         "spec": {"podSelector": {"matchLabels": {SANDBOX_LABEL: sb.id}}, "policyTypes": ["Ingress", "Egress"],

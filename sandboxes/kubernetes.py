@@ -1,11 +1,12 @@
 """The Kubernetes sandbox backend: one hardened Pod per stage attempt, commands through the API's exec stream.
 
 A provision creates, in this order, the sandbox's NetworkPolicy (ingress denied; egress denied unless the stage
-asks), a temporary policy letting the init container reach DNS and the git server, a Secret holding the stage's
-secrets (when it has any) and the Pod (``k8s_manifests`` builds them all). It then waits for the pod to run,
-deletes the temporary policy and returns. Anything that goes wrong on the way is classified (``k8s_errors``) and
-everything created is deleted again. The official client is blocking, so every call runs in a worker thread; the
-client itself is created on first use from a kubeconfig or the pod's in-cluster service account.
+asks, or only to the in-cluster package index proxy for ``network: packages``), a temporary policy letting the
+init container reach DNS and the git server, a Secret holding the stage's secrets (when it has any) and the Pod
+(``k8s_manifests`` builds them all). It then waits for the pod to run, deletes the temporary policy and returns.
+Anything that goes wrong on the way is classified (``k8s_errors``) and everything created is deleted again. The
+official client is blocking, so every call runs in a worker thread; the client itself is created on first use
+from a kubeconfig or the pod's in-cluster service account.
 
 Not enforced here: ``spec.pids`` (Kubernetes has no per-pod field; the node's ``podPidsLimit`` applies).
 """
@@ -63,6 +64,8 @@ class KubernetesSandbox:
         cfg = self.settings
         port = m.git_port(source)
         m.check_env_names([*spec.env, *spec.secrets])
+        if spec.network == "packages":  # before anything is created: without a proxy the stage can't run here
+            m.PackageProxy.parse(cfg.package_proxy)
         sb = m.Sandbox(id=m.sandbox_id(run_id, stage), run_id=run_id, stage=stage, source=source, spec=spec,
                        created=datetime.now(UTC), git_port=port, secret_values=_resolve(spec.secrets))
         manifests = [m.network_policy(sb, cfg)]

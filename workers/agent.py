@@ -29,6 +29,7 @@ from core.contracts import AgentTaskMessage, StageResult, TaskDetail
 from core.errors import SkillError
 from core.topology import Topology, can_serve, parse_band_key
 from sandboxes.base import Sandbox
+from sandboxes.factory import package_index_for
 from workers.agent_client import AgentClient, Refused
 from workers.dead_letters import dead_letter
 from workers.intake import Intake, Settle
@@ -94,7 +95,11 @@ class Agent:
         return "busy" if self._executions else "idle"
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then drain."""
+        """Serve until ``stop`` is set, then drain; the package index proxy runs as long (``network: packages``)."""
+        async with package_index_for(self.sandbox, self.name):
+            await self._serve(stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         self._connection = await aio_pika.connect_robust(self._amqp_url)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._concurrency)

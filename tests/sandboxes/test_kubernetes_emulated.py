@@ -67,6 +67,21 @@ async def test_an_egress_stage_gets_an_open_policy_and_no_checkout_policy(cluste
     assert cluster.objects("networkpolicies")[handle.id]["spec"]["egress"] != []
 
 
+async def test_a_packages_stage_reaches_only_the_configured_proxy(cluster: Cluster) -> None:
+    backend = cluster.backend(package_proxy="http://devart-index.devart.svc:3141")
+    handle = await cluster.running(backend, SandboxSpec(network="packages"))
+    assert cluster.everything() == {f"pods/{handle.id}", f"networkpolicies/{handle.id}"}
+    rules = cluster.objects("networkpolicies")[handle.id]["spec"]["egress"]
+    assert rules[1]["ports"] == [{"protocol": "TCP", "port": 3141}]
+
+
+async def test_a_packages_stage_without_a_proxy_is_refused_before_anything_is_created(cluster: Cluster) -> None:
+    with pytest.raises(SandboxError, match="DEVART_K8S_PACKAGE_PROXY") as caught:
+        await cluster.backend().provision("run-1", "build", REPO, SandboxSpec(network="packages"))
+    assert not caught.value.retryable and caught.value.reason == "PackageIndexUnavailable"
+    assert cluster.everything() == set()
+
+
 def waiting(container: str, reason: str, message: str = "") -> dict[str, Any]:
     key = "initContainerStatuses" if container == "checkout" else "containerStatuses"
     return {"phase": "Pending", key: [{"name": container, "image": "registry.example.com/nope:1",

@@ -34,11 +34,19 @@ def sandbox(spec: SandboxSpec | None = None, secrets: dict[str, str] | None = No
                      secret_values=secrets or {})
 
 
+#: An in-cluster package index proxy, by service name and by address.
+PROXY = "http://devart-index.devart.svc:3141"
+PROXY_IP = "http://10.96.0.42:8080/root/pypi/+simple/"
+
+
 def all_manifests(cfg: KubernetesSettings) -> list[dict[str, Any]]:
     closed = sandbox(secrets={"API_TOKEN": "s3cret"})
     open_ = sandbox(SandboxSpec(network="egress"))
+    packages = sandbox(SandboxSpec(network="packages", env={"CI": "true"}))
+    by_name, by_ip = cfg.model_copy(update={"package_proxy": PROXY}), cfg.model_copy(update={"package_proxy": PROXY_IP})
     return [m.pod(closed, cfg), m.network_policy(closed, cfg), m.network_policy(open_, cfg),
-            m.checkout_policy(closed, cfg), m.secret(closed, cfg), m.pod(open_, cfg)]
+            m.checkout_policy(closed, cfg), m.secret(closed, cfg), m.pod(open_, cfg),
+            m.pod(packages, by_name), m.network_policy(packages, by_name), m.network_policy(packages, by_ip)]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -158,6 +166,42 @@ def test_egress_except_can_be_emptied_for_all_egress() -> None:
     blocks = [peer["ipBlock"] for peer in m.network_policy(sandbox(SandboxSpec(network="egress")), cfg)["spec"]
               ["egress"][1]["to"]]
     assert blocks == [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]
+
+
+def test_a_packages_stage_reaches_only_dns_and_the_package_index_proxy(cfg: KubernetesSettings) -> None:
+    sb = sandbox(SandboxSpec(network="packages"))
+    rules = m.network_policy(sb, cfg.model_copy(update={"package_proxy": PROXY}))["spec"]["egress"]
+    proxy_pods = {"namespaceSelector": {}, "podSelector": {"matchLabels": {m.PACKAGE_INDEX_LABEL: "true"}}}
+    assert rules == [{"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+                     {"to": [proxy_pods], "ports": [{"protocol": "TCP", "port": 3141}]}]
+    by_ip = m.network_policy(sb, cfg.model_copy(update={"package_proxy": PROXY_IP}))["spec"]["egress"]
+    assert by_ip[1] == {"to": [{"ipBlock": {"cidr": "10.96.0.42/32"}}], "ports": [{"protocol": "TCP", "port": 8080}]}
+
+
+def test_a_packages_stage_points_uv_and_pip_at_the_proxy(cfg: KubernetesSettings) -> None:
+    sb = sandbox(SandboxSpec(network="packages", env={"UV_NO_CONFIG": "0"}))
+    env = m.pod(sb, cfg.model_copy(update={"package_proxy": PROXY}))["spec"]["containers"][0]["env"]
+    values = {item["name"]: item["value"] for item in env}
+    simple = "http://devart-index.devart.svc:3141/simple"
+    assert values["UV_DEFAULT_INDEX"] == values["UV_INDEX_URL"] == values["PIP_INDEX_URL"] == simple
+    assert values["PIP_CONFIG_FILE"] == "/dev/null" and values["PIP_TRUSTED_HOST"] == "devart-index.devart.svc"
+    assert values["UV_NO_CONFIG"] == "0"  # the stage's own variables win
+    ip_env = m.pod(sb, cfg.model_copy(update={"package_proxy": PROXY_IP}))["spec"]["containers"][0]["env"]
+    assert {item["name"]: item["value"] for item in ip_env}["PIP_INDEX_URL"] == "http://10.96.0.42:8080/root/pypi/+simple"
+    closed = {item["name"] for item in m.pod(sandbox(), cfg)["spec"]["containers"][0]["env"]}
+    assert not closed & {"UV_DEFAULT_INDEX", "PIP_INDEX_URL", "PIP_CONFIG_FILE"}
+
+
+@pytest.mark.parametrize("proxy", [None, "", "devart-index:3141", "ftp://devart-index/simple", "http://:80/"])
+def test_a_packages_stage_without_a_usable_proxy_is_refused_for_good(cfg: KubernetesSettings,
+                                                                      proxy: str | None) -> None:
+    sb = sandbox(SandboxSpec(network="packages"))
+    configured = cfg.model_copy(update={"package_proxy": proxy})
+    for build in (m.network_policy, m.pod):
+        with pytest.raises(SandboxError) as caught:
+            build(sb, configured)
+        assert caught.value.reason == "PackageIndexUnavailable" and not caught.value.retryable
+        assert "DEVART_K8S_PACKAGE_PROXY" in str(caught.value)
 
 
 @pytest.mark.parametrize(("repo", "port"), [
