@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import logging
 import os
 import re
 import tempfile
@@ -47,6 +48,7 @@ _PROJECT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_+~!%=-][A-Za-z0-9._+~!%=-]*$")
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _UPSTREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+log = logging.getLogger("devart.package_index")
 
 
 @dataclass
@@ -199,6 +201,8 @@ class IndexProxy:
                     await self._send(conn, writer, False, Reply(exc.error_status_hint, f"{exc}\n".encode()))
         except (ConnectionError, asyncio.IncompleteReadError, h11.LocalProtocolError, httpx.HTTPError):
             pass  # the client left, or upstream broke off a file mid-stream: the client sees a cut response
+        except Exception:
+            log.exception("package index proxy: request failed")  # the connection goes; the server stays up
         finally:
             self._writers.discard(writer)
             writer.close()
