@@ -57,6 +57,11 @@ class Sandbox(Protocol):
         """Run ``command`` in the workspace; kill its whole process tree on timeout or cancellation."""
         ...
 
+    async def store_artifact(self, handle: SandboxHandle, name: str, data: bytes) -> bool:
+        """Keep ``data`` as ``name`` for the later stages of ``handle``'s run, whose sandboxes find it under
+        ``.devart/artifacts/`` (``sandboxes/artifacts.py``); False when this backend cannot pass files on."""
+        ...
+
     async def teardown(self, handle: SandboxHandle) -> None:
         """Kill anything still running in the sandbox and remove it. Idempotent."""
         ...

@@ -156,6 +156,10 @@ class KubernetesSandbox:
         return ExecResult(exit_code=-9 if code is None else code, output=output.text, truncated=output.truncated,
                           timed_out=timed_out, duration=round(elapsed, 3), cpu_seconds=cpu, oom_killed=bool(oom))
 
+    async def store_artifact(self, handle: SandboxHandle, name: str, data: bytes) -> bool:
+        """Not supported: pods share no storage, so the test stage installs the project from source."""
+        return False
+
     async def teardown(self, handle: SandboxHandle) -> None:
         """Delete the pod (at once, killing whatever runs in it), its NetworkPolicies and Secret. Idempotent."""
         await asyncio.to_thread(self.api.remove, self._name(handle))

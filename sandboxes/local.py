@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from core.contracts import SandboxHandle, SandboxSpec, Source
 from core.errors import SandboxError, SandboxUnavailable
+from sandboxes import artifacts
 from sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
 from sandboxes.bubblewrap import (
     HELPER_PATH,
@@ -131,6 +132,7 @@ class LocalSandbox:
         await asyncio.to_thread(create_layout, directory, meta)
         try:
             workdir = await materialize(plan, directory / "workspace", exclude=self.root)
+            await asyncio.to_thread(artifacts.copy_into, self.root, run_id, workdir)
             meta["workspace"] = str(workdir)
             if self._confinement is not None and self._confinement.setpriv is not None:
                 await asyncio.to_thread(hand_over, directory, SANDBOX_UID)
@@ -277,6 +279,22 @@ class LocalSandbox:
             oom_killed=seen is not None and seen.oom_killed, pids_limited=seen is not None and seen.pids_limited,
             disk_exceeded=used > spec.disk_mb << 20, limits=self.limits,
         )
+
+    async def store_artifact(self, handle: SandboxHandle, name: str, data: bytes) -> bool:
+        """Keep a file for the later sandboxes of the handle's run (see ``sandboxes/artifacts.py``)."""
+        self._directory(handle)  # refuses a handle that is not one of this root's
+        try:
+            await asyncio.to_thread(artifacts.store, self.root, handle.run_id, name, data)
+        except ValueError:
+            return False
+        return True
+
+    def remove_artifacts(self, keep: set[str]) -> list[str]:
+        """Drop the artifacts of every run not in ``keep`` (the runs still going); the run ids dropped."""
+        gone = [run_id for run_id in artifacts.runs(self.root) if run_id not in keep]
+        for run_id in gone:
+            artifacts.remove(self.root, run_id)
+        return gone
 
     async def teardown(self, handle: SandboxHandle) -> None:
         """Kill every command still running in the sandbox (from any process) and remove it. Idempotent."""

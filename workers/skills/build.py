@@ -1,6 +1,14 @@
-"""The ``build`` skill: build a wheel offline, install it into a fresh virtualenv and import it.
+"""The ``build`` skill: build a wheel the way the project's authors do, install it in a fresh virtualenv, import it.
 
-Inputs: ``path`` (optional), the project directory inside the repository.
+The wheel is built with PEP 517 build isolation (``uv build``): the backend and plugins the project declares
+(``flit_core``, ``hatchling`` with ``hatch-vcs``, ``setuptools`` with ``setuptools-scm`` and C extensions,
+``pdm-backend``, ``poetry-core``, ...) come from the package index into a throwaway build environment, so two
+projects pinning different backends both build. The wheel is then installed with its dependencies into a fresh
+virtualenv and its top-level modules imported from there, and handed on to the run's later stages (the test
+stage installs it rather than testing the raw checkout).
+
+Inputs: ``path`` (optional), the project directory inside the repository; ``timeout`` (seconds per step);
+``exclude_newer`` (a date: resolve as the index was then).
 """
 
 from __future__ import annotations
@@ -10,12 +18,15 @@ import re
 
 from core.contracts import StageResult
 from core.errors import SkillError
-from sandboxes.base import ExecResult
+from sandboxes import artifacts
 from workers.skills.base import SkillContext
 from workers.skills.common import Commands, input_float, input_subdir
+from workers.skills.environments import base_python, create_venv, failure, install, uv_binary, uv_env
 
 #: The throwaway virtualenv the wheel is installed into, at the workspace root.
 VENV = ".devart-venv"
+#: Where the wheel is written: devart's own folder, not the project's ``dist/`` (which may hold stale files).
+DIST = ".devart/dist"
 #: Default limit for each step, in seconds.
 STEP_TIMEOUT = 600.0
 
@@ -60,36 +71,31 @@ print(json.dumps({"python": sys.version.split()[0],
 async def run(ctx: SkillContext) -> StageResult:
     project = input_subdir(ctx)
     timeout = input_float(ctx, "timeout", STEP_TIMEOUT)
-    dist = f"{project}/dist" if project != "." else "dist"
-    venv_python = f"{VENV}/bin/python"
     cmd = Commands(ctx)
 
-    def check(step: str, result: ExecResult) -> None:
-        if result.exit_code != 0 or result.timed_out:
-            why = f"timed out after {timeout:g}s" if result.timed_out else f"exited with code {result.exit_code}"
-            raise SkillError(f"build failed: {step} {why}", error_type="BuildFailed", non_retryable=True,
-                             output={"failed_step": step, "step_seconds": cmd.steps}, log_tail=cmd.log_tail)
-
-    built = await cmd.run("build", [ctx.python, "-m", "build", "--wheel", "--no-isolation", "--outdir", dist,
-                                    project], timeout=timeout)
-    check("build", built)
-    match = re.search(r"Successfully built (\S+\.whl)", built.output)
-    wheel = await cmd.python_json("inspect wheel", _INSPECT_WHEEL, dist, match.group(1) if match else "")
+    built = await cmd.run("build", [uv_binary(), "build", "--wheel", "--python", base_python(), "--out-dir", DIST,
+                                    project], env=uv_env(ctx), timeout=timeout)
+    if built.exit_code != 0 or built.timed_out:
+        raise failure("build", built, ctx, cmd, error_type="BuildFailed", output={"step_seconds": cmd.steps})
+    match = re.search(r"Successfully built \S*?([^/\s]+\.whl)", built.output)
+    wheel = await cmd.python_json("inspect wheel", _INSPECT_WHEEL, DIST, match.group(1) if match else "")
     if not wheel:
-        raise SkillError(f"build failed: no wheel in {dist} after a successful build", error_type="BuildFailed",
+        raise SkillError(f"build failed: no wheel in {DIST} after a successful build", error_type="BuildFailed",
                          non_retryable=True, output={"failed_step": "build"}, log_tail=cmd.log_tail)
     ctx.progress(f"built {wheel['wheel']}")
 
-    # The venv comes second so that a broken project fails before the slowest step (ensurepip).
-    check("venv", await cmd.run("venv", [ctx.python, "-m", "venv", "--clear", VENV], timeout=timeout))
-    check("install", await cmd.run("install", [venv_python, "-m", "pip", "install", "--no-index", "--no-deps",
-                                               "--disable-pip-version-check", f"{dist}/{wheel['wheel']}"],
-                                   timeout=timeout))
+    venv_python = await create_venv(ctx, cmd, VENV, timeout=timeout, error_type="BuildFailed")
+    await install(ctx, cmd, venv_python, [f"{DIST}/{wheel['wheel']}"], timeout=timeout, error_type="InstallFailed")
     # -I keeps the workspace off sys.path: the import must come from the installed wheel, not the checkout.
     verified = await cmd.run("verify", [venv_python, "-I", "-c", _VERIFY, *wheel["top_level"]], timeout=timeout)
-    check("verify", verified)
+    if verified.exit_code != 0 or verified.timed_out:
+        why = explain_import(verified.output) or f"exited with code {verified.exit_code}"
+        raise SkillError(f"build failed: the installed wheel does not import: {why}", error_type="BuildFailed",
+                         non_retryable=True, output={"failed_step": "verify", "step_seconds": cmd.steps},
+                         log_tail=cmd.log_tail)
     imported = _last_json_line(verified.output)
     python = imported.get("python", "")
+    handed_on = await _hand_on(ctx, cmd, f"{DIST}/{wheel['wheel']}", wheel["wheel"], wheel["size"])
 
     return StageResult(
         status="succeeded",
@@ -97,17 +103,38 @@ async def run(ctx: SkillContext) -> StageResult:
                 f"{', '.join(wheel['top_level']) or 'nothing'} on Python {python}",
         output={
             "wheel": wheel["wheel"],
-            "wheel_path": f"{dist}/{wheel['wheel']}",
+            "wheel_path": f"{DIST}/{wheel['wheel']}",
             "size_bytes": wheel["size"],
             "top_level": wheel["top_level"],
             "modules": imported.get("modules", {}),
             "venv": VENV,
             "venv_python": python,
+            "artifacts": [wheel["wheel"]] if handed_on else [],
             "step_seconds": cmd.steps.copy(),
         },
         log_tail=cmd.log_tail,
         usage=cmd.usage(),
     )
+
+
+async def _hand_on(ctx: SkillContext, cmd: Commands, path: str, name: str, size: int) -> bool:
+    """Store the wheel for the run's later stages; False (noted in the log) when it cannot be passed on."""
+    if size > artifacts.MAX_BYTES:
+        cmd.note(f"[the wheel is {_size(size)}, over {_size(artifacts.MAX_BYTES)}: not handed on; later stages "
+                 "install the project from source]")
+        return False
+    data = await cmd.read_bytes(path)
+    if data is None or not await ctx.sandbox.store_artifact(ctx.task.sandbox, name, data):
+        cmd.note("[the wheel could not be handed on: later stages install the project from source]")
+        return False
+    return True
+
+
+def explain_import(output: str) -> str:
+    """The exception line of a failed import (``ModuleNotFoundError: No module named 'x'``)."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^\w+(Error|Exception)\b", line)]
+    return (errors or lines or [""])[-1][:400]
 
 
 def _last_json_line(output: str) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import posixpath
 import shlex
@@ -123,6 +124,21 @@ class Commands:
         """The content of a file in the workspace, read through the sandbox (so any backend works); None if absent."""
         result = await self.run(f"read {path}", ["cat", "--", path], logged=False, output_cap=DATA_OUTPUT_CAP)
         return result.output if result.exit_code == 0 and not result.truncated else None
+
+    async def read_bytes(self, path: str) -> bytes | None:
+        """A binary file of the workspace, read through the sandbox as base64 (any backend); None if unreadable.
+
+        Read as the sandbox's user, so a symbolic link planted in the workspace reaches nothing that user
+        could not already read.
+        """
+        result = await self.run(f"read {path}", ["base64", "-w0", "--", path], logged=False,
+                                output_cap=DATA_OUTPUT_CAP)
+        if result.exit_code != 0 or result.truncated:
+            return None
+        try:
+            return base64.b64decode(result.output.strip(), validate=True)
+        except ValueError:
+            return None
 
     async def python_json(self, step: str, script: str, *args: str) -> Any:
         """Run a small stdlib-only script with the agent's interpreter in the sandbox; it prints one JSON value."""

@@ -1,25 +1,64 @@
-"""The ``test`` skill: run the repository's pytest suite and report it from its JUnit XML.
+"""The ``test`` skill: install what was built and what its tests need, run pytest, report pytest's own counts.
 
-Inputs: ``pytest_args`` (a string split like a shell would, may be empty) and ``timeout`` (seconds, default 600).
+The tests run in a fresh virtualenv holding the wheel the build stage handed on (or, without one, the project
+built from the checkout, with PEP 517 isolation), plus the test dependencies the project declares
+(``workers/skills/project_deps.py`` says where they are looked for). pytest runs with the project's own
+configuration from the project folder, against the installed package: nothing of the checkout is put on
+``sys.path`` beyond what pytest's own rules and the project's configuration put there. Counts come from pytest's
+statistics (``workers/skills/pytest_report.py``), so they equal pytest's closing line.
+
+A failing test fails the stage; so does a collection error (naming the missing module when that is the cause),
+and neither is retried: a rerun would fail the same way. An unreachable package index and a timed-out run are
+retried.
+
+Inputs: ``pytest_args`` (a string split like a shell would, may be empty), ``path`` (the project folder inside
+the repository), ``timeout`` (seconds, default 600), ``exclude_newer`` (a date: resolve as the index was then).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
 import shlex
-import xml.etree.ElementTree as ET
 from typing import Any
 
 from core.contracts import StageResult
 from core.errors import SkillError
+from sandboxes import artifacts
+from workers.skills import project_deps, pytest_report
 from workers.skills.base import SkillContext
-from workers.skills.common import Commands, input_float, invalid_input
+from workers.skills.common import Commands, input_float, input_subdir, invalid_input
+from workers.skills.environments import create_venv, freeze, install
 
-#: Where the JUnit report is written, relative to the workspace.
-JUNIT_PATH = ".devart/junit.xml"
+#: The tests' virtualenv and pytest's report, relative to the workspace.
+VENV = ".devart/test-venv"
+REPORT_PATH = ".devart/pytest-report.json"
 #: pytest's exit codes (``pytest.ExitCode``) the skill tells apart.
-EXIT_OK, EXIT_TESTS_FAILED, EXIT_NO_TESTS = 0, 1, 5
+EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_NO_TESTS = 0, 1, 2, 5
 #: Failures listed in the output; the counts always cover all of them.
-MAX_FAILURES_LISTED = 50
+MAX_FAILURES_LISTED = pytest_report.MAX_LISTED
+COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")
+_PROJECT_DEPS = inspect.getsource(project_deps)
+_PYTEST_REPORT = inspect.getsource(pytest_report)
+_MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+
+#: Prints the wheels handed on to this stage: [{"file", "name", "extras"}] (argv: the artifacts folder).
+_FIND_WHEELS = r"""
+import email.parser, json, os, re, sys, zipfile
+folder, found = sys.argv[1], []
+for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    if not f.endswith(".whl"):
+        continue
+    with zipfile.ZipFile(os.path.join(folder, f)) as wheel:
+        meta = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
+        if not meta:
+            continue
+        headers = email.parser.Parser().parsestr(wheel.read(meta[0]).decode("utf-8", "replace"), headersonly=True)
+    found.append({"file": f, "name": re.sub(r"[-_.]+", "-", headers.get("Name", "")).lower(),
+                  "extras": headers.get_all("Provides-Extra") or []})
+print(json.dumps(found))
+"""
 
 
 async def run(ctx: SkillContext) -> StageResult:
@@ -30,82 +69,85 @@ async def run(ctx: SkillContext) -> StageResult:
         extra = shlex.split(raw_args)
     except ValueError as exc:
         raise invalid_input(f"input 'pytest_args' is not valid shell syntax: {exc}") from None
+    project = input_subdir(ctx)
     timeout = input_float(ctx, "timeout", 600.0)
     workspace = ctx.workspace
     cmd = Commands(ctx)
 
-    # xunit1 keeps each test's file, so failures can be named by their pytest node id.
-    argv = [ctx.python, "-m", "pytest", "-q", "-rA", f"--junitxml={workspace}/{JUNIT_PATH}",
-            "-o", "junit_family=xunit1", "-p", "no:cacheprovider", *extra]
-    result = await cmd.run("pytest", argv, env={"PYTHONPATH": f"{workspace}/src:{workspace}"}, timeout=timeout)
+    wheels = await cmd.python_json("find the built wheel", _FIND_WHEELS, artifacts.IN_WORKSPACE)
+    deps = await cmd.python_json("find test dependencies", _PROJECT_DEPS, project, ".",
+                                 ",".join(e for w in wheels for e in w["extras"]))
+    own = project_deps.normalize(deps.get("name") or "")
+    wheel = next((w for w in wheels if w["name"] == own), wheels[0] if len(wheels) == 1 and not own else None)
+    extras = f"[{','.join(deps['extras'])}]" if deps["extras"] else ""
+    if wheel is not None:
+        target = f"{wheel['name']}{extras} @ file://{workspace}/{artifacts.IN_WORKSPACE}/{wheel['file']}"
+        tested = f"wheel {wheel['file']} from the build stage"
+    else:
+        path = workspace if project == "." else f"{workspace}/{project}"
+        target = f"{own}{extras} @ file://{path}" if own else path
+        tested = "the project built from the checkout"
+    ctx.progress(f"testing {tested}; test dependencies from {', '.join(deps['sources']) or 'nowhere declared'}")
+    python = await create_venv(ctx, cmd, VENV, timeout=timeout, error_type="TestEnvironmentFailed")
+    await install(ctx, cmd, python, [target, "-r", deps["requirements_file"], "pytest"], timeout=timeout,
+                  error_type="TestDependenciesFailed")
+    environment = {"tested": tested, "sources": deps["sources"], "extras": deps["extras"],
+                   "installed": await freeze(ctx, cmd, python)}
 
-    if result.timed_out or result.exit_code not in (EXIT_OK, EXIT_TESTS_FAILED, EXIT_NO_TESTS):
+    argv = [python, "-P", "-c", _PYTEST_REPORT, f"{workspace}/{REPORT_PATH}", project, "-q", "-rfE",
+            "-p", "no:cacheprovider", *extra]
+    result = await cmd.run("pytest", argv, timeout=timeout)
+    report = _load_report(await cmd.read_text(REPORT_PATH)) if not result.timed_out else None
+    if report is None:
         why = f"timed out after {timeout:g}s" if result.timed_out else f"pytest exited with code {result.exit_code}"
         raise SkillError(f"test run error: {why}", error_type="TestRunError", non_retryable=False,
-                         output={"exit_code": result.exit_code, "timed_out": result.timed_out},
-                         log_tail=cmd.log_tail)
-
-    report = parse_junit(await cmd.read_text(JUNIT_PATH) or "") if result.exit_code != EXIT_NO_TESTS else None
-    if report is None:
-        report = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "xfailed": 0, "total": 0,
-                  "duration": round(result.duration, 3), "failures": []}
-    report["exit_code"] = result.exit_code
+                         output={"exit_code": result.exit_code, "timed_out": result.timed_out,
+                                 "environment": environment}, log_tail=cmd.log_tail)
+    report.update(duration=round(result.duration, 3), exit_code=result.exit_code, environment=environment)
     summary = summarize(report)
-    if result.exit_code == EXIT_NO_TESTS:
-        summary = "no tests were collected"
-    elif result.exit_code == EXIT_TESTS_FAILED:
+    code = result.exit_code
+    if code == EXIT_TESTS_FAILED:
         raise SkillError(f"tests failed: {summary}", error_type="TestsFailed", non_retryable=True,
                          output=report, log_tail=cmd.log_tail)
+    if code not in (EXIT_OK, EXIT_NO_TESTS) or report["errors"]:
+        raise _run_error(code, report, summary, cmd)
+    if code == EXIT_NO_TESTS:
+        summary = "no tests were collected"
     return StageResult(status="succeeded", summary=summary, output=report, log_tail=cmd.log_tail,
                        usage=cmd.usage())
 
 
-def parse_junit(text: str) -> dict[str, Any] | None:
-    """Counts, duration and failures from a pytest JUnit XML report; None when ``text`` is not one."""
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError:
+def _run_error(code: int, report: dict[str, Any], summary: str, cmd: Commands) -> SkillError:
+    """A run pytest could not complete: a collection error or a usage error; deterministic, so not retried."""
+    errors = report["failures"]
+    collection = [f for f in errors if f["outcome"] == "collection error"]
+    first = (collection or errors or [{"test": "", "message": ""}])[0]
+    missing = _MISSING_MODULE.search(first["message"])
+    if missing:
+        why = (f"collection failed: {first['test']}: No module named '{missing.group(1)}' (a test dependency the "
+               "project does not declare, or a module the build left out)")
+    elif collection:
+        why = f"collection failed: {first['test']}: {first['message']}"
+    elif errors:
+        why = f"tests errored: {summary}"
+    else:
+        why = f"pytest could not run (exit code {code}): see the log"
+    error_type = "TestCollectionFailed" if collection else ("TestsFailed" if errors else "TestRunError")
+    return SkillError(why[:600], error_type=error_type, non_retryable=True, output=report, log_tail=cmd.log_tail)
+
+
+def _load_report(text: str | None) -> dict[str, Any] | None:
+    """The plugin's JSON report, or None when pytest never got to write it."""
+    if not text:
         return None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "xfailed": 0}
-    failures: list[dict[str, str]] = []
-    duration = 0.0
-    for suite in suites:
-        duration += float(suite.get("time") or 0.0)
-        for case in suite.iter("testcase"):
-            outcome, detail = _outcome(case)
-            counts[outcome] += 1
-            if detail is not None and len(failures) < MAX_FAILURES_LISTED:
-                message = (detail.get("message") or detail.text or "").strip()
-                failures.append({"test": _node_id(case), "outcome": outcome,
-                                 "message": message.splitlines()[0] if message else ""})
-    return {**counts, "total": sum(counts.values()), "duration": round(duration, 3), "failures": failures}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and all(isinstance(data.get(k), int) for k in COUNTS) else None
 
 
 def summarize(report: dict[str, Any]) -> str:
     """pytest-style one-liner: "18 passed, 1 failed, 1 skipped in 0.4s"."""
-    parts = [f"{report[key]} {label}" for key, label in (("passed", "passed"), ("failed", "failed"),
-                                                         ("errors", "errors"), ("skipped", "skipped"),
-                                                         ("xfailed", "xfailed")) if report[key]]
+    parts = [f"{report[key]} {key}" for key in COUNTS if report.get(key)]
     return f"{', '.join(parts) or 'no tests ran'} in {report['duration']:.2f}s"
-
-
-def _outcome(case: ET.Element) -> tuple[str, ET.Element | None]:
-    failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
-    if failure is not None:
-        return "failed", failure
-    if error is not None:
-        return "errors", error
-    if skipped is not None:
-        return ("xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"), None
-    return "passed", None
-
-
-def _node_id(case: ET.Element) -> str:
-    """``tests/test_x.py::TestY::test_z`` from a testcase's file, classname and name."""
-    classname, name, file = case.get("classname", ""), case.get("name", ""), case.get("file")
-    if not file:
-        return f"{classname}::{name}" if classname else name
-    module = file.removesuffix(".py").replace("/", ".")
-    classes = classname.removeprefix(module).strip(".")
-    return "::".join(part for part in (file, *classes.split("."), name) if part)
