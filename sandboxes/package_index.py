@@ -231,14 +231,14 @@ class IndexProxy:
                 if event is h11.NEED_DATA:
                     conn.receive_data(await reader.read(65536))
             headers = {name.decode().lower(): value.decode("latin-1") for name, value in request.headers}
-            return await self._route(request.target.decode("latin-1"), headers)
+            return await self._route(request.target.decode("latin-1"), headers, request.method == b"HEAD")
         except Refusal as refusal:
             if refusal.status in (403, 405):
                 self.stats.refused += 1
             extra = [("allow", "GET, HEAD")] if refusal.status == 405 else []
             return Reply(refusal.status, f"{refusal}\n".encode(), headers=extra)
 
-    async def _route(self, target: str, headers: dict[str, str]) -> Reply:
+    async def _route(self, target: str, headers: dict[str, str], head: bool) -> Reply:
         if not target.startswith("/"):
             raise Refusal(403, "this is a package index, not a forward proxy: only its own /simple/ and /files/ "
                           "paths are served")
@@ -249,7 +249,7 @@ class IndexProxy:
         if path.startswith("/simple/") and 0 < len(name := path[len("/simple/"):].rstrip("/")) and "/" not in name:
             return await self._page(normalized_project(name), headers.get("accept", ""))
         if path.startswith("/files/"):
-            return await self._file(file_path(path[len("/files/"):]))
+            return await self._file(file_path(path[len("/files/"):]), head)
         raise Refusal(403, "only /simple/<project>/ and /files/... are served by this package index proxy")
 
     async def _page(self, project: str, accept: str) -> Reply:
@@ -288,14 +288,14 @@ class IndexProxy:
         self.stats.page_stale += 1
         return _page_reply(kind, content)
 
-    async def _file(self, path: str) -> Reply:
-        """A file: from the cache, else streamed from upstream while it is cached."""
+    async def _file(self, path: str, head: bool) -> Reply:
+        """A file: from the cache, else streamed from upstream while it is cached (a HEAD only asks upstream)."""
         cached = self.cache / "files" / path
         size = await asyncio.to_thread(_size, cached)
         if size is not None:
             self.stats.file_hits += 1
             return Reply(200, _read_chunks(cached), "application/octet-stream", size)
-        request = self.client.build_request("GET", f"{self.upstream.files_url}/{path}",
+        request = self.client.build_request("HEAD" if head else "GET", f"{self.upstream.files_url}/{path}",
                                             headers={"Accept-Encoding": "identity"})
         try:
             response = await self.client.send(request, stream=True)
@@ -305,18 +305,21 @@ class IndexProxy:
             await response.aclose()
             status = 404 if response.status_code in (403, 404) else 502
             return Reply(status, f"the package index's files answered {response.status_code}\n".encode())
-        self.stats.file_fetches += 1
         length = response.headers.get("content-length")
         encoded = response.headers.get("content-encoding", "identity") != "identity"
-        return Reply(200, _tee(response, cached), "application/octet-stream",
-                     int(length) if length and length.isdigit() and not encoded else None)
+        size = int(length) if length and length.isdigit() and not encoded else None
+        if head:
+            await response.aclose()
+            return Reply(200, b"", "application/octet-stream", size)
+        self.stats.file_fetches += 1
+        return Reply(200, _tee(response, cached), "application/octet-stream", size)
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, head: bool, reply: Reply) -> None:
         headers = [("content-type", reply.content_type), *reply.headers]
-        if isinstance(reply.body, bytes):
-            headers.append(("content-length", str(len(reply.body))))
-        elif reply.length is not None:
+        if reply.length is not None:
             headers.append(("content-length", str(reply.length)))
+        elif isinstance(reply.body, bytes):
+            headers.append(("content-length", str(len(reply.body))))
         if reply.status >= 400:
             headers.append(("connection", "close"))
         writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))

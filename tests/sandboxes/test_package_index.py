@@ -147,6 +147,16 @@ async def test_files_and_metadata_are_cached_for_good(client: httpx.AsyncClient,
     assert (await client.get("/files/packages/missing.whl")).status_code == 404
 
 
+async def test_head_asks_upstream_without_fetching_or_caching(client: httpx.AsyncClient, upstream: FakeUpstream,
+                                                              index: PackageIndex, folder: Path) -> None:
+    answer = await client.head(f"/files/{WHEEL}")
+    assert answer.status_code == 200 and answer.headers["content-length"] == str(len(upstream.files[WHEEL]))
+    assert [r.method for r in upstream.requests] == ["HEAD"] and index.stats.file_fetches == 0
+    assert not (folder / "cache" / "files" / WHEEL).exists()
+    page = await client.head("/simple/demo/")
+    assert page.status_code == 200 and int(page.headers["content-length"]) > 0
+
+
 async def test_a_file_cut_short_upstream_is_not_cached(client: httpx.AsyncClient, upstream: FakeUpstream,
                                                        folder: Path) -> None:
     def short(request: httpx.Request) -> httpx.Response:

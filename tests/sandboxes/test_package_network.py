@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import uuid
@@ -22,10 +23,15 @@ from typing import Literal
 import httpx
 import psutil
 import pytest
+from kubernetes.client import Configuration
 
+from core import settings
 from core.contracts import SandboxHandle, SandboxSpec, Source
 from core.errors import SandboxError
+from core.settings import KubernetesSettings
 from sandboxes.bubblewrap import INDEX_PORT, INDEX_SOCKET, Confinement, interpreter_paths, userns_problem
+from sandboxes.factory import package_index_for
+from sandboxes.kubernetes import KubernetesSandbox
 from sandboxes.local import LocalSandbox, bubblewrap_available
 from sandboxes.package_index import PackageIndex, Upstream, serve_package_index
 
@@ -249,3 +255,42 @@ async def test_without_a_proxy_packages_mode_is_refused(bwrap: None, tmp_path: P
     with pytest.raises(SandboxError) as caught:
         await backend.exec(handle, ["true"])
     assert caught.value.reason == "PackageIndexUnavailable" and not caught.value.retryable
+
+
+@pytest.fixture
+def state_home(monkeypatch: pytest.MonkeyPatch, short_folder: Path) -> Iterator[Path]:
+    """``DEVART_HOME`` set to a fresh folder, with the settings read anew (and again once the test is over)."""
+    home = short_folder / "home"
+    monkeypatch.setenv("DEVART_HOME", str(home))
+    settings.state.cache_clear()
+    settings.package_index.cache_clear()
+    yield home
+    monkeypatch.undo()
+    settings.state.cache_clear()
+    settings.package_index.cache_clear()
+
+
+async def test_an_agent_serves_the_proxy_to_its_local_sandbox(state_home: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = LocalSandbox(tmp_path / "plain", isolation="none")
+    async with package_index_for(backend, "agent one") as index:
+        assert index is not None and backend.package_index is index
+        assert index.socket == state_home / "run" / f"package-index-agent-one-{os.getpid()}.sock"
+        assert stat.S_ISSOCK(index.socket.stat().st_mode) and stat.S_IMODE(index.socket.stat().st_mode) == 0o666
+        assert index.url is not None  # unisolated commands reach it over loopback TCP
+        assert (state_home / "cache" / "packages").is_dir()
+        async with package_index_for(backend, "agent one") as again:
+            assert again is None and backend.package_index is index  # a sandbox keeps the proxy it has
+    assert backend.package_index is None and not index.socket.exists()
+    # A state folder too deep for a socket path: the socket goes to a private temp folder
+    monkeypatch.setenv("DEVART_HOME", str(state_home / ("deep" * 30)))
+    settings.state.cache_clear()
+    async with package_index_for(backend, "agent one") as index:
+        assert index is not None and len(str(index.socket)) < 108 and index.socket.name.startswith("package-index")
+    assert not index.socket.parent.exists()
+
+
+async def test_other_backends_need_no_local_proxy() -> None:
+    backend = KubernetesSandbox(KubernetesSettings(), configuration=Configuration())
+    async with package_index_for(backend, "agent") as index:
+        assert index is None
