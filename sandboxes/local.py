@@ -157,9 +157,9 @@ class LocalSandbox:
 
         The environment is rebuilt from scratch: the host ``PATH``, ``HOME`` (the sandbox's own), ``LANG`` and
         ``PYTHONDONTWRITEBYTECODE``, then ``handle.spec.env``, then its secrets, then ``env`` (the most specific
-        wins). On timeout, cancellation or an error, the command's whole process tree is killed before this
-        returns or raises. A limit that was hit is reported (``oom_killed``, ``pids_limited``,
-        ``disk_exceeded``), not raised.
+        wins); with ``network: packages``, uv's and pip's index variables come first (``package_environment``).
+        On timeout, cancellation or an error, the command's whole process tree is killed before this returns or
+        raises. A limit that was hit is reported (``oom_killed``, ``pids_limited``, ``disk_exceeded``), not raised.
         """
         directory = self._directory(handle)
         workdir = Path(os.path.normpath(handle.workspace))
