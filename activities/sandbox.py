@@ -18,7 +18,7 @@ async def provision_sandbox(inp: ProvisionInput) -> SandboxHandle:
     except SandboxUnavailable as exc:
         raise ApplicationError(str(exc), type="SandboxUnavailable", non_retryable=True) from exc
     except SandboxError as exc:
-        # A missing path or unknown ref will not fix itself on retry; a busy cluster may.
+        # A missing repository, path or ref will not fix itself on retry; a network fault or a busy cluster may.
         raise ApplicationError(str(exc), type=exc.reason if exc.retryable else "SandboxProvisionFailed",
                                non_retryable=not exc.retryable) from exc
 

@@ -32,7 +32,8 @@ class RetrySpec(Strict):
     maximum_interval: timedelta = Field(default=timedelta(seconds=60), description="Cap on the delay.")
     maximum_attempts: int = Field(default=3, ge=1, le=100, description="Attempts in all, the first included.")
     non_retryable_error_types: list[str] = Field(
-        default_factory=lambda: ["TestsFailed", "BuildFailed", "LintFailed", "InvalidInput", "SkillNotFound"],
+        default_factory=lambda: ["TestsFailed", "TestCollectionFailed", "TestDependenciesFailed", "BuildFailed",
+                                 "InstallFailed", "LintFailed", "InvalidInput", "SkillNotFound"],
         description="Error types that fail the stage at once.",
     )
 
@@ -131,8 +132,9 @@ class Source(Strict):
 
 #: The version of PipelineWorkflow's behaviour a new run gets (see ``RunInput.engine``): 2 checks budgets before
 #: each dispatch, 3 runs the housekeeping steps as local activities, 4 records the run's start while its first
-#: stages prepare.
-ENGINE = 4
+#: stages prepare, 5 gives every stage a verdict (any error fails it), bounds the wait for an approval and ends a
+#: failed run as a failed workflow.
+ENGINE = 5
 
 
 class RunInput(Strict):
@@ -149,6 +151,10 @@ class RunInput(Strict):
         description="The workflow behaviour this run started with (ENGINE); absent in runs from before it existed. "
         "It selects replay-sensitive branches instead of patch markers, each of which costs every run a "
         "search-attribute write on the server.",
+    )
+    approval_timeout: timedelta = Field(
+        default=timedelta(hours=24),
+        description="How long a stage paused on a soft budget waits for an approval before it fails (engine 5).",
     )
 
 

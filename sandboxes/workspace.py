@@ -30,6 +30,41 @@ COPY_IGNORED = (".venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
                 "*.egg-info")
 #: Build outputs skipped only at the top: deeper, ``build`` or ``dist`` may be a real package (pypa/build's src/build).
 COPY_IGNORED_TOP = frozenset({"dist", "build"})
+#: What git (through curl or ssh) says when the network failed: trying again later may work. Checked first, since
+#: ssh adds "make sure ... the repository exists" to a refused connection too.
+NETWORK_FAILURES = (
+    "could not resolve host", "name or service not known", "temporary failure in name resolution",
+    "failed to connect", "couldn't connect", "connection refused", "connection timed out", "operation timed out",
+    "network is unreachable", "no route to host", "connection reset", "the remote end hung up unexpectedly",
+    "early eof", "rpc failed", "returned error: 502", "returned error: 503", "returned error: 504",
+)
+#: What git says when the repository is not there (or not visible to us): trying again will not help.
+MISSING_REPOSITORY = (
+    "does not appear to be a git repository", "not found", "does not exist", "returned error: 404",
+    "could not read username", "authentication failed", "permission denied",
+)
+#: Why a retryable clone failure failed (``SandboxError.reason``, the activity's error type).
+SOURCE_UNREACHABLE = "SourceUnreachable"
+
+
+class GitFailed(SandboxError):
+    """git exited non-zero; ``stderr`` is what it said, so callers can tell a missing thing from a network fault."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def clone_failure(origin: str, exc: SandboxError) -> SandboxError:
+    """A failed clone as a ``SandboxError`` that says whether retrying may help, classified by git's own words."""
+    said = exc.stderr.lower() if isinstance(exc, GitFailed) else ""
+    if any(words in said for words in NETWORK_FAILURES) or (not said and "took longer than" in str(exc)):
+        return SandboxError(f"cannot reach repository {origin}: {exc}. Will try again: the network or the server "
+                            "may be down", retryable=True, reason=SOURCE_UNREACHABLE)
+    if any(words in said for words in MISSING_REPOSITORY):
+        return SandboxError(f"repository {origin} not found: {exc}. Check the repository URL or path and that this "
+                            "machine may read it")
+    return SandboxError(f"{exc}. Check the repository URL or path and that this machine can read it")
 
 
 @dataclass(frozen=True)
@@ -89,12 +124,12 @@ async def materialize(plan: CheckoutPlan, dest: Path, *, exclude: Path | None = 
         await _git("clone", "--quiet", *(["--no-hardlinks"] if local else []), "--", plan.origin, str(dest),
                    what=f"cloning {plan.origin!r}")
     except SandboxError as exc:
-        raise SandboxError(f"{exc}. Check the repository URL or path and that this machine can read it") from None
+        raise clone_failure(plan.origin, exc) from None
     if plan.ref is not None:
         try:
             await _git("checkout", "--quiet", plan.ref, "--", cwd=dest)
         except SandboxError as exc:
-            raise SandboxError(f"ref {plan.ref!r} not found in {plan.origin!r}: check that the branch, tag or "
+            raise SandboxError(f"ref {plan.ref!r} not found in {plan.origin}: check that the branch, tag or "
                                f"commit exists (and for a remote, that it was pushed). {exc}") from None
     workdir = dest / plan.subdir if plan.subdir else dest
     if not workdir.is_dir() or not workdir.resolve().is_relative_to(dest.resolve()):  # a symlink leads out
@@ -246,6 +281,7 @@ async def _git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT
             raise SandboxError(f"{what} took longer than {timeout:g}s: check the repository is reachable") from None
         raise
     if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or f"exit code {proc.returncode}"
-        raise SandboxError(f"{what} failed: {message}")
+        stderr = err.decode(errors="replace").strip()
+        first = stderr.splitlines()[0] if stderr else f"exit code {proc.returncode}"  # the rest is boilerplate
+        raise GitFailed(f"{what} failed: {first}", stderr)
     return out.decode(errors="replace")

@@ -1,4 +1,4 @@
-"""The pipeline worker: runs PipelineWorkflow and its activities, and keeps queued agent tasks alive."""
+"""The pipeline worker: runs PipelineWorkflow and its activities, keeps queued agent tasks alive, sweeps sandboxes."""
 
 from __future__ import annotations
 
@@ -7,16 +7,7 @@ import logging
 import signal
 
 from prometheus_client import start_http_server
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-)
+from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -24,14 +15,13 @@ from activities.budgets import check_budget
 from activities.dispatch import Dispatcher
 from activities.records import record_run
 from activities.sandbox import provision_sandbox, teardown_sandbox
-from activities.sweeper import SweepInput, sweep_sandboxes
 from core import db, settings, telemetry
 from core.temporal import connect
 from core.topology import Topology
 from workers.dead_letters import collect
 from workers.queue_keeper import keep_queued_tasks_alive, sample_gauges
+from workers.sweeper import keep_sweeping, retire_schedule
 from workflows.pipeline import PipelineWorkflow
-from workflows.sweeper import SCHEDULE_ID, SWEEP_EVERY, SandboxSweepWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +44,13 @@ def _metrics_runtime(cfg: settings.WorkerSettings) -> Runtime | None:
         return None
 
 
-async def ensure_sweep_schedule(client: Client, task_queue: str) -> None:
-    """Create the sandbox sweeper's schedule once; it then runs whether or not this worker stays up."""
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            SandboxSweepWorkflow.run, SweepInput(), id=f"{SCHEDULE_ID}-{task_queue}", task_queue=task_queue
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=SWEEP_EVERY)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-    )
-    try:
-        await client.create_schedule(f"{SCHEDULE_ID}-{task_queue}", schedule)
-    except ScheduleAlreadyRunningError:
-        pass
-
-
 def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None = None) -> Worker:
     """The worker with every workflow and activity of a pipeline registered."""
     return Worker(
         client,
         task_queue=task_queue or settings.temporal().task_queue,
-        workflows=[PipelineWorkflow, SandboxSweepWorkflow],
-        activities=[
-            provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, sweep_sandboxes, check_budget
-        ],
+        workflows=[PipelineWorkflow],
+        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget],
         max_concurrent_activities=200,
     )
 
@@ -94,14 +67,16 @@ async def serve(task_queue: str | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, dispatcher, task_queue)
-    await ensure_sweep_schedule(client, task_queue or settings.temporal().task_queue)
+    await retire_schedule(client, task_queue or settings.temporal().task_queue)
     keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop))
+    sweeper = asyncio.create_task(keep_sweeping(client, stop))
     sampler = asyncio.create_task(sample_gauges(stop))
     collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))
     async with worker:
         log.info("pipeline worker polling %s", task_queue or settings.temporal().task_queue)
         await stop.wait()
     await keeper
+    await sweeper
     await sampler
     await collector
     await dispatcher.close()

@@ -3,17 +3,24 @@
 The workflow owns ordering and the stage states; Temporal owns retries, backoff, timeouts and heartbeats of the
 agent task through the stage's ``RetryPolicy``. Independent stages run concurrently; a failed stage skips its
 dependents and fails the run with the reason.
+
+From engine 5 on the verdict is the truth: any error in a stage (a local step's failure, an approval never given,
+an unexpected exception) fails that stage with its reason, a run succeeds only when every stage did, and a failed
+run ends as a *failed workflow* (``RunFailed``) once its record is written, so Temporal and its Web UI agree with
+the API. Older engines keep their behaviour, so their histories replay unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -52,10 +59,12 @@ def stage_retry_policy(stage: StageSpec) -> RetryPolicy:
 def describe_failure(err: BaseException) -> str:
     """A one-line reason for a failed activity, from the innermost cause Temporal gives us."""
     cause = err.cause if isinstance(err, ActivityError) and err.cause else err
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, ActivityTimeoutError):
         return f"timed out ({cause.type.name.lower().replace('_', '-')})" if cause.type else "timed out"
     if isinstance(cause, ApplicationError):
         return f"{cause.type}: {cause.message}" if cause.type else cause.message
+    if not isinstance(cause, ActivityError) and type(cause).__module__ == "builtins":
+        return f"{type(cause).__name__}: {cause}"  # an unexpected error in the workflow's own code
     return str(cause)
 
 
@@ -65,6 +74,7 @@ class PipelineWorkflow:
         self._states: dict[str, StageState] = {}
         self._approved = False
         self._local_steps = False
+        self._verdicts = False
 
     @workflow.signal
     def approve(self) -> None:
@@ -80,6 +90,7 @@ class PipelineWorkflow:
     async def run(self, inp: RunInput) -> RunResult:
         # Runs started before the housekeeping steps became local activities replay with regular ones.
         self._local_steps = inp.engine >= 3
+        self._verdicts = inp.engine >= 5
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
         tasks: dict[str, asyncio.Task[None]] = {}
@@ -97,7 +108,9 @@ class PipelineWorkflow:
                 running = [t for t in tasks.values() if not t.done()]
                 if not running:
                     break
-                await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if self._verdicts:
+                    _raise_escaped(done)
         except asyncio.CancelledError:
             for task in tasks.values():
                 task.cancel()
@@ -110,11 +123,35 @@ class PipelineWorkflow:
             raise
         if started is not None:
             await started  # the start is on record before the end is
+        if self._verdicts:
+            return await self._conclude(inp)
         failed = [s for s in self._states.values() if s.status == StageStatus.FAILED]
         status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
         error = "; ".join(f"stage '{s.name}' failed: {s.error}" for s in failed) or None
         await self._record(inp, status, error)
         return RunResult(run_id=inp.run_id, status=status, stages=self.stages(), error=error)
+
+    async def _conclude(self, inp: RunInput) -> RunResult:
+        """Record the verdict (engine 5), then end the workflow as the run ended.
+
+        The record comes first: the API, the CLI, the feed, the metrics and GitHub read the run's row, which holds
+        every stage's result; the workflow's failure then carries the same result in its details, for Temporal
+        clients and the Web UI.
+        """
+        for state in self._states.values():
+            if state.status in (StageStatus.PENDING, StageStatus.RUNNING, StageStatus.AWAITING_APPROVAL):
+                state.status, state.error = StageStatus.FAILED, "the stage ended without a verdict"
+        failed = [s for s in self._states.values() if s.status == StageStatus.FAILED]
+        if all(s.status == StageStatus.SUCCEEDED for s in self._states.values()):
+            status, error = RunStatus.SUCCEEDED, None
+        else:
+            status = RunStatus.FAILED
+            error = "; ".join(f"stage '{s.name}' failed: {s.error}" for s in failed) or "not every stage succeeded"
+        await self._record(inp, status, error)
+        result = RunResult(run_id=inp.run_id, status=status, stages=self.stages(), error=error)
+        if status == RunStatus.FAILED:
+            raise ApplicationError(error or "run failed", result, type="RunFailed", non_retryable=True)
+        return result
 
     def _ready(self, started: dict[str, asyncio.Task[None]]) -> list[str]:
         return [
@@ -141,7 +178,24 @@ class PipelineWorkflow:
                     changed = True
 
     async def _run_stage(self, inp: RunInput, spec: StageSpec) -> None:
+        """Run one stage; from engine 5 on, whatever goes wrong in it becomes the stage's failure and reason."""
         state = self._states[spec.name]
+        try:
+            await self._stage(inp, spec, state)
+        except Exception as err:
+            # Before engine 5 the error escaped the stage's task (and the stage stayed running): replay it so.
+            if not self._verdicts or state.status == StageStatus.CANCELLED:
+                raise
+            if isinstance(err, CancelledError):  # a local step cancelled along with the run
+                state.status, state.error = StageStatus.CANCELLED, "cancelled"
+                raise
+            state.status, state.error = StageStatus.FAILED, describe_failure(err)
+            state.finished_at = workflow.now()
+            if isinstance(err, workflow.NondeterminismError):
+                raise  # a workflow bug: fail the workflow task, so a fixed worker can take the run on
+            workflow.logger.warning("stage %s failed: %s", spec.name, state.error)
+
+    async def _stage(self, inp: RunInput, spec: StageSpec, state: StageState) -> None:
         # Runs recorded before budgets existed replay without the check; runs started in between (no engine in
         # their input) carry the check's patch marker.
         if (inp.engine >= 2 or workflow.patched("budget-check")) and not await self._within_budget(inp, state):
@@ -209,6 +263,7 @@ class PipelineWorkflow:
         """Check the budgets before dispatch: pause on a soft limit until approved, stop on a hard one."""
         check = BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo,
                             stage=state.name)
+        deadline: datetime | None = None
         while True:
             decision = await self._step(
                 "check_budget", check, BudgetDecision, policies.RECORD_TIMEOUT, policies.RECORD_RETRY
@@ -219,12 +274,23 @@ class PipelineWorkflow:
             if decision.state == "hard":
                 state.status, state.error = StageStatus.FAILED, f"budget exceeded: {decision.message}"
                 return False
+            wait = policies.BUDGET_RECHECK
+            if self._verdicts:
+                deadline = deadline or workflow.now() + inp.approval_timeout
+                if workflow.now() >= deadline:
+                    state.status = StageStatus.FAILED
+                    state.error = (f"approval timed out: nobody approved the run within {inp.approval_timeout} "
+                                   f"({decision.message})")
+                    return False
+                wait = min(wait, deadline - workflow.now())
             state.status = StageStatus.AWAITING_APPROVAL
             state.error = f"paused: {decision.message}; approve the run or raise the budget"
             try:
-                await workflow.wait_condition(lambda: self._approved, timeout=policies.BUDGET_RECHECK)
-            except TimeoutError:
-                pass  # look again: the budget may have been raised
+                await workflow.wait_condition(lambda: self._approved, timeout=wait)
+            except TimeoutError:  # the builtin, which wait_condition raises
+                if not self._verdicts:
+                    raise  # before engine 5 this escaped the stage: replay it so
+                # look again: the budget may have been raised, or the deadline passed
 
     async def _record(self, inp: RunInput, status: RunStatus, error: str | None = None) -> None:
         record = RunRecord(
@@ -256,6 +322,13 @@ class PipelineWorkflow:
         return await workflow.execute_activity(
             name, arg, result_type=result_type, start_to_close_timeout=timeout, retry_policy=retry
         )
+
+
+def _raise_escaped(done: Iterable[asyncio.Task[None]]) -> None:
+    """Re-raise what escaped a finished stage's task: only a workflow bug may, and it must not go unnoticed."""
+    for task in done:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc
 
 
 def _failed_result(err: ActivityError) -> StageResult | None:

@@ -25,11 +25,15 @@ SAMPLE_PASSED, SAMPLE_SKIPPED, SAMPLE_XFAILED = 18, 1, 1
 
 
 def scrubbed(history_json: str, stack: Stack) -> str:
-    """The history with this machine's folders replaced by neutral ones (payloads are base64-encoded JSON)."""
+    """The history with this machine's folders replaced by neutral ones (in payloads, base64-encoded JSON, too)."""
     root = str(Path(__file__).resolve().parents[2])
     swaps = [(str(stack.state), "/var/lib/devart"), (root, "/srv/devart"), (sys.prefix, "/srv/devart/.venv")]
 
     def walk(node: object) -> object:
+        if isinstance(node, str):  # a failure's stack trace names this machine's folders too
+            for old, new in swaps:
+                node = node.replace(old, new)
+            return node
         if isinstance(node, dict):
             out = {k: walk(v) for k, v in node.items()}
             data = out.get("data")

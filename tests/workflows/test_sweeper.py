@@ -1,19 +1,53 @@
-"""A run that ends without its own teardown (worker killed, run terminated) leaves no sandbox once swept."""
+"""A run that ends without its own teardown (worker killed, run terminated) leaves no sandbox once swept.
+
+The sweeper runs inside the pipeline worker, not as a workflow: it adds nothing to Temporal's workflow list, only
+one worker sweeps at a time, and a worker removes the schedule older releases swept with.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from temporalio.client import Client
+import pytest
+from sqlalchemy import create_engine, text
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleSpec,
+    ScheduleState,
+)
+from temporalio.service import RPCError
 
+from core import db
+from sandboxes.workspace import create_layout
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_stage
 from tests.stack import Stack, sql
-from workflows.sweeper import SCHEDULE_ID
+from workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, SweepSettings, sweep_if_alone
+
+
+def restart_worker(stack: Stack, **env: str) -> None:
+    """Kill the pipeline worker (no finally runs) and start another with ``env``."""
+    assert stack.worker is not None
+    stack.worker.proc.kill()
+    stack.worker.proc.wait()
+    stack.supervisor.children.remove(stack.worker)
+    stack.worker = stack.supervisor.spawn("worker", "worker", env=env)
+
+
+@pytest.fixture
+def fast_sweeps(stack: Stack) -> Iterator[None]:
+    """Tests here restart the worker sweeping every second; the rest of the session gets a default one again."""
+    yield
+    stack.restart_worker(kill=False)
 
 
 async def test_sweeper_removes_what_a_dead_worker_left(
-    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path, fast_sweeps: None
 ) -> None:
     # Given a stage busy in its sandbox
     cap = unique("orphan")
@@ -34,24 +68,68 @@ async def test_sweeper_removes_what_a_dead_worker_left(
     stack.worker.proc.wait()
     await temporal.get_workflow_handle(run_id).terminate("operator gave up")
     stack.supervisor.children.remove(stack.worker)
-    stack.worker = stack.supervisor.worker()
-    # Then the sweeper (a Temporal Schedule) removes the sandbox and says so in the feed
-    schedule = temporal.get_schedule_handle(f"{SCHEDULE_ID}-{stack.env['TEMPORAL_TASK_QUEUE']}")
+    stack.worker = stack.supervisor.spawn("worker", "worker", env={"DEVART_SWEEP_EVERY": "1"})
 
-    async def schedule_exists() -> bool:
-        try:
-            await schedule.describe()
-            return True
-        except Exception:
-            return False
-
-    await poll(schedule_exists, deadline=30, what="the sweep schedule")
-
+    # Then the worker's sweeper removes the sandbox and says so in the feed
     async def swept() -> bool:
-        await schedule.trigger()
         return not mine()
 
-    await poll(swept, deadline=60, every=2.0, what="the sweeper to remove the orphaned sandbox")
+    await poll(swept, deadline=60, every=0.5, what="the sweeper to remove the orphaned sandbox")
     events = sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND run_id = :r", r=run_id)
     assert events and "terminated" in events[0]["message"]
+    # And no sweep shows up among the workflows: they are the runs only
+    listed = [w.workflow_type async for w in temporal.list_workflows("WorkflowType != 'PipelineWorkflow'")]
+    assert "SandboxSweepWorkflow" not in listed
 
+
+async def test_only_the_lock_holder_sweeps(temporal: Client, stack: Stack, fast_sweeps: None) -> None:
+    # Given a worker sweeping every second, an orphaned sandbox, and another process holding the sweeper's lock
+    restart_worker(stack, DEVART_SWEEP_EVERY="1")
+    orphan = stack.state / "sandboxes" / unique("orphan")
+    create_layout(orphan, {"workspace": str(orphan / "workspace"), "run_id": unique("gone"),
+                           "created": "2000-01-01T00:00:00+00:00"})
+    engine = create_engine(db.database_url())
+    try:
+        with engine.connect() as holder:
+            assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar_one()
+            # Then a sweep elsewhere stands aside, and the orphan stays
+            assert await sweep_if_alone(temporal, SweepSettings()) is None
+            assert orphan.exists()
+            holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            holder.commit()
+    finally:
+        engine.dispose()
+        await db.engine().dispose()  # this test's event loop ends: the next test gets a fresh pool
+        db.engine.cache_clear()
+        db._sessions.cache_clear()
+
+    # And once the lock is free, the worker takes it and sweeps
+    async def swept() -> bool:
+        return not orphan.exists()
+
+    await poll(swept, deadline=30, what="the sweeper to remove the orphaned sandbox")
+    events = sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND data->>'sandbox' = :s", s=orphan.name)
+    assert events and "older than its time to live" in events[0]["message"]
+
+
+async def test_a_worker_retires_the_old_schedule(temporal: Client, stack: Stack, fast_sweeps: None) -> None:
+    # Given the schedule an older release created (paused, so it starts nothing here)
+    schedule_id = f"{OLD_SCHEDULE_ID}-{stack.env['TEMPORAL_TASK_QUEUE']}"
+    await temporal.create_schedule(schedule_id, Schedule(
+        action=ScheduleActionStartWorkflow("SandboxSweepWorkflow", id=schedule_id,
+                                           task_queue=stack.env["TEMPORAL_TASK_QUEUE"]),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(minutes=1))]),
+        state=ScheduleState(paused=True),
+    ))
+    # When a worker starts
+    restart_worker(stack)
+
+    # Then the schedule is gone
+    async def removed() -> bool:
+        try:
+            await temporal.get_schedule_handle(schedule_id).describe()
+            return False
+        except RPCError:
+            return True
+
+    await poll(removed, deadline=60, what="the worker to delete the old sweep schedule")

@@ -1,0 +1,149 @@
+"""The sandbox sweeper: removes sandboxes whose run has ended or that outlived their time to live.
+
+Teardown in the workflow's ``finally`` covers every normal path; this catches the rest (a run terminated from
+outside, a worker that died between provision and teardown and never came back for it), for every backend.
+
+It is housekeeping, not a run, so it is no workflow: a periodic task in each pipeline worker, of which only one
+sweeps at a time (a PostgreSQL advisory lock), keeps Temporal's workflow list to the runs. Releases before it ran
+it from a Temporal Schedule; ``retire_schedule`` removes that schedule from upgraded deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from contextlib import suppress
+from datetime import timedelta
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import text
+from sqlmodel import col, select
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from core import db
+from core.contracts import SandboxHandle
+from core.events import add_event
+from core.models import Run, utcnow
+from sandboxes.factory import get_sandbox
+
+log = logging.getLogger(__name__)
+
+#: The schedule older releases swept with, one per task queue (``<id>-<task queue>``).
+OLD_SCHEDULE_ID = "devart-sandbox-sweeper"
+#: The advisory lock a worker holds while it sweeps; any other worker skips that round.
+LOCK_KEY = zlib.crc32(b"devart-sandbox-sweeper")
+
+
+class SweepSettings(BaseSettings):
+    """How often the pipeline worker sweeps and what it removes."""
+
+    model_config = SettingsConfigDict(env_prefix="DEVART_SWEEP_", env_file=".env", extra="ignore")
+    every: float = Field(default=60.0, gt=0, description="Seconds between two sweeps.")
+    ttl_seconds: float = Field(default=6 * 3600, gt=0, description="Remove any sandbox older than this.")
+    grace_seconds: float = Field(default=60, ge=0, description="Never remove a sandbox of an unknown run younger "
+                                 "than this (its run may be starting).")
+
+
+class SweepResult(BaseModel):
+    removed: dict[str, str] = Field(default_factory=dict, description="Sandbox id -> why it was removed.")
+    kept: int = 0
+
+
+def _why(handle: SandboxHandle, run_status: str | None, cfg: SweepSettings) -> str | None:
+    """Why this sandbox should go, or None to keep it."""
+    if run_status is not None and run_status != "running":
+        return f"its run is {run_status}"
+    age = utcnow() - handle.created_at if handle.created_at else None
+    if age is not None and age > timedelta(seconds=cfg.ttl_seconds):
+        return f"older than its time to live ({cfg.ttl_seconds:.0f}s)"
+    if run_status is None and (age is None or age > timedelta(seconds=cfg.grace_seconds)):
+        # A young sandbox of an unknown run may be a run being started; an old one is an orphan.
+        return "its run is unknown"
+    return None
+
+
+async def _temporal_status(client: Client, run_id: str) -> str | None:
+    try:
+        described = await client.get_workflow_handle(run_id).describe()
+    except RPCError:
+        return None
+    if described.status in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    return described.status.name.lower()
+
+
+async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
+    """Tear down every leftover sandbox and report each one in the feed."""
+    sandbox = get_sandbox()
+    handles = await sandbox.list()
+    run_ids = {h.run_id for h in handles if h.run_id}
+    async with db.session() as s:
+        rows = (await s.exec(select(Run.id, Run.status).where(col(Run.id).in_(run_ids)))).all() if run_ids else []
+    statuses = {run_id: status for run_id, status in rows}
+    for run_id, status in list(statuses.items()):
+        if status == "running":  # PostgreSQL may not know yet that the workflow was terminated from outside
+            statuses[run_id] = await _temporal_status(client, run_id) or status
+    result = SweepResult()
+    for handle in handles:
+        reason = _why(handle, statuses.get(handle.run_id), cfg)
+        if reason is None:
+            result.kept += 1
+            continue
+        await sandbox.teardown(handle)
+        result.removed[handle.id] = reason
+    if result.removed:
+        async with db.session() as s:
+            owners = {h.id: h.run_id or None for h in handles}
+            for sandbox_id, why in result.removed.items():
+                add_event(s, "sandbox.swept", f"sandbox {sandbox_id} removed: {why}", run_id=owners.get(sandbox_id),
+                          sandbox=sandbox_id, backend=sandbox.backend)
+    return result
+
+
+async def sweep_if_alone(client: Client, cfg: SweepSettings) -> SweepResult | None:
+    """One sweep, unless another worker holds the sweeper's lock (then None: that one is sweeping)."""
+    async with db.engine().connect() as conn:
+        locked = (await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})).scalar_one()
+        if not locked:
+            return None
+        try:
+            return await sweep(client, cfg)
+        finally:
+            # A session lock outlives transactions, so it is released by hand before the connection is pooled again.
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+            await conn.commit()
+
+
+async def keep_sweeping(client: Client, stop: asyncio.Event, cfg: SweepSettings | None = None) -> None:
+    """Sweep now and then every ``cfg.every`` seconds until ``stop``; a failed sweep is logged, the next one runs."""
+    cfg = cfg or SweepSettings()
+    while not stop.is_set():
+        try:
+            result = await sweep_if_alone(client, cfg)
+            if result is not None and result.removed:
+                log.info("swept %d sandbox(es): %s", len(result.removed), result.removed)
+        except Exception:
+            log.exception("sandbox sweep failed; the next one is in %ss", cfg.every)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=cfg.every)
+
+
+async def retire_schedule(client: Client, task_queue: str) -> None:
+    """Delete the sweep schedule an older release created, and stop a sweep it may have left running."""
+    handle = client.get_schedule_handle(f"{OLD_SCHEDULE_ID}-{task_queue}")
+    try:
+        described = await handle.describe()
+        await handle.delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            log.warning("could not remove the old sweep schedule %s: %s", handle.id, exc.message)
+        return
+    log.info("removed the old sweep schedule %s: the pipeline worker sweeps now", handle.id)
+    for action in described.info.running_actions:
+        if isinstance(action, ScheduleActionExecutionStartWorkflow):
+            with suppress(RPCError):  # it may have finished meanwhile
+                await client.get_workflow_handle(action.workflow_id, run_id=action.first_execution_run_id).terminate(
+                    "the sandbox sweeper now runs in the pipeline worker")
