@@ -8,6 +8,7 @@ tail are shown, not how the skills or the workflow produce them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from core.temporal import ui_link
 from tests.helpers import wait_run
-from tests.stack import SAMPLE_REPO, Stack
+from tests.stack import SAMPLE_REPO, Stack, sql
 
 #: The sample's xfail test, which fails under --runxfail (examples/sample-app/tests/test_slug.py).
 FAILING_TEST = "test_slugify_transliterates_accented_letters"
@@ -58,7 +59,7 @@ def test_run_wait_names_the_failing_test_and_the_reason(failed_run: tuple[subpro
     done, run_id = failed_run
     assert done.returncode == 1, done.stdout + done.stderr
     test = stage(run_view(stack, run_id), "test")
-    assert test["status"] == "failed"
+    assert test["status"] == "failed", done.stdout
     assert FAILING_TEST in done.stdout
     assert test["reason"] and test["reason"] in done.stdout  # the reason line, whole
     assert "skipped because" in done.stdout  # review did not run, and the table says why
@@ -138,3 +139,23 @@ def test_unknown_run_is_one_error_line(stack: Stack) -> None:
         assert done.returncode == 1
         assert done.stderr.strip().splitlines() == ["error: run 'no-such-run' not found"], done.stderr
         assert not done.stdout
+
+
+def test_a_failed_stage_without_a_result_gets_its_agents_report(
+    failed_run: tuple[subprocess.CompletedProcess[str], str], stack: Stack
+) -> None:
+    """If the run's record lost a failed stage's result, the API and CLI take the agent's report from its attempt."""
+    _, run_id = failed_run
+    before = next(s for s in run_view(stack, run_id)["stages"] if s["status"] == "failed" and s["result"])
+    recorded = sql("SELECT stages::text AS stages FROM runs WHERE id = :id", id=run_id)[0]["stages"]
+    bare = [{**s, "result": None} if s["name"] == before["name"] else s for s in json.loads(recorded)]
+    sql("UPDATE runs SET stages = CAST(:stages AS json) WHERE id = :id", stages=json.dumps(bare), id=run_id)
+    try:
+        after = stage(run_view(stack, run_id), before["name"])
+        assert after["result"] and after["result"]["log_tail"] == before["result"]["log_tail"]
+        assert after["failures"] == before["failures"] and after["reason"] == before["reason"]
+        shown = devart(stack, "runs", "show", run_id).stdout
+        assert f"{before['name']} · log tail" in shown
+        assert all(f["test"] in shown for f in before["failures"][:5])
+    finally:
+        sql("UPDATE runs SET stages = CAST(:stages AS json) WHERE id = :id", stages=recorded, id=run_id)
