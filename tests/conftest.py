@@ -20,6 +20,7 @@ from core import db, services
 from core.embedded import stop_postgres
 from core.services import free_port
 from core.supervisor import Child, Supervisor, stop_child
+from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
 from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require
 
@@ -43,6 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "DEVART_GITHUB_TOKEN": f"ghs_test{uuid.uuid4().hex}",
         "DEVART_GITHUB_WEBHOOK_SECRET": f"whsec-{uuid.uuid4().hex}",
         "DEVART_LOG_LEVEL": "INFO",
+        # The agents' package proxy keeps its files between sessions: repeated sessions download nothing again.
+        "DEVART_PACKAGE_INDEX_CACHE": str(download_cache("packages")),
     }
     embedded = not os.environ.get("DATABASE_URL")
     os.environ.update(env)

@@ -45,6 +45,17 @@ async def wait_stage(api: httpx.AsyncClient, run_id: str, stage: str, status: st
     return await poll(reached, deadline=deadline, what=f"stage {stage} of {run_id} to be {status}")
 
 
+def download_cache(name: str) -> Path:
+    """A folder kept between test sessions for what the tests download (pinned sdists, the package proxy's files),
+    so a repeated session does not fetch them again. ``DEVART_TEST_CACHE`` moves it."""
+    import os
+
+    base = Path(os.environ.get("DEVART_TEST_CACHE") or Path.home() / ".cache" / "devart-tests")
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 

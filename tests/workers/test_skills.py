@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
 from core.errors import SkillError
 from sandboxes.base import Sandbox
+from tests.helpers import download_cache
 from workers.skills.base import SkillContext
 from workers.skills.registry import SKILLS, get_skill
 
@@ -37,23 +39,30 @@ Provision = Callable[..., Awaitable[SandboxHandle]]
 
 
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    """A bubblewrap sandbox whose ``network: packages`` commands reach the package index through its proxy."""
     if shutil.which("bwrap") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("bubblewrap (bwrap) is required under CI")
         pytest.skip("bubblewrap (bwrap) is not installed")
     from sandboxes.local import LocalSandbox
+    from sandboxes.package_index import serve_package_index
 
-    return LocalSandbox(tmp_path_factory.mktemp("sandboxes"), isolation="bubblewrap")
+    folder = Path(tempfile.mkdtemp(prefix="devart-skills-"))  # a unix socket's path must stay short
+    try:
+        async with serve_package_index(folder / "index.sock", download_cache("packages")) as index:
+            yield LocalSandbox(tmp_path_factory.mktemp("sandboxes"), isolation="bubblewrap", package_index=index)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
 async def provision(sandbox: Sandbox) -> AsyncIterator[Provision]:
     handles: list[SandboxHandle] = []
 
-    async def make(repo: Path = SAMPLE, ref: str | None = None) -> SandboxHandle:
-        handle = await sandbox.provision(f"run-{uuid.uuid4().hex[:8]}", "skills", Source(repo=str(repo), ref=ref),
-                                         SandboxSpec())
+    async def make(repo: Path = SAMPLE, ref: str | None = None, run_id: str | None = None) -> SandboxHandle:
+        handle = await sandbox.provision(run_id or f"run-{uuid.uuid4().hex[:8]}", "skills",
+                                         Source(repo=str(repo), ref=ref), SandboxSpec(network="packages"))
         handles.append(handle)
         return handle
 
@@ -163,10 +172,93 @@ async def test_no_tests_collected_succeeds_with_zero(sandbox: Sandbox, provision
     assert result.summary == "no tests were collected"
 
 
-async def test_pytest_usage_error_is_retryable(sandbox: Sandbox, provision: Provision) -> None:
+async def test_pytest_usage_error_is_not_retried(sandbox: Sandbox, provision: Provision) -> None:
     with pytest.raises(SkillError) as caught:
         await run_skill(sandbox, await provision(), "test", {"pytest_args": "--no-such-option"})
-    assert caught.value.error_type == "TestRunError" and not caught.value.non_retryable
+    assert caught.value.error_type == "TestRunError" and caught.value.non_retryable  # a rerun fails the same way
+    assert "--no-such-option" in str(caught.value)
+
+
+def small_project(folder: Path, declare: str = "", backend: str = "hatchling") -> Path:
+    """A project whose test imports ``tomli_w`` (which pytest does not bring), declared (``declare``: TOML
+    appended) or not."""
+    backends = {"hatchling": ('["hatchling"]', "hatchling.build"), "flit": ('["flit_core>=3.2,<4"]',
+                                                                           "flit_core.buildapi"),
+                "missing": ('["devart-no-such-backend-zzz"]', "nowhere.build")}
+    requires, api = backends[backend]
+    (folder / "pyproject.toml").write_text(
+        f'[build-system]\nrequires = {requires}\nbuild-backend = "{api}"\n\n'
+        '[project]\nname = "tinyproj"\nversion = "1.0"\ndescription = "tiny"\n' + declare)
+    (folder / "tinyproj").mkdir()
+    (folder / "tinyproj" / "__init__.py").write_text('"""tiny."""\n\ndef answer():\n    return 42\n')
+    (folder / "tests").mkdir()
+    (folder / "tests" / "test_tiny.py").write_text(
+        "import tomli_w\n\nimport tinyproj\n\n\ndef test_answer():\n    assert tinyproj.answer() == 42\n\n\n"
+        "def test_dumps():\n    assert tomli_w.dumps({'a': 1}) == 'a = 1\\n'\n")
+    return folder
+
+
+async def test_tests_run_against_the_wheel_the_build_stage_made(sandbox: Sandbox, provision: Provision) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    built = await run_skill(sandbox, await provision(run_id=run_id), "build")
+    assert built.output["artifacts"] == ["textstats-0.3.1-py3-none-any.whl"]
+    result = await run_skill(sandbox, await provision(run_id=run_id), "test")
+    environment = result.output["environment"]
+    assert environment["tested"] == "wheel textstats-0.3.1-py3-none-any.whl from the build stage"
+    assert any(line.startswith("textstats @ file://") for line in environment["installed"]), environment
+    assert any(line.startswith("pytest==") for line in environment["installed"])
+    # Another run's sandbox gets none of it.
+    other = await run_skill(sandbox, await provision(), "test")
+    assert other.output["environment"]["tested"] == "the project built from the checkout"
+
+
+async def test_an_undeclared_test_dependency_is_a_named_collection_failure(
+    sandbox: Sandbox, provision: Provision, tmp_path: Path
+) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(small_project(tmp_path)), "test")
+    error = caught.value
+    assert error.error_type == "TestCollectionFailed" and error.non_retryable  # a rerun cannot fix it
+    assert "No module named 'tomli_w'" in str(error) and "tests/test_tiny.py" in str(error)
+    assert (error.output["errors"], error.output["passed"]) == (1, 0)
+
+
+@pytest.mark.parametrize("declare, source", [
+    ('\n[dependency-groups]\ntest = [{include-group = "base"}]\nbase = ["tomli-w>=1"]\n',
+     "dependency group 'test'"),
+    ('\n[project.optional-dependencies]\ntests = ["tomli-w>=1"]\ndocs = ["devart-no-such-package-zzz"]\n',
+     "extra 'tests'"),
+    ("\n[tool.poetry.group.test.dependencies]\ntomli-w = \"^1.0\"\n", "Poetry group 'test'"),
+])
+async def test_declared_test_dependencies_are_installed(
+    sandbox: Sandbox, provision: Provision, tmp_path: Path, declare: str, source: str
+) -> None:
+    result = await run_skill(sandbox, await provision(small_project(tmp_path, declare, backend="flit")), "test")
+    assert (result.output["passed"], result.output["failed"], result.output["errors"]) == (2, 0, 0)
+    assert result.output["environment"]["sources"] == [source]
+    assert any(line.startswith("tomli-w==1.") for line in result.output["environment"]["installed"])
+
+
+async def test_a_backend_that_does_not_exist_fails_the_build_with_the_reason(
+    sandbox: Sandbox, provision: Provision, tmp_path: Path
+) -> None:
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(small_project(tmp_path, backend="missing")), "build")
+    assert caught.value.error_type == "BuildFailed" and caught.value.non_retryable
+    assert "devart-no-such-backend-zzz" in str(caught.value)
+
+
+async def test_without_the_package_index_the_build_says_which_network_it_needs(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    handle = await sandbox.provision(f"run-{uuid.uuid4().hex[:8]}", "build",
+                                     Source(repo=str(small_project(tmp_path))), SandboxSpec(network="none"))
+    try:
+        with pytest.raises(SkillError) as caught:
+            await run_skill(sandbox, handle, "build")
+    finally:
+        await sandbox.teardown(handle)
+    assert caught.value.non_retryable and "network: packages" in str(caught.value)
 
 
 async def test_lint_finds_the_deliberate_findings(sandbox: Sandbox, provision: Provision) -> None:

@@ -56,8 +56,8 @@ class Report:
                     continue
                 counts[name] += 1
                 if key in ("failed", "error") and len(failures) < MAX_LISTED:
-                    when = getattr(report, "when", None)
-                    outcome = "failed" if key == "failed" else ("collection error" if when is None else "error")
+                    collecting = getattr(report, "when", None) in (None, "collect")
+                    outcome = "failed" if key == "failed" else ("collection error" if collecting else "error")
                     failures.append({"test": str(getattr(report, "nodeid", "")) or "<session>",
                                      "outcome": outcome, "message": reason(report)[:500]})
         data = {**counts, "total": sum(counts.values()), "exit_code": int(exitstatus), "failures": failures,

@@ -99,8 +99,12 @@ async def run(ctx: SkillContext) -> StageResult:
     result = await cmd.run("pytest", argv, timeout=timeout)
     report = _load_report(await cmd.read_text(REPORT_PATH)) if not result.timed_out else None
     if report is None:
-        why = f"timed out after {timeout:g}s" if result.timed_out else f"pytest exited with code {result.exit_code}"
-        raise SkillError(f"test run error: {why}", error_type="TestRunError", non_retryable=False,
+        # No session: timed out (worth a retry), or refused to start: a usage error or a conftest that does not
+        # import (deterministic, so not).
+        deterministic = not result.timed_out and result.exit_code in (EXIT_INTERRUPTED, 3, 4)
+        why = (f"timed out after {timeout:g}s" if result.timed_out
+               else f"pytest exited with code {result.exit_code}: {_startup_error(result.output)}")
+        raise SkillError(f"test run error: {why}"[:600], error_type="TestRunError", non_retryable=deterministic,
                          output={"exit_code": result.exit_code, "timed_out": result.timed_out,
                                  "environment": environment}, log_tail=cmd.log_tail)
     report.update(duration=round(result.duration, 3), exit_code=result.exit_code, environment=environment)
@@ -134,6 +138,16 @@ def _run_error(code: int, report: dict[str, Any], summary: str, cmd: Commands) -
         why = f"pytest could not run (exit code {code}): see the log"
     error_type = "TestCollectionFailed" if collection else ("TestsFailed" if errors else "TestRunError")
     return SkillError(why[:600], error_type=error_type, non_retryable=True, output=report, log_tail=cmd.log_tail)
+
+
+def _startup_error(output: str) -> str:
+    """Why pytest did not start: its ``error:`` line, the missing module of a conftest, or its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    missing = _MISSING_MODULE.search(output)
+    if missing:
+        return f"No module named '{missing.group(1)}'"
+    errors = [line for line in lines if re.search(r"\berror: |^E\s+\w+Error|^ERROR: (?!usage)", line)]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 def _load_report(text: str | None) -> dict[str, Any] | None:
