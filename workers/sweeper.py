@@ -27,6 +27,8 @@ from core import db
 from core.contracts import SandboxHandle
 from core.events import add_event
 from core.models import Run, utcnow
+from sandboxes import artifacts
+from sandboxes.base import Sandbox
 from sandboxes.factory import get_sandbox
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class SweepSettings(BaseSettings):
 class SweepResult(BaseModel):
     removed: dict[str, str] = Field(default_factory=dict, description="Sandbox id -> why it was removed.")
     kept: int = 0
+    artifacts_removed: list[str] = Field(default_factory=list, description="Runs whose handed-on files were dropped.")
 
 
 def _why(handle: SandboxHandle, run_status: str | None, cfg: SweepSettings) -> str | None:
@@ -94,6 +97,7 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
             continue
         await sandbox.teardown(handle)
         result.removed[handle.id] = reason
+    result.artifacts_removed = await _prune_artifacts(client, sandbox)
     if result.removed:
         async with db.session() as s:
             owners = {h.id: h.run_id or None for h in handles}
@@ -101,6 +105,21 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
                 add_event(s, "sandbox.swept", f"sandbox {sandbox_id} removed: {why}", run_id=owners.get(sandbox_id),
                           sandbox=sandbox_id, backend=sandbox.backend)
     return result
+
+
+async def _prune_artifacts(client: Client, sandbox: Sandbox) -> list[str]:
+    """Drop the files stages handed on (``sandboxes/artifacts.py``) of every run that is no longer going."""
+    from sandboxes.local import LocalSandbox
+
+    if not isinstance(sandbox, LocalSandbox):
+        return []
+    stored = await asyncio.to_thread(artifacts.runs, sandbox.root)
+    if not stored:
+        return []
+    async with db.session() as s:
+        rows = (await s.exec(select(Run.id).where(col(Run.id).in_(stored), Run.status == "running"))).all()
+    going = {run_id for run_id in rows if await _temporal_status(client, run_id) is None}
+    return await asyncio.to_thread(sandbox.remove_artifacts, going)
 
 
 async def sweep_if_alone(client: Client, cfg: SweepSettings) -> SweepResult | None:

@@ -24,6 +24,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from core import db
+from sandboxes import artifacts
 from sandboxes.workspace import create_layout
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_stage
 from tests.stack import Stack, sql
@@ -133,3 +134,30 @@ async def test_a_worker_retires_the_old_schedule(temporal: Client, stack: Stack,
             return True
 
     await poll(removed, deadline=60, what="the worker to delete the old sweep schedule")
+
+
+async def test_handed_on_files_go_when_their_run_has_ended(
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path, fast_sweeps: None
+) -> None:
+    # Given a run still going and one long gone, each with a file its build stage handed on
+    cap = unique("handed")
+    stack.start_agent(unique("agent"), [cap])
+    name = unique("handed")
+    await publish(api, {"name": name, "stages": [noop_stage("long", cap, sleep=120)]})
+    going = await start(api, name, tmp_path)
+    await wait_stage(api, going, "long", "running")
+    root = stack.state / "sandboxes"
+    for run_id in (going, unique("gone")):
+        artifacts.store(root, run_id, "proj-1.0-py3-none-any.whl", b"wheel")
+    gone = [r for r in artifacts.runs(root) if r.startswith("gone-")]
+
+    # When the worker sweeps
+    restart_worker(stack, DEVART_SWEEP_EVERY="1")
+
+    # Then the ended run's files are removed and the running one's kept
+    async def pruned() -> bool:
+        return not set(gone) & set(artifacts.runs(root))
+
+    await poll(pruned, deadline=60, every=0.5, what="the sweeper to drop the ended run's files")
+    assert going in artifacts.runs(root)
+    await api.post(f"/v1/runs/{going}/cancel")
