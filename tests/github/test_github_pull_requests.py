@@ -28,11 +28,12 @@ def pipeline(name: str) -> dict[str, Any]:
     """lint ∥ test; review after lint; package after test (so it is skipped: the PR breaks a test)."""
     return {"name": name, "params": {"base": "", "pr_number": ""}, "stages": [
         {"name": "lint", "skill": "lint", "requires": ["python", "lint"], "timeout": 300},
-        {"name": "test", "skill": "test", "requires": ["python", "test"], "timeout": 300},
+        {"name": "test", "skill": "test", "requires": ["python", "test"], "timeout": 300,
+         "sandbox": {"network": "packages"}},
         {"name": "review", "skill": "review", "requires": ["code-review"], "depends_on": ["lint"],
          "inputs": {"base": "${base}"}, "timeout": 300, "heartbeat_timeout": 60},
         {"name": "package", "skill": "build", "requires": ["python", "build"], "depends_on": ["test"],
-         "timeout": 300},
+         "timeout": 300, "sandbox": {"network": "packages"}},
     ]}
 
 

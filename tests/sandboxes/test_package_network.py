@@ -262,6 +262,7 @@ def state_home(monkeypatch: pytest.MonkeyPatch, short_folder: Path) -> Iterator[
     """``DEVART_HOME`` set to a fresh folder, with the settings read anew (and again once the test is over)."""
     home = short_folder / "home"
     monkeypatch.setenv("DEVART_HOME", str(home))
+    monkeypatch.delenv("DEVART_PACKAGE_INDEX_CACHE", raising=False)  # the test session's own shared cache
     settings.state.cache_clear()
     settings.package_index.cache_clear()
     yield home

@@ -280,7 +280,10 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
             extras += [normalize(e) for e in re.findall(r"\[([^\]]*)\]", req)[:1][0].split(",")] if "[" in req else []
             continue
         kept.append(req)
-    return {"name": name, "extras": sorted(set(e for e in extras if e)), "requirements": kept, "sources": sources}
+    installable = ("build-system" in pyproject or "project" in pyproject
+                   or any(os.path.isfile(os.path.join(project, f)) for f in ("setup.py", "setup.cfg")))
+    return {"name": name, "extras": sorted(set(e for e in extras if e)), "requirements": kept, "sources": sources,
+            "installable": installable}
 
 
 if __name__ == "__main__":

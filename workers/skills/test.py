@@ -1,11 +1,12 @@
 """The ``test`` skill: install what was built and what its tests need, run pytest, report pytest's own counts.
 
 The tests run in a fresh virtualenv holding the wheel the build stage handed on (or, without one, the project
-built from the checkout, with PEP 517 isolation), plus the test dependencies the project declares
-(``workers/skills/project_deps.py`` says where they are looked for). pytest runs with the project's own
-configuration from the project folder, against the installed package: nothing of the checkout is put on
-``sys.path`` beyond what pytest's own rules and the project's configuration put there. Counts come from pytest's
-statistics (``workers/skills/pytest_report.py``), so they equal pytest's closing line.
+built from the checkout, with PEP 517 isolation; a checkout with no packaging metadata is tested in place), plus
+the test dependencies the project declares (``workers/skills/project_deps.py`` says where they are looked for).
+pytest runs with the project's own configuration from the project folder, against the installed package:
+nothing of the checkout is put on ``sys.path`` beyond what pytest's own rules and the project's configuration
+put there. Counts come from pytest's statistics (``workers/skills/pytest_report.py``), so they equal pytest's
+closing line.
 
 A failing test fails the stage; so does a collection error (naming the missing module when that is the cause),
 and neither is retried: a rerun would fail the same way. An unreachable package index and a timed-out run are
@@ -83,14 +84,16 @@ async def run(ctx: SkillContext) -> StageResult:
     if wheel is not None:
         target = f"{wheel['name']}{extras} @ file://{workspace}/{artifacts.IN_WORKSPACE}/{wheel['file']}"
         tested = f"wheel {wheel['file']} from the build stage"
-    else:
+    elif deps["installable"]:
         path = workspace if project == "." else f"{workspace}/{project}"
         target = f"{own}{extras} @ file://{path}" if own else path
         tested = "the project built from the checkout"
+    else:  # tests beside plain modules, no packaging: pytest finds them in the checkout, as it would locally
+        target, tested = None, "the checkout (no project metadata to install)"
     ctx.progress(f"testing {tested}; test dependencies from {', '.join(deps['sources']) or 'nowhere declared'}")
     python = await create_venv(ctx, cmd, VENV, timeout=timeout, error_type="TestEnvironmentFailed")
-    await install(ctx, cmd, python, [target, "-r", deps["requirements_file"], "pytest"], timeout=timeout,
-                  error_type="TestDependenciesFailed")
+    await install(ctx, cmd, python, [*([target] if target else []), "-r", deps["requirements_file"], "pytest"],
+                  timeout=timeout, error_type="TestDependenciesFailed")
     environment = {"tested": tested, "sources": deps["sources"], "extras": deps["extras"],
                    "installed": await freeze(ctx, cmd, python)}
 
