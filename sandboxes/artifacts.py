@@ -3,7 +3,9 @@
 The local backend keeps them under ``<sandbox root>/.artifacts/<run id>/`` (a name no sandbox id can take, and
 hidden from every sandbox like the rest of the root) and copies them into each new sandbox of the same run, at
 ``.devart/artifacts/`` in its workspace. The agent stores them from bytes it read through the sandbox, never by
-following a path the sandbox controls, so a symbolic link in the workspace cannot make it copy a host file.
+following a path the sandbox controls, so a symbolic link in the workspace cannot make it copy a host file; the
+copy into a new workspace first replaces whatever the checkout has on that path, so a link there cannot make it
+write one.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 STORE = ".artifacts"
 #: Where a sandbox finds its run's artifacts, relative to its workspace.
 IN_WORKSPACE = ".devart/artifacts"
-#: Largest artifact kept (a larger wheel is not passed on; the test stage then installs from source).
-MAX_BYTES = 15 << 20
+#: Largest artifact kept (a larger wheel is not passed on; the test stage then installs from source). The agent
+#: reads it through the sandbox as base64, which must fit the skills' data output cap (20 MB): 14 MiB does.
+MAX_BYTES = 14 << 20
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}$")
 
 
@@ -57,11 +60,28 @@ def copy_into(root: Path, run_id: str, workdir: Path) -> list[str]:
                    and not p.name.startswith(".tmp-"))
     if not names:
         return []
-    dest = workdir / IN_WORKSPACE
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _fresh_folder(workdir, IN_WORKSPACE)
     for name in names:
-        shutil.copyfile(folder / name, dest / name, follow_symlinks=False)
+        shutil.copyfile(folder / name, dest / name)
     return names
+
+
+def _fresh_folder(workdir: Path, relative: str) -> Path:
+    """``workdir/relative`` as new, real folders: whatever the checkout put on that path goes first.
+
+    This runs as root before any command, in a checkout the repository controls: a symbolic link committed at
+    ``.devart`` or below would otherwise lead the copy to a host folder. Nothing runs in the sandbox yet, so
+    nothing can put one back before the copy.
+    """
+    path = workdir
+    for part in Path(relative).parts:
+        path = path / part
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        elif path.is_dir() and path == workdir / relative:
+            shutil.rmtree(path)
+        path.mkdir(exist_ok=True)
+    return path
 
 
 def runs(root: Path) -> list[str]:
