@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import date
+from functools import lru_cache
 
 from core.errors import SkillError
 from sandboxes.base import ExecResult
@@ -31,6 +32,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 REASON_CHARS = 400
 
 
+@lru_cache(maxsize=1)
 def uv_binary() -> str:
     """The ``uv`` executable shipped with the agent (the PyPI package ``uv``); the sandbox sees the agent's venv."""
     from uv import find_uv_bin

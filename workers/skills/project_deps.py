@@ -3,7 +3,7 @@
 The test skill sends this module's source to the sandbox (``python -c``) with the project folder as argument, so
 it imports only the standard library (``packaging`` is used when the interpreter has it). It prints one JSON
 object: the project's name, the extras to install with it, the extra requirements (written, filtered, to a
-requirements file in the workspace) and where each came from.
+requirements file in the workspace), where each came from, and the wheels earlier stages handed on.
 
 Where projects declare test dependencies, in the order they are looked for: PEP 735 dependency groups, extras
 (``[project.optional-dependencies]`` or ``setup.cfg``), PDM's and Poetry's development groups, and
@@ -16,10 +16,12 @@ dropped: the skill installs the project (or the wheel built from it) on its own.
 from __future__ import annotations
 
 import configparser
+import email.parser
 import json
 import os
 import re
 import sys
+import zipfile
 from typing import Any
 
 try:
@@ -214,6 +216,25 @@ def _nox(project: str) -> list[str]:
     return found
 
 
+def built_wheels(folder: str) -> list[dict[str, Any]]:
+    """The wheels an earlier stage handed on (in ``folder``): file, normalized project name, declared extras."""
+    found = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".whl"):
+            continue
+        try:
+            with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
+                meta = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
+                text = wheel.read(meta[0]).decode("utf-8", "replace") if meta else ""
+        except (OSError, zipfile.BadZipFile):
+            continue
+        headers = email.parser.Parser().parsestr(text, headersonly=True)
+        if headers.get("Name"):
+            found.append({"file": name, "name": normalize(headers["Name"]),
+                          "extras": headers.get_all("Provides-Extra") or []})
+    return found
+
+
 def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, Any]:
     """What the project's tests need: its name, the extras to install it with, extra requirements, sources."""
     pyproject = _read_toml(os.path.join(project, "pyproject.toml"))
@@ -287,12 +308,12 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
 
 
 if __name__ == "__main__":
-    project_dir, workspace = sys.argv[1], sys.argv[2]
-    wheel_extras = [e for e in sys.argv[3].split(",") if e] if len(sys.argv) > 3 else []
-    result = discover(project_dir, wheel_extras)
+    project_dir, workspace, artifacts_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+    wheels = built_wheels(os.path.join(workspace, artifacts_dir))
+    result = discover(project_dir, [extra for wheel in wheels for extra in wheel["extras"]])
     out = os.path.join(workspace, OUTPUT)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in result["requirements"]))
-    result["requirements_file"] = OUTPUT
+    result.update(requirements_file=OUTPUT, wheels=wheels)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -44,24 +44,6 @@ _PROJECT_DEPS = inspect.getsource(project_deps)
 _PYTEST_REPORT = inspect.getsource(pytest_report)
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 
-#: Prints the wheels handed on to this stage: [{"file", "name", "extras"}] (argv: the artifacts folder).
-_FIND_WHEELS = r"""
-import email.parser, json, os, re, sys, zipfile
-folder, found = sys.argv[1], []
-for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-    if not f.endswith(".whl"):
-        continue
-    with zipfile.ZipFile(os.path.join(folder, f)) as wheel:
-        meta = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1]
-        if not meta:
-            continue
-        headers = email.parser.Parser().parsestr(wheel.read(meta[0]).decode("utf-8", "replace"), headersonly=True)
-    found.append({"file": f, "name": re.sub(r"[-_.]+", "-", headers.get("Name", "")).lower(),
-                  "extras": headers.get_all("Provides-Extra") or []})
-print(json.dumps(found))
-"""
-
-
 async def run(ctx: SkillContext) -> StageResult:
     raw_args = ctx.task.inputs.get("pytest_args") or ""
     if not isinstance(raw_args, str):
@@ -75,9 +57,8 @@ async def run(ctx: SkillContext) -> StageResult:
     workspace = ctx.workspace
     cmd = Commands(ctx)
 
-    wheels = await cmd.python_json("find the built wheel", _FIND_WHEELS, artifacts.IN_WORKSPACE)
-    deps = await cmd.python_json("find test dependencies", _PROJECT_DEPS, project, ".",
-                                 ",".join(e for w in wheels for e in w["extras"]))
+    deps = await cmd.python_json("find test dependencies", _PROJECT_DEPS, project, ".", artifacts.IN_WORKSPACE)
+    wheels = deps["wheels"]
     own = project_deps.normalize(deps.get("name") or "")
     wheel = next((w for w in wheels if w["name"] == own), wheels[0] if len(wheels) == 1 and not own else None)
     extras = f"[{','.join(deps['extras'])}]" if deps["extras"] else ""
