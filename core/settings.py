@@ -66,6 +66,25 @@ class ApiSettings(BaseSettings):
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
 
 
+class RunPolicySettings(BaseSettings):
+    """Limits stamped into every run at its start, so its workflow stays deterministic whatever changes later."""
+
+    model_config = _config("DEVART_")
+    approval_timeout: float = Field(
+        default=24 * 3600.0, gt=0, description="Seconds a stage paused on a soft budget waits for an approval."
+    )
+
+
+class SweepSettings(BaseSettings):
+    """How often the pipeline worker sweeps leftover sandboxes and what it removes."""
+
+    model_config = _config("DEVART_SWEEP_")
+    every: float = Field(default=60.0, gt=0, description="Seconds between two sweeps.")
+    ttl_seconds: float = Field(default=6 * 3600, gt=0, description="Remove any sandbox older than this.")
+    grace_seconds: float = Field(default=60, ge=0, description="Never remove a sandbox of an unknown run younger "
+                                 "than this (its run may be starting).")
+
+
 class WorkerSettings(BaseSettings):
     """The pipeline worker's own endpoints."""
 
@@ -197,3 +216,8 @@ def admin() -> AdminSettings:
 @lru_cache
 def worker() -> WorkerSettings:
     return WorkerSettings()
+
+
+@lru_cache
+def run_policy() -> RunPolicySettings:
+    return RunPolicySettings()

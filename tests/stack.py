@@ -36,7 +36,7 @@ def require(condition: bool, why: str) -> None:
 
 def clear_settings_caches() -> None:
     for fn in (settings.state, settings.temporal, settings.amqp, settings.api, settings.sandbox, settings.agent,
-               settings.admin, settings.k8s,
+               settings.admin, settings.k8s, settings.package_index, settings.run_policy,
                db.database_url, db.engine, db._sessions):
         fn.cache_clear()
     from sandboxes.factory import get_sandbox

@@ -17,7 +17,6 @@ from contextlib import suppress
 from datetime import timedelta
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import text
 from sqlmodel import col, select
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
@@ -27,6 +26,7 @@ from core import db
 from core.contracts import SandboxHandle
 from core.events import add_event
 from core.models import Run, utcnow
+from core.settings import SweepSettings
 from sandboxes import artifacts
 from sandboxes.base import Sandbox
 from sandboxes.factory import get_sandbox
@@ -37,16 +37,6 @@ log = logging.getLogger(__name__)
 OLD_SCHEDULE_ID = "devart-sandbox-sweeper"
 #: The advisory lock a worker holds while it sweeps; any other worker skips that round.
 LOCK_KEY = zlib.crc32(b"devart-sandbox-sweeper")
-
-
-class SweepSettings(BaseSettings):
-    """How often the pipeline worker sweeps and what it removes."""
-
-    model_config = SettingsConfigDict(env_prefix="DEVART_SWEEP_", env_file=".env", extra="ignore")
-    every: float = Field(default=60.0, gt=0, description="Seconds between two sweeps.")
-    ttl_seconds: float = Field(default=6 * 3600, gt=0, description="Remove any sandbox older than this.")
-    grace_seconds: float = Field(default=60, ge=0, description="Never remove a sandbox of an unknown run younger "
-                                 "than this (its run may be starting).")
 
 
 class SweepResult(BaseModel):

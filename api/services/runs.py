@@ -5,11 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -40,20 +37,6 @@ _EXTERNAL_END = {
 
 class RunConflict(DevartError):
     """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
-
-
-class RunPolicySettings(BaseSettings):
-    """Limits stamped into every run at its start, so its workflow stays deterministic whatever changes later."""
-
-    model_config = SettingsConfigDict(env_prefix="DEVART_", env_file=".env", extra="ignore")
-    approval_timeout: float = Field(
-        default=24 * 3600.0, gt=0, description="Seconds a stage paused on a soft budget waits for an approval."
-    )
-
-
-@lru_cache
-def run_policy() -> RunPolicySettings:
-    return RunPolicySettings()
 
 
 def check_source(repo: str, ref: str | None) -> Source:
@@ -105,7 +88,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
             PipelineWorkflow.run,
             RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
                      priority=priority, engine=ENGINE,
-                     approval_timeout=timedelta(seconds=run_policy().approval_timeout)),
+                     approval_timeout=timedelta(seconds=settings.run_policy().approval_timeout)),
             id=run_id,
             task_queue=settings.temporal().task_queue,
             search_attributes=search_attributes(definition.name, source.repo, req.trigger),

@@ -24,11 +24,12 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from core import db
+from core.settings import SweepSettings
 from sandboxes import artifacts
 from sandboxes.workspace import create_layout
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_stage
 from tests.stack import Stack, sql
-from workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, SweepSettings, sweep_if_alone
+from workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, sweep_if_alone
 
 
 def restart_worker(stack: Stack, **env: str) -> None:
@@ -38,6 +39,17 @@ def restart_worker(stack: Stack, **env: str) -> None:
     stack.worker.proc.wait()
     stack.supervisor.children.remove(stack.worker)
     stack.worker = stack.supervisor.spawn("worker", "worker", env=env)
+
+
+async def start_busy_run(api: httpx.AsyncClient, stack: Stack, repo: Path) -> str:
+    """A run whose one stage is busy in its sandbox for two minutes, on an agent of its own."""
+    cap = unique("busy")
+    stack.start_agent(unique("agent"), [cap])
+    name = unique("busy")
+    await publish(api, {"name": name, "stages": [noop_stage("long", cap, sleep=120)]})
+    run_id = await start(api, name, repo)
+    await wait_stage(api, run_id, "long", "running")
+    return run_id
 
 
 @pytest.fixture
@@ -51,12 +63,7 @@ async def test_sweeper_removes_what_a_dead_worker_left(
     api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path, fast_sweeps: None
 ) -> None:
     # Given a stage busy in its sandbox
-    cap = unique("orphan")
-    stack.start_agent(unique("agent"), [cap])
-    name = unique("orphan")
-    await publish(api, {"name": name, "stages": [noop_stage("long", cap, sleep=120)]})
-    run_id = await start(api, name, tmp_path)
-    await wait_stage(api, run_id, "long", "running")
+    run_id = await start_busy_run(api, stack, tmp_path)
     sandboxes = stack.state / "sandboxes"
 
     def mine() -> list[Path]:
@@ -140,12 +147,7 @@ async def test_handed_on_files_go_when_their_run_has_ended(
     api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path, fast_sweeps: None
 ) -> None:
     # Given a run still going and one long gone, each with a file its build stage handed on
-    cap = unique("handed")
-    stack.start_agent(unique("agent"), [cap])
-    name = unique("handed")
-    await publish(api, {"name": name, "stages": [noop_stage("long", cap, sleep=120)]})
-    going = await start(api, name, tmp_path)
-    await wait_stage(api, going, "long", "running")
+    going = await start_busy_run(api, stack, tmp_path)
     root = stack.state / "sandboxes"
     for run_id in (going, unique("gone")):
         artifacts.store(root, run_id, "proj-1.0-py3-none-any.whl", b"wheel")
