@@ -1,22 +1,31 @@
-"""How bubblewrap confines a local sandbox command: namespaces, mounts, and the drop to an unprivileged uid.
+"""How bubblewrap confines a local sandbox command: what it can see, its namespaces, the drop to an unprivileged uid.
 
 Run by root (the usual case for the worker and agents), bubblewrap starts as root without a user namespace, so
 it can mount whatever the sandbox needs, and ``setpriv`` drops to uid/gid 65534 ("nobody") with no groups, no
 capabilities and ``no_new_privs`` as the very last step before the command. The command is then an ordinary
-unprivileged process of the host: files only root may read (``/etc/shadow``, ``/root``) stay unreadable, and a
-seccomp filter (``sandboxes/seccomp.py``) stops it from creating user namespaces of its own. Run
-by another user, bubblewrap itself is unprivileged: it needs user namespaces, maps that user onto 65534 and
-forbids nested user namespaces.
+unprivileged process of the host, and a seccomp filter (``sandboxes/seccomp.py``) stops it from creating user
+namespaces of its own. Run by another user, bubblewrap itself is unprivileged: it needs user namespaces, maps
+that user onto 65534 and forbids nested user namespaces.
 
-The mounts: the host read-only; a private ``/tmp`` (``disk_mb`` at most); ``/dev`` and ``/proc`` of the
-sandbox's own; the sandbox root hidden under an empty read-only tmpfs except for this sandbox's ``workspace``
-and ``home``, the only writable paths. A host folder the sandbox user cannot traverse but must reach through
-(one above the sandbox root, or above the agent's Python, e.g. ``/root/.pyenv``) is replaced by an empty
-read-only tmpfs holding just those paths, which hides nothing the user could have read anyway.
+What the command sees is built from nothing, on an empty read-only root:
 
-With ``network: packages`` the command still gets an empty network namespace; the agent's package index proxy
-comes in as a unix socket bound at ``INDEX_SOCKET``, and ``sandboxes/package_forwarder.py`` (run with the
-agent's Python in place of the command, which it then starts) serves it on ``127.0.0.1:INDEX_PORT``.
+- the toolchain, read-only: ``/usr``, ``/etc``, ``/opt`` and the merged-/usr links (``/bin``, ``/lib``…, or
+  read-only binds where they are folders), and the agent's Python (``interpreter_paths``: its virtualenv and
+  base installation, e.g. ``/root/.pyenv/versions/3.11`` and ``<project>/.venv``) at their own paths, with
+  nothing of the folders around them (no ``/root``, no project checkout, no state folder beside the venv);
+- its volume (``sandboxes/volumes.py``: ``workspace`` and ``home``), the only writable host folder;
+- a private ``/tmp`` of ``disk_mb`` and ``/dev/shm`` of at most ``SHM_MB``, ``/dev`` and ``/proc`` of its own.
+
+Nothing else of the host: no ``/run`` or ``/var`` (so none of the host's unix sockets: PostgreSQL, MariaDB, the
+embedded services under ``/run/user``), no ``/home``, ``/root``, ``/srv``, ``/mnt``, ``/media``, ``/work`` or
+``/sys``, no other sandbox, no devart state. Should the sandbox root or the state folder lie inside one of the
+bound folders (say under ``/opt``), an empty read-only tmpfs covers it.
+
+The network is always a namespace of the command's own: empty for ``network: none``; for ``network: packages``
+the agent's package index proxy comes in as a unix socket bound at ``INDEX_SOCKET`` (the only host socket the
+sandbox has), and ``sandboxes/package_forwarder.py`` (run with the agent's Python in place of the command,
+which it then starts) serves it on ``127.0.0.1:INDEX_PORT``; for ``network: egress`` slirp4netns routes it to
+public addresses only (``sandboxes/egress.py``), bubblewrap holding the command until that is in place.
 
 The command's environment never passes through a root process (an ``LD_PRELOAD`` there would run as root) nor
 through a command line (``ps`` shows those to every user): bubblewrap clears it, and after the privilege drop a
@@ -28,7 +37,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import stat
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,12 +45,21 @@ from pathlib import Path
 
 from core.contracts import SandboxSpec
 from sandboxes import package_forwarder
+from sandboxes.egress import EgressFds, resolv_conf_path
 
 #: The uid and gid commands run as ("nobody").
 SANDBOX_UID = 65534
 #: ``PATH`` of the root-owned helpers that start a command (never the sandbox's own ``PATH``).
 HELPER_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TMP = Path("/tmp")
+DEV = Path("/dev")
+PROC = Path("/proc")
+#: Host folders every sandbox sees read-only: the toolchain and its configuration (``/opt`` when present).
+SYSTEM_PATHS = (Path("/usr"), Path("/etc"), Path("/opt"))
+#: Top-level names that merged-/usr systems make links into ``/usr``; bound read-only where they are folders.
+USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+#: Largest ``/dev/shm`` (POSIX shared memory, semaphores), as Docker's default; ``disk_mb`` when that is less.
+SHM_MB = 64
 _LOADER = '. /dev/stdin || exit 126; exec "$@" < /dev/null'
 #: Where the package index proxy's socket appears inside a ``network: packages`` sandbox (its private ``/tmp``).
 INDEX_SOCKET = TMP / ".devart-package-index.sock"
@@ -78,30 +95,6 @@ def userns_problem() -> str | None:
     return None
 
 
-def traversable(path: Path, uid: int, gids: Iterable[int]) -> bool:
-    """Whether ``uid`` (with groups ``gids``) may enter ``path``, by its mode bits (ACLs are not consulted)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return False
-    if uid == 0:
-        return True
-    if info.st_uid == uid:
-        return bool(info.st_mode & stat.S_IXUSR)
-    if info.st_gid in gids:
-        return bool(info.st_mode & stat.S_IXGRP)
-    return bool(info.st_mode & stat.S_IXOTH)
-
-
-def first_blocked(path: Path, uid: int, gids: Iterable[int]) -> Path | None:
-    """The outermost folder above ``path`` that ``uid`` cannot traverse, or None."""
-    groups = set(gids)
-    for ancestor in reversed(path.parents):
-        if ancestor != Path("/") and not traversable(ancestor, uid, groups):
-            return ancestor
-    return None
-
-
 @dataclass(frozen=True)
 class Confinement:
     """bubblewrap's command line for one sandbox root, planned once per backend."""
@@ -109,68 +102,103 @@ class Confinement:
     bwrap: str
     root: Path
     setpriv: str | None  # set when running as root: drop to SANDBOX_UID inside
-    hidden: tuple[Path, ...]  # host folders replaced by an empty read-only tmpfs
-    exposed: tuple[Path, ...]  # host folders bound read-only although under /tmp or a hidden folder
+    binds: tuple[Path, ...]  # host folders bound read-only at their own paths
+    links: tuple[tuple[str, Path], ...]  # (target, path): the merged-/usr symlinks
+    hidden: tuple[Path, ...]  # folders inside a bound one covered by an empty read-only tmpfs
 
     @classmethod
-    def plan(cls, bwrap: str, root: Path, setpriv: str | None, expose: Sequence[Path] = ()) -> Confinement:
-        """Work out which host folders to hide and which to bind back for the sandbox user to reach."""
-        uid, gids = (SANDBOX_UID, {SANDBOX_UID}) if setpriv else (os.getuid(), {os.getgid(), *os.getgroups()})
-        blocked = {path: first_blocked(path, uid, gids) for path in [root, *expose]}
-        hidden = {folder for folder in blocked.values() if folder is not None and not folder.is_relative_to(TMP)}
-        outermost = tuple(sorted(f for f in hidden if not any(f != o and f.is_relative_to(o) for o in hidden)))
-        exposed = tuple(path for path in expose if path.is_relative_to(TMP) or blocked[path] is not None)
-        return cls(bwrap=bwrap, root=root, setpriv=setpriv, hidden=outermost, exposed=exposed)
+    def plan(cls, bwrap: str, root: Path, setpriv: str | None, expose: Sequence[Path] = (),
+             hide: Sequence[Path] = ()) -> Confinement:
+        """Work out what to bind: the toolchain, ``expose`` (the agent's Python); and what to cover: ``root``
+        (the sandboxes) and ``hide`` (the state folder) wherever a bound folder holds them."""
+        system = [path for path in SYSTEM_PATHS if path.is_dir() and not path.is_symlink()]
+        links: list[tuple[str, Path]] = []
+        for name in USR_LINKS:
+            path = Path("/") / name
+            if path.is_symlink():
+                links.append((os.readlink(path), path))
+            elif path.is_dir():
+                system.append(path)
+        covered = [path for path in (root, *hide) if _inside(path, system)]
+        # A path already under a system folder is seen through it, unless a covered folder hides it again.
+        binds = [*system, *(path for path in dict.fromkeys(expose)
+                            if not _inside(path, system) or _inside(path, covered))]
+        exposed = [path for path in (root, *hide) if _inside(path, binds)]
+        hidden = tuple(dict.fromkeys(p for p in exposed if not any(p != o and p.is_relative_to(o) for o in exposed)))
+        return cls(bwrap=bwrap, root=root, setpriv=setpriv, binds=tuple(binds), links=tuple(links), hidden=hidden)
 
-    def argv(self, directory: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
-             seccomp_fd: int | None = None, index_socket: Path | None = None) -> list[str]:
-        """The argv that runs ``command`` in ``directory``'s sandbox; its environment comes on stdin.
+    def argv(self, volume: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
+             seccomp_fd: int | None = None, index_socket: Path | None = None,
+             egress: EgressFds | None = None) -> list[str]:
+        """The argv that runs ``command`` in the sandbox whose volume is ``volume``; its environment comes on stdin.
 
         ``seccomp_fd``: an inherited fd holding the filter of ``sandboxes/seccomp.py`` (when running as root).
         ``index_socket``: the package index proxy's socket, for a ``network: packages`` spec (required there).
+        ``egress``: the descriptors of the command's slirp4netns network, for a ``network: egress`` spec.
         """
         if spec.network == "packages":
             if index_socket is None:
                 raise ValueError("a 'network: packages' sandbox needs the package index proxy's socket")
             command = package_relay(command)
-        workspace, home = directory / "workspace", directory / "home"
+        if spec.network == "egress" and egress is None:
+            raise ValueError("a 'network: egress' sandbox needs its slirp4netns network's descriptors")
         argv = [self.bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts",
-                "--unshare-cgroup-try"]
+                "--unshare-net", "--unshare-cgroup-try"]
         if self.setpriv is None:
             argv += ["--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
-        if spec.network != "egress":
-            argv.append("--unshare-net")
-        argv += ["--hostname", "sandbox", "--clearenv", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                 "--perms", "1777", "--size", str(spec.disk_mb << 20), "--tmpfs", str(TMP)]
-        if spec.network == "packages" and index_socket is not None:
-            argv += ["--bind", str(index_socket), str(INDEX_SOCKET)]
-        for folder in self.hidden:
-            argv += ["--perms", "0755", "--tmpfs", str(folder)]
-        for path in self.exposed:
-            argv += [*self._parents(path), "--ro-bind", str(path), str(path)]
-        argv += [*self._parents(self.root), "--perms", "0755", "--tmpfs", str(self.root), *self._parents(workspace),
-                 "--bind", str(workspace), str(workspace), "--bind", str(home), str(home)]
-        for folder in (*self.hidden, self.root):  # last: the folders above were created in them
-            argv += ["--remount-ro", str(folder)]
+        argv += ["--hostname", "sandbox", "--clearenv", *self._mounts(volume, spec, index_socket, egress)]
         if seccomp_fd is not None:
             argv += ["--seccomp", str(seccomp_fd)]
+        if egress is not None:
+            argv += ["--info-fd", str(egress.info), "--block-fd", str(egress.block)]
         argv += ["--chdir", str(workdir), "--"]
         if self.setpriv is not None:
             argv += [self.setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                      "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
         return [*argv, "/bin/sh", "-c", _LOADER, "sh", *command]
 
-    def _parents(self, path: Path) -> list[str]:
-        """``--dir`` for each folder between the tmpfs ``path`` lands in and ``path``, so all are traversable."""
-        bases = [base for base in (TMP, self.root, *self.hidden) if path.is_relative_to(base) and path != base]
-        if not bases:
-            return []
-        base = max(bases, key=lambda b: len(b.parts))
+    def _mounts(self, volume: Path, spec: SandboxSpec, index_socket: Path | None,
+                egress: EgressFds | None) -> list[str]:
+        """The mount operations, outer paths first, each preceded by the folders it needs on a fresh tmpfs."""
+        disk = spec.disk_mb << 20
+        plan: list[tuple[Path, bool, list[str]]] = [  # (destination, holds the host's own tree, arguments)
+            *((path, True, ["--ro-bind", str(path), str(path)]) for path in self.binds),
+            *((path, True, ["--symlink", target, str(path)]) for target, path in self.links),
+            *((path, False, ["--perms", "0755", "--tmpfs", str(path)]) for path in self.hidden),
+            (TMP, False, ["--perms", "1777", "--size", str(disk), "--tmpfs", str(TMP)]),
+            (DEV, False, ["--dev", str(DEV)]),
+            (DEV / "shm", False, ["--perms", "1777", "--size", str(min(disk, SHM_MB << 20)), "--tmpfs",
+                                  str(DEV / "shm")]),
+            (PROC, False, ["--proc", str(PROC)]),
+            (volume, True, ["--bind", str(volume), str(volume)]),
+        ]
+        if spec.network == "packages" and index_socket is not None:
+            plan.append((INDEX_SOCKET, True, ["--bind", str(index_socket), str(INDEX_SOCKET)]))
+        if egress is not None:
+            resolv = resolv_conf_path()
+            plan.append((resolv, True, ["--perms", "0644", "--ro-bind-data", str(egress.resolv), str(resolv)]))
+        plan.sort(key=lambda item: len(item[0].parts))  # stable: a mount comes after those holding it
         args: list[str] = []
-        for folder in reversed(path.parents):
-            if folder.is_relative_to(base) and folder != base:
-                args += ["--perms", "0755", "--dir", str(folder)]
+        host_trees: list[Path] = []
+        fresh: list[Path] = [Path("/")]
+        made: set[Path] = set()
+        for destination, host_tree, operation in plan:
+            holder = max((p for p in [*host_trees, *fresh] if destination.is_relative_to(p) and p != destination),
+                         key=lambda p: len(p.parts))
+            if holder in fresh:  # on a tmpfs of the sandbox's: make the folders down to it, traversable by all
+                for folder in reversed(destination.parents):
+                    if folder.is_relative_to(holder) and folder != holder and folder not in made:
+                        args += ["--perms", "0755", "--dir", str(folder)]
+                        made.add(folder)
+            args += operation
+            (host_trees if host_tree else fresh).append(destination)
+        for folder in (*self.hidden, Path("/")):  # last: the folders above were created in them
+            args += ["--remount-ro", str(folder)]
         return args
+
+
+def _inside(path: Path, folders: Iterable[Path]) -> bool:
+    return any(path.is_relative_to(folder) for folder in folders)
 
 
 def package_relay(command: Sequence[str]) -> list[str]:

@@ -1,9 +1,11 @@
 """The local sandbox backend: one directory per sandbox, each command confined by bubblewrap and limited.
 
 ``root/<id>/`` holds ``meta.json`` (what ``list()`` and sweepers read), ``pids/`` (one record per running command,
-so a teardown from any process can kill it), ``home/`` (the command's ``HOME``) and ``workspace/`` (the checkout).
-``sandboxes/bubblewrap.py`` says what a command can see and which uid it runs as, ``sandboxes/limits.py`` how
-its memory, CPU, processes and disk are limited, ``sandboxes/workspace.py`` how the checkout is made.
+so a teardown from any process can kill it) and ``volume/``, the only place commands write to: ``volume/home/``
+(the command's ``HOME``) and ``volume/workspace/`` (the checkout), a tmpfs of ``disk_mb`` when devart runs as
+root. ``sandboxes/bubblewrap.py`` says what a command can see and which uid it runs as, ``sandboxes/egress.py``
+how ``network: egress`` reaches public addresses and nothing else, ``sandboxes/limits.py`` how its memory, CPU
+and processes are limited, ``sandboxes/volumes.py`` its disk, ``sandboxes/workspace.py`` how the checkout is made.
 
 ``spec.timeout`` and the ``timeout`` argument, whichever is shorter, bound each command; on expiry its whole
 process tree is killed (the sandbox's pid namespace, and its cgroup for anything that got out). Secrets are
@@ -25,9 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from core import settings
 from core.contracts import SandboxHandle, SandboxSpec, Source
 from core.errors import SandboxError, SandboxUnavailable
-from sandboxes import artifacts
+from sandboxes import artifacts, egress, volumes
 from sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
 from sandboxes.bubblewrap import (
     HELPER_PATH,
@@ -53,7 +56,6 @@ from sandboxes.processes import (
 from sandboxes.seccomp import no_user_namespaces
 from sandboxes.workspace import (
     create_layout,
-    disk_usage,
     hand_over,
     materialize,
     plan_checkout,
@@ -109,8 +111,12 @@ class LocalSandbox:
         if bwrap is not None and setpriv is None and (problem := userns_problem()) is not None:
             raise SandboxUnavailable(problem)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if bwrap is not None:  # planned once the root exists, so its real ancestors are checked
-            self._confinement = Confinement.plan(bwrap, self.root, setpriv, interpreter_paths())
+        if os.geteuid() == 0:
+            volumes.release_orphans()
+        if bwrap is not None:
+            self._confinement = Confinement.plan(bwrap, self.root, setpriv, interpreter_paths(),
+                                                 hide=[settings.state().root])
+        self._egress = egress.tools(HELPER_PATH) if bwrap is not None else None
         self._seccomp = no_user_namespaces()
         self.cgroups = detect() if limits == "auto" else None
         #: How commands are limited: "cgroup-v2", "cgroup-v1" or "prlimit" (see ``sandboxes/limits.py``).
@@ -119,26 +125,35 @@ class LocalSandbox:
     async def provision(self, run_id: str, stage: str, source: Source, spec: SandboxSpec) -> SandboxHandle:
         """Create ``root/<id>/`` holding ``source``; a failed or cancelled provision leaves nothing behind."""
         plan = await plan_checkout(source)  # refuses a missing path before anything is created
+        if spec.network == "egress" and self._confinement is not None and self._egress is None:
+            raise egress.missing()
         sandbox_id = _UNSAFE_ID_CHARS.sub("-", f"{run_id[:40]}-{stage[:63]}-{secrets.token_hex(4)}").lstrip(".-")
         directory = self.root / sandbox_id
         created = datetime.now(UTC)
         meta: dict[str, Any] = {
             "id": sandbox_id, "backend": self.backend, "run_id": run_id, "stage": stage,
             "created": created.isoformat(), "source": source.model_dump(mode="json"),
-            "spec": spec.model_dump(mode="json"), "workspace": str(directory / "workspace"),
+            "spec": spec.model_dump(mode="json"), "workspace": str(volumes.workspace(directory)),
             "isolated": self._confinement is not None, "limits": self.limits,
         }
         # meta.json comes first, so a provision that dies half-way is still found by list() and swept.
         await asyncio.to_thread(create_layout, directory, meta)
         try:
-            workdir = await materialize(plan, directory / "workspace", exclude=self.root)
-            await asyncio.to_thread(artifacts.copy_into, self.root, run_id, workdir)
+            # The sandbox user owns the volume, unless bubblewrap maps it onto this one (a user namespace).
+            mapped = self._confinement is not None and self._confinement.setpriv is None
+            await asyncio.to_thread(volumes.create, directory, spec.disk_mb, os.getuid() if mapped else SANDBOX_UID)
+            workdir = await materialize(plan, volumes.workspace(directory), exclude=self.root)
+            try:
+                await asyncio.to_thread(artifacts.copy_into, self.root, run_id, workdir)
+            except OSError as exc:
+                raise SandboxError(f"copying the files earlier stages handed on into the workspace failed: {exc}. "
+                                   f"The stage's disk_mb ({spec.disk_mb} MiB) may be too small") from exc
             meta["workspace"] = str(workdir)
             if self._confinement is not None and self._confinement.setpriv is not None:
-                await asyncio.to_thread(hand_over, directory, SANDBOX_UID)
+                await asyncio.to_thread(hand_over, directory / volumes.VOLUME, SANDBOX_UID)
             await asyncio.to_thread(write_json, directory / "meta.json", meta)
         except BaseException:
-            await asyncio.to_thread(remove_tree, directory)
+            await asyncio.to_thread(_remove, directory)
             raise
         return SandboxHandle(backend=self.backend, id=sandbox_id, workspace=str(workdir), spec=spec,
                              isolated=self._confinement is not None, run_id=run_id, created_at=created)
@@ -168,10 +183,10 @@ class LocalSandbox:
         if not await asyncio.to_thread(workdir.is_dir):
             raise SandboxError(f"sandbox {handle.id!r} has no workspace at {handle.workspace}: it was torn down or "
                                "never provisioned on this machine; provision a new one")
-        if not workdir.is_relative_to(directory / "workspace"):
+        if not workdir.is_relative_to(volumes.workspace(directory)):
             raise SandboxError(f"handle of sandbox {handle.id!r} points outside its workspace ({handle.workspace})")
         spec = handle.spec
-        variables, hidden_values = command_environment(directory, spec, env)
+        variables, hidden_values = command_environment(directory / volumes.VOLUME, spec, env)
         if spec.network == "packages":  # under the stage's own variables, which may adjust them
             variables = {**package_environment(self._index_url()), **variables}
         output = OutputBuffer(output_cap, on_output, redact=hidden_values)
@@ -194,6 +209,16 @@ class LocalSandbox:
                    variables: dict[str, str], output: OutputBuffer, group: CommandCgroup | None,
                    timeout: float) -> ExecResult:
         """Start the command, supervise it until it exits or times out, and report what its limits saw."""
+        link = self._egress_link(spec)
+        try:
+            return await self._supervise(directory, workdir, spec, command, variables, output, group, timeout, link)
+        finally:
+            if link is not None:
+                await link.close()  # slirp4netns goes with the command, however that ended
+
+    async def _supervise(self, directory: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
+                         variables: dict[str, str], output: OutputBuffer, group: CommandCgroup | None,
+                         timeout: float, link: egress.EgressLink | None) -> ExecResult:
         prefix = group.wrapper(spec.disk_mb << 20) if group is not None else prlimit_argv(self._prlimit, spec)
         fds: list[int] = []
         if self._confinement is None:
@@ -205,19 +230,23 @@ class LocalSandbox:
             if self._confinement.setpriv is not None and self._seccomp is not None:
                 fds.append(memfd(self._seccomp))
             socket = self.package_index.socket if spec.network == "packages" and self.package_index else None
-            argv = [*prefix, *self._confinement.argv(directory, workdir, spec, command, fds[1] if fds[1:] else None,
-                                                     socket)]
+            argv = [*prefix, *self._confinement.argv(directory / volumes.VOLUME, workdir, spec, command,
+                                                     fds[1] if fds[1:] else None, socket,
+                                                     link.fds if link is not None else None)]
             child_env, cwd = {"PATH": HELPER_PATH}, directory
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=child_env, stdin=stdin, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True, pass_fds=fds[1:])
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                pass_fds=[*fds[1:], *(link.child_fds if link is not None else [])])
         except OSError as exc:
             raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
         finally:
             for fd in fds:
                 os.close(fd)
+            if link is not None:
+                link.spawned()
         assert proc.stdout is not None
         identity = create_time(proc.pid)
         record = directory / "pids" / f"{proc.pid}.json"
@@ -235,6 +264,8 @@ class LocalSandbox:
                 await asyncio.to_thread(write_json, record, {"pid": proc.pid, "create_time": identity})
             except FileNotFoundError:
                 raise SandboxError(f"sandbox {directory.name!r} was torn down while a command started in it") from None
+            if link is not None:  # the command waits in bubblewrap until its network is in place
+                await link.start(egress.host_addresses())
             deadline = started + timeout
             while not waiter.done():
                 remaining = deadline - time.monotonic()
@@ -271,14 +302,22 @@ class LocalSandbox:
             raise SandboxError(f"could not place the command in its cgroup: {output.text.strip()[-500:]}",
                                retryable=True, reason="SandboxLimits")
         seen = group.outcome() if group is not None else None
-        used = await asyncio.to_thread(disk_usage, [directory / "workspace", directory / "home"])
+        _, over = await asyncio.to_thread(volumes.used, directory, spec.disk_mb)
         return ExecResult(
             exit_code=exit_code, output=output.text, truncated=output.truncated, timed_out=timed_out,
             duration=round(time.monotonic() - started, 3),
             cpu_seconds=round(seen.cpu_seconds if seen is not None and seen.cpu_seconds is not None else cpu, 3),
             oom_killed=seen is not None and seen.oom_killed, pids_limited=seen is not None and seen.pids_limited,
-            disk_exceeded=used > spec.disk_mb << 20, limits=self.limits,
+            disk_exceeded=over, limits=self.limits,
         )
+
+    def _egress_link(self, spec: SandboxSpec) -> egress.EgressLink | None:
+        """A confined ``network: egress`` command's slirp4netns network; refused where slirp4netns is missing."""
+        if spec.network != "egress" or self._confinement is None:
+            return None  # unisolated commands share the host's network anyway
+        if self._egress is None:
+            raise egress.missing()
+        return egress.EgressLink(*self._egress, userns=self._confinement.setpriv is None)
 
     async def store_artifact(self, handle: SandboxHandle, name: str, data: bytes) -> bool:
         """Keep a file for the later sandboxes of the handle's run (see ``sandboxes/artifacts.py``)."""
@@ -301,10 +340,13 @@ class LocalSandbox:
         directory = self._directory(handle)
         await asyncio.to_thread(kill_recorded, directory / "pids")
         await remove_sandbox_cgroups(self.cgroups, handle.id)
-        await asyncio.to_thread(remove_tree, directory)
+        await asyncio.to_thread(_remove, directory)
 
     async def list(self) -> list[SandboxHandle]:
-        """Every sandbox under ``root`` with a readable ``meta.json``, oldest first."""
+        """Every sandbox under ``root`` with a readable ``meta.json``, oldest first (volumes left without one are
+        unmounted: nothing can tear them down)."""
+        if os.geteuid() == 0:
+            await asyncio.to_thread(volumes.release_orphans, self.root)
         return await asyncio.to_thread(read_handles, self.root, self.backend)
 
     def _index_url(self) -> str:
@@ -329,6 +371,12 @@ class LocalSandbox:
         if not _VALID_ID.match(handle.id):
             raise SandboxError(f"invalid local sandbox id {handle.id!r}")
         return self.root / handle.id
+
+
+def _remove(directory: Path) -> None:
+    """Unmount the sandbox's volume (and whatever a crashed agent left mounted in it), then remove its folder."""
+    volumes.release(directory)
+    remove_tree(directory)
 
 
 def _tool(name: str) -> str:

@@ -139,15 +139,14 @@ async def materialize(plan: CheckoutPlan, dest: Path, *, exclude: Path | None = 
 
 
 def create_layout(directory: Path, meta: dict[str, Any]) -> None:
-    """Create an empty sandbox: ``meta.json``, ``pids/`` and ``home/``; the checkout adds ``workspace/``.
+    """Create an empty sandbox: ``meta.json`` and ``pids/``; its volume (``sandboxes/volumes.py``) comes next.
 
     The sandbox folder is private to the operator: commands reach their workspace and home through bubblewrap's
     mounts, never through this folder.
     """
     directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     directory.mkdir(mode=0o700)
-    for name in ("pids", "home"):
-        (directory / name).mkdir(mode=0o700)
+    (directory / "pids").mkdir(mode=0o700)
     write_json(directory / "meta.json", meta)
 
 

@@ -187,7 +187,7 @@ async def test_other_modes_get_no_proxy(sandbox: LocalSandbox, provision: Provis
     result = await sandbox.exec(handle, ["sh", "-c", script])
     lines = result.output.split()
     assert lines[0] == "0"  # no socket, and no index variables
-    assert (lines[1] == os.readlink("/proc/self/ns/net")) == (network == "egress")  # egress: the host's network
+    assert lines[1] != os.readlink("/proc/self/ns/net")  # egress too: a network of its own (slirp4netns)
     relay = await sandbox.exec(handle, [sys.executable, "-c", PROBES, "1"])
     assert "ConnectionRefusedError" in json.loads(relay.output)["index page"]
 
