@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ import pytest
 
 from core.contracts import SandboxHandle, SandboxSpec, Source
 from core.errors import SandboxError, SkillError
+from sandboxes import volumes
 from sandboxes.bubblewrap import Confinement
 from sandboxes.local import LocalSandbox, bubblewrap_available
 from sandboxes.seccomp import no_user_namespaces
@@ -80,6 +82,42 @@ async def test_a_full_workspace_is_reported(limited: LocalSandbox, provision: Pr
     # /tmp is a tmpfs of the same size, so it cannot be used to get around the limit
     code = (await limited.exec(handle, ["sh", "-c", "head -c 10M /dev/zero > /tmp/a; head -c 10M /dev/zero > /tmp/b"]))
     assert code.exit_code != 0 and "No space left on device" in code.output
+
+
+def requires_root() -> None:
+    if os.geteuid() != 0 or bubblewrap_available() is None:
+        pytest.skip("volumes are tmpfs mounts only when devart runs as root")
+
+
+async def test_teardown_detaches_a_busy_volume(tmp_path: Path, provision: Provision) -> None:
+    requires_root()
+    sandbox = LocalSandbox(tmp_path / "sandboxes")
+    handle = await provision(sandbox, SandboxSpec(disk_mb=32))
+    assert volumes.mounts_under(sandbox.root) == [sandbox.root / handle.id / "volume"]
+    # Given a host process holding the volume, as a command of an agent that crashed might
+    holder = subprocess.Popen(["sleep", "60"], cwd=handle.workspace)
+    try:
+        # When another backend on the same root (the sweeper's) finds the sandbox and tears it down
+        sweeper = LocalSandbox(sandbox.root)
+        assert [listed.id for listed in await sweeper.list()] == [handle.id]
+        await sweeper.teardown(handle)
+        # Then the volume is detached and the sandbox is gone
+        assert not volumes.mounts_under(sandbox.root) and not (sandbox.root / handle.id).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+async def test_a_volume_left_without_its_sandbox_is_unmounted(tmp_path: Path, provision: Provision) -> None:
+    requires_root()
+    sandbox = LocalSandbox(tmp_path / "sandboxes")
+    handle = await provision(sandbox)
+    # Given a sandbox folder deleted around its mounted volume (a temporary folder removed without a teardown)
+    (sandbox.root / handle.id / "meta.json").unlink()
+    # When a backend lists the root, Then nothing is listed and the volume is unmounted, so the folder can go
+    assert await LocalSandbox(sandbox.root).list() == []
+    assert not volumes.mounts_under(sandbox.root)
+    shutil.rmtree(sandbox.root / handle.id)
 
 
 async def test_cpu_is_capped_and_counted_exactly_with_cgroups(tmp_path: Path, provision: Provision) -> None:
