@@ -4,9 +4,19 @@ Nothing here talks to a cluster, so every manifest can be checked against the of
 sandbox is a Pod named after the sandbox id; the same id names its NetworkPolicy and Secret and is the value of
 the ``devart.dev/sandbox`` label on all of them, which is what teardown and sweeping go by.
 
+What a pod can touch, as on the local backend: no service-account token, no host path, network, PID or IPC
+namespace; a non-root uid without capabilities, ``RuntimeDefault`` seccomp and a read-only root filesystem; the
+workspace, ``HOME`` and ``/tmp`` are emptyDirs of ``disk_mb`` each. They are disk-backed, not ``medium: Memory``:
+a workspace routinely holds hundreds of MiB of virtualenvs and build output, which in memory would count against
+``memory_mb`` and get the stage OOM-killed; on disk the kubelet evicts a pod past its ``sizeLimit`` (and past
+its ``ephemeral-storage`` limit), so the limit holds, enforced by eviction rather than ENOSPC.
+
 Network: the sandbox policy always denies ingress and denies egress unless the stage asks for it. The init
 container needs the network to clone, so a second, temporary policy allows DNS and the git server's port while
-the pod starts; the backend deletes it once the pod runs, before any untrusted command. A ``network: packages``
+the pod starts; the backend deletes it once the pod runs, before any untrusted command. A ``network: egress``
+stage may reach DNS and public addresses only: every IPv4 and IPv6 address except ``PRIVATE_RANGES`` (loopback,
+private, shared, link-local, unique-local, multicast and reserved) and ``DEVART_K8S_EGRESS_EXCEPT`` (where the
+cluster's own pod and service ranges belong when they are not private ones). A ``network: packages``
 stage may reach only DNS and the in-cluster package index proxy of ``DEVART_K8S_PACKAGE_PROXY``: its port on
 the pods labelled ``devart.dev/package-index=true`` (in any namespace), or on its address when the URL names an
 IP; its commands get the same uv/pip variables as on the local backend, pointing at that proxy.
@@ -41,6 +51,12 @@ SPEC_ANNOTATION = "devart.dev/spec"
 PACKAGE_INDEX_LABEL = "devart.dev/package-index"
 #: Where the checkout lives in both containers; also the working directory of every command.
 WORKSPACE = "/workspace"
+#: The commands' ``HOME`` (caches, configuration), writable on a read-only root filesystem.
+HOME = "/home/sandbox"
+#: Addresses a ``network: egress`` pod never reaches, whatever ``DEVART_K8S_EGRESS_EXCEPT`` adds: the node's and
+#: the cluster's private networks, a cloud's metadata service (link-local), loopback, multicast and reserved.
+PRIVATE_RANGES = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                  "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
 #: The container commands run in (the init container is "checkout").
 CONTAINER = "sandbox"
 #: Keeps the container alive for execs and exits at once on SIGTERM (a plain ``sleep`` as PID 1 ignores it).
@@ -187,10 +203,11 @@ def _container_security(cfg: KubernetesSettings) -> dict[str, Any]:
 
 def pod(sb: Sandbox, cfg: KubernetesSettings) -> dict[str, Any]:
     """The sandbox Pod: a hardened keepalive container over an emptyDir workspace the init container fills."""
-    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "home", "mountPath": HOME},
+              {"name": "tmp", "mountPath": "/tmp"}]
     variables = PackageProxy.parse(cfg.package_proxy).environment() if sb.spec.network == "packages" else {}
     variables.update(sb.spec.env)  # the stage's own variables may adjust the package ones
-    env = [{"name": "HOME", "value": "/tmp"}, *({"name": k, "value": v} for k, v in variables.items()),
+    env = [{"name": "HOME", "value": HOME}, *({"name": k, "value": v} for k, v in variables.items()),
            *({"name": k, "valueFrom": {"secretKeyRef": {"name": sb.id, "key": k}}} for k in sorted(sb.secret_values))]
     checkout = {
         "name": "checkout", "image": cfg.git_image, "command": ["sh", "-c", CHECKOUT],
@@ -221,8 +238,7 @@ def pod(sb: Sandbox, cfg: KubernetesSettings) -> dict[str, Any]:
         },
         "initContainers": [checkout],
         "containers": [main],
-        "volumes": [{"name": "workspace", "emptyDir": {"sizeLimit": size}},
-                    {"name": "tmp", "emptyDir": {"sizeLimit": size}}],
+        "volumes": [{"name": name, "emptyDir": {"sizeLimit": size}} for name in ("workspace", "home", "tmp")],
     }
     if cfg.service_account:
         spec["serviceAccountName"] = cfg.service_account
@@ -235,7 +251,7 @@ def _dns() -> dict[str, Any]:
 
 def _anywhere(blocked: list[str]) -> list[dict[str, Any]]:
     """ipBlocks for all of IPv4 and IPv6 except ``blocked`` (each ``except`` must lie in its block's family)."""
-    nets = [ipaddress.ip_network(cidr, strict=False) for cidr in blocked]
+    nets = dict.fromkeys(ipaddress.ip_network(cidr, strict=False) for cidr in blocked)
     v4 = [str(n) for n in nets if n.version == 4]
     v6 = [str(n) for n in nets if n.version == 6]
     return [{"ipBlock": {"cidr": "0.0.0.0/0", **({"except": v4} if v4 else {})}},
@@ -243,11 +259,12 @@ def _anywhere(blocked: list[str]) -> list[dict[str, Any]]:
 
 
 def network_policy(sb: Sandbox, cfg: KubernetesSettings) -> dict[str, Any]:
-    """Ingress denied always; egress denied, open except ``cfg.egress_except`` (``network: egress``), or only to
-    DNS and the package index proxy (``network: packages``)."""
+    """Ingress denied always; egress denied (``network: none``), open to DNS and public addresses only
+    (``network: egress``: all but ``PRIVATE_RANGES`` and ``cfg.egress_except``), or only to DNS and the package
+    index proxy (``network: packages``)."""
     egress: list[dict[str, Any]] = []
     if sb.spec.network == "egress":
-        egress = [_dns(), {"to": _anywhere(cfg.egress_except)}]
+        egress = [_dns(), {"to": _anywhere([*PRIVATE_RANGES, *cfg.egress_except])}]
     elif sb.spec.network == "packages":
         proxy = PackageProxy.parse(cfg.package_proxy)
         egress = [_dns(), {"to": [proxy.peer()], "ports": [{"protocol": "TCP", "port": proxy.port}]}]

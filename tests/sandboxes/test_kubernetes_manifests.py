@@ -96,13 +96,17 @@ def test_container_hardening(cfg: KubernetesSettings, index: int) -> None:
     amounts = {"cpu": "1500m", "memory": "768Mi", "ephemeral-storage": "4096Mi"}
     assert container["resources"] == {"requests": amounts, "limits": amounts}
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
-    assert mounts == {"/workspace": "workspace", "/tmp": "tmp"}
+    assert mounts == {"/workspace": "workspace", "/home/sandbox": "home", "/tmp": "tmp"}
 
 
-def test_workspace_and_tmp_are_size_limited_empty_dirs(cfg: KubernetesSettings) -> None:
-    volumes = {v["name"]: v for v in m.pod(sandbox(), cfg)["spec"]["volumes"]}
-    assert volumes["workspace"] == {"name": "workspace", "emptyDir": {"sizeLimit": "4096Mi"}}
-    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "4096Mi"}}
+def test_workspace_home_and_tmp_are_size_limited_empty_dirs_and_nothing_of_the_host(cfg: KubernetesSettings) -> None:
+    spec = m.pod(sandbox(), cfg)["spec"]
+    # Only the three writable places a read-only root filesystem leaves, each of disk_mb, on the node's disk
+    assert spec["volumes"] == [{"name": name, "emptyDir": {"sizeLimit": "4096Mi"}} for name in ("workspace", "home",
+                                                                                              "tmp")]
+    assert "hostPath" not in repr(spec) and "hostAliases" not in spec
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["HOME"] == "/home/sandbox"
 
 
 def test_containers_images_commands_and_environment(cfg: KubernetesSettings) -> None:
@@ -156,16 +160,23 @@ def test_policy_denies_all_traffic_unless_the_stage_asks_for_egress(cfg: Kuberne
     assert opened["ingress"] == []
     rules = opened["egress"]
     assert {"protocol": "UDP", "port": 53} in rules[0]["ports"]
+    assert len(rules) == 2 and "ports" not in rules[1]
     blocks = [peer["ipBlock"] for peer in rules[1]["to"]]
     assert blocks[0]["cidr"] == "0.0.0.0/0" and "169.254.0.0/16" in blocks[0]["except"]  # cloud metadata
-    assert blocks[1]["cidr"] == "::/0" and "fe80::/10" in blocks[1]["except"]
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8"} <= set(blocks[0]["except"])
+    assert blocks[1]["cidr"] == "::/0" and {"fe80::/10", "fc00::/7", "::1/128"} <= set(blocks[1]["except"])
+    assert len(blocks[0]["except"]) == len(set(blocks[0]["except"]))  # the settings' defaults repeat some
 
 
-def test_egress_except_can_be_emptied_for_all_egress() -> None:
-    cfg = KubernetesSettings(egress_except=[])
+def test_egress_except_adds_the_clusters_ranges_to_the_private_ones() -> None:
+    # A cluster whose pods and services use public addresses lists them; the private ranges stay closed anyway
+    cfg = KubernetesSettings(egress_except=["203.0.113.0/24", "2001:db8::/32"])
     blocks = [peer["ipBlock"] for peer in m.network_policy(sandbox(SandboxSpec(network="egress")), cfg)["spec"]
               ["egress"][1]["to"]]
-    assert blocks == [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]
+    assert blocks[0]["except"] == [*(c for c in m.PRIVATE_RANGES if ":" not in c), "203.0.113.0/24"]
+    assert blocks[1]["except"] == [*(c for c in m.PRIVATE_RANGES if ":" in c), "2001:db8::/32"]
+    emptied = m.network_policy(sandbox(SandboxSpec(network="egress")), KubernetesSettings(egress_except=[]))
+    assert "10.0.0.0/8" in emptied["spec"]["egress"][1]["to"][0]["ipBlock"]["except"]
 
 
 def test_a_packages_stage_reaches_only_dns_and_the_package_index_proxy(cfg: KubernetesSettings) -> None:
