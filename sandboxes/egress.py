@@ -1,21 +1,23 @@
 """``network: egress`` on the local backend: a network namespace of the command's own, routed to public addresses.
 
-bubblewrap gives every command an empty network namespace. For egress, slirp4netns (a user-mode TCP/IP stack run
-by the agent on the host) plugs a tap device into it: ``10.0.2.100/24``, the default route via ``10.0.2.2`` and
-DNS at ``10.0.2.3``, which slirp forwards to the host's resolver. The command's connections leave the host as
-connections of slirp4netns, so what the host could reach the command could reach too; before the command starts
-the namespace therefore gets unreachable routes for loopback, the private, shared (CGNAT), link-local, multicast
-and reserved IPv4 ranges, all of IPv6, the slirp gateway and every address of the host's own interfaces (the
-slirp network's own ``10.0.2.0/24`` stays on-link, being more specific than ``10.0.0.0/8``), and slirp4netns runs
-with ``--disable-host-loopback``. The host's services, its internal network and a cloud's metadata service stay
-out of reach; public addresses and DNS do not. ``/etc/resolv.conf`` names ``10.0.2.3`` only.
+bubblewrap gives every command an empty network namespace. For egress, slirp4netns (a user-mode TCP/IP stack run by
+the agent on the host) plugs a tap device into it, which the agent configures: ``10.0.2.100/24``, the default route
+via ``10.0.2.2`` and DNS at ``10.0.2.3``, which slirp forwards to the host's resolver. The command's connections
+leave the host as connections of slirp4netns, so what the host could reach the command could reach too; before the
+command starts the namespace therefore gets unreachable routes for loopback, the private, shared (CGNAT),
+link-local, multicast and reserved IPv4 ranges, all of IPv6, the slirp gateway and every address of the host's own
+interfaces (the slirp network's own ``10.0.2.0/24`` stays on-link, being more specific than ``10.0.0.0/8``), and
+slirp4netns runs with ``--disable-host-loopback``. The host's services, its internal network and a cloud's metadata
+service stay out of reach; public addresses and DNS do not. ``/etc/resolv.conf`` names ``10.0.2.3`` only.
 
 The order: bubblewrap reports its child's pid on ``--info-fd`` and holds the command on ``--block-fd``; the agent
-starts slirp4netns on that pid, waits for its ``--ready-fd``, adds the routes (``nsenter`` into the namespace,
-``ip -batch``), and only then releases the command. slirp4netns parses whatever the command sends while running
-as root, so it runs in its own sandbox (``--enable-sandbox``: a mount namespace, every capability dropped) under
-its own seccomp filter, and its ``--exit-fd`` is a pipe only the agent holds: it exits when the agent closes
-that after the command (however it ended), or when the agent itself dies.
+starts slirp4netns on that pid, waits for its ``--ready-fd``, configures the tap device and the routes (``nsenter``
+into the namespace, ``ip -batch``), and only then releases the command. slirp4netns's own ``--configure`` is not
+used: it brings the loopback up while bubblewrap may still be adding its address, which then fails. slirp4netns
+parses whatever the command sends while running as root, so it runs in its own sandbox (``--enable-sandbox``: a
+mount namespace, every capability dropped) under its own seccomp filter, and its ``--exit-fd`` is a pipe only the
+agent holds: it exits when the agent closes that after the command (however it ended), or when the agent itself
+dies.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 from contextlib import suppress
@@ -44,8 +47,10 @@ DNS = "10.0.2.3"
 RESOLV_CONF = f"nameserver {DNS}\n".encode()
 #: Seconds slirp4netns and the routes may take before the command is given up on (usually a few ms).
 READY_TIMEOUT = 15.0
-#: The interface slirp4netns creates in the sandbox.
+#: The interface slirp4netns creates in the sandbox, its address there, and its MTU (slirp4netns's fastest).
 TAP = "tap0"
+ADDRESS = "10.0.2.100/24"
+MTU = 65520
 _MISSING = ("this stage asks for 'network: egress', which local sandboxes get through slirp4netns (a network of "
             "their own, never the host's), and it is not installed: install it with `apt-get install -y "
             "slirp4netns`, or give the stage 'network: packages' or 'none'")
@@ -76,11 +81,14 @@ def host_addresses() -> list[str]:
 
 
 def route_script(addresses: list[str]) -> bytes:
-    """``ip -batch`` input closing everything but public addresses and the slirp network itself."""
+    """``ip -batch`` input bringing the tap device up with the default route via slirp, then closing everything
+    but public addresses and the slirp network itself (the gateway's route first, while it is reachable)."""
     blocked = [ipaddress.ip_network(network) for network in BLOCKED]
     own = [address for address in addresses if not any(ipaddress.ip_address(address) in net for net in blocked)]
     closed = [*BLOCKED, f"{GATEWAY}/32", *(f"{address}/32" for address in own)]
-    return "".join(f"route replace unreachable {network}\n" for network in dict.fromkeys(closed)).encode()
+    return "".join([f"link set {TAP} mtu {MTU} up\n", f"address add {ADDRESS} dev {TAP}\n",
+                    f"route add default via {GATEWAY} dev {TAP}\n",
+                    *(f"route replace unreachable {network}\n" for network in dict.fromkeys(closed))]).encode()
 
 
 def resolv_conf_path(path: Path = Path("/etc/resolv.conf")) -> Path:
@@ -143,6 +151,12 @@ class EgressLink:
             return  # bubblewrap failed before its child existed: it reports why itself, and nothing runs
         try:
             await self._connect(pid, addresses)
+        except SandboxError:
+            if _exited(child):
+                return  # bubblewrap's own set-up failed meanwhile: its message says why, and nothing runs
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(child, signal.SIGKILL)
+            raise
         except BaseException:
             # Closing the block pipe would release the command as well as writing to it: kill it first.
             with suppress(ProcessLookupError):
@@ -159,7 +173,7 @@ class EgressLink:
         userns = [f"--userns-path=/proc/{pid}/ns/user"] if self._userns else []
         try:
             self._process = await asyncio.create_subprocess_exec(
-                self._slirp, "--configure", "--mtu=65520", "--disable-host-loopback", "--enable-sandbox",
+                self._slirp, f"--mtu={MTU}", "--disable-host-loopback", "--enable-sandbox",
                 "--enable-seccomp", f"--ready-fd={ready_w}", f"--exit-fd={self._exit_r}", *userns, str(pid), TAP,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(ready_w, self._exit_r), start_new_session=True)
@@ -186,7 +200,7 @@ class EgressLink:
             await routes.wait()
             raise
         if routes.returncode != 0:
-            raise SandboxError(f"could not close the sandbox's routes to the host: {said.decode(errors='replace')}",
+            raise SandboxError(f"could not set up the sandbox's network: {said.decode(errors='replace')}",
                                retryable=True, reason="EgressUnavailable")
 
     async def close(self) -> None:
@@ -216,6 +230,11 @@ class EgressLink:
             process.kill()
         tail = (await process.stderr.read(_INFO_LIMIT)).decode(errors="replace").strip()[-500:]
         return f"exit status {await process.wait()}: {tail or 'no output'}"
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process behind ``pidfd`` has exited (its pidfd reads as ready then)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 async def _read_to_end(fd: int, timeout: float, limit: int = _INFO_LIMIT) -> bytes:
