@@ -113,8 +113,8 @@ def release_orphans(under: Path = Path("/")) -> list[Path]:
     A sandbox that is torn down is unmounted first; this catches the others, say a test's temporary folder
     removed while its sandbox still stood, which would otherwise stay mounted (and unremovable) for good.
     """
-    orphans = [point for point, source in _mounts() if source == SOURCE and point.name == VOLUME
-               and point.is_relative_to(under) and not (point.parent / "meta.json").exists()]
+    orphans = [point for point, source in _mounts(under) if source == SOURCE and point.name == VOLUME
+               and not (point.parent / "meta.json").exists()]
     for point in orphans:
         unmount(point)
     return orphans
@@ -122,17 +122,21 @@ def release_orphans(under: Path = Path("/")) -> list[Path]:
 
 def mounts_under(directory: Path) -> list[Path]:
     """Mount points at or below ``directory`` in this process's mount namespace."""
-    return [point for point, _source in _mounts() if point.is_relative_to(directory)]
+    return [point for point, _source in _mounts(directory)]
 
 
-def _mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[tuple[Path, str]]:
-    """Every mount point of this process's mount namespace, with its source."""
+def _mounts(under: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[tuple[Path, str]]:
+    """The mount points at or below ``under`` in this process's mount namespace, with their sources."""
+    top = str(under)
+    prefix = top.rstrip("/") + "/"
     found = []
     for line in mountinfo.read_text().splitlines():
         fields, _, rest = line.partition(" - ")
-        point, described = fields.split(" "), rest.split(" ")
+        point, described = fields.split(" ", 5), rest.split(" ", 2)
         if len(point) > 4 and len(described) > 1:
-            found.append((Path(_unescape(point[4])), _unescape(described[1])))
+            path = _unescape(point[4])
+            if path == top or path.startswith(prefix):
+                found.append((Path(path), _unescape(described[1])))
     return found
 
 
