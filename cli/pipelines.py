@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.output import api_call, console, fail
-from core import pipelines
+from core import pipelines, yaml_safe
 from core.errors import InvalidPipeline
 
 app = typer.Typer(no_args_is_help=True, help="Pipeline templates.")
@@ -46,8 +46,10 @@ def validate(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> 
 def publish(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> None:
     """Publish the file as the pipeline's next version."""
     try:
-        data = pipelines.yaml.safe_load(file.read_text())
-    except (OSError, pipelines.yaml.YAMLError) as exc:
-        fail(f"cannot read {file}: {exc}")
+        data = yaml_safe.load_file(file)
+    except yaml_safe.YamlRefused as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
     created = api_call("POST", "/v1/pipelines", json=data)
     console.print(f"published {created['name']} version {created['version']}")

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from core import bounds, yaml_safe
 from core.contracts import BUILTIN_SKILLS, PipelineDefinition
 from core.errors import InvalidPipeline
 
@@ -47,16 +47,37 @@ def parse(data: Any, *, source: str = "<input>", skills: frozenset[str] = BUILTI
     """
     if not isinstance(data, dict):
         raise InvalidPipeline(source, ["a pipeline must be a mapping with 'name' and 'stages'"])
-    name = str(data.get("name") or source)
+    name = str(data.get("name") or source)[:100]
+    problems = check_bounds(data)
+    if problems:
+        raise InvalidPipeline(name, problems)
     try:
         definition = PipelineDefinition.model_validate(data)
     except ValidationError as exc:
         problems = [f"{_location(err['loc'], data) or 'pipeline'}: {err['msg']}" for err in exc.errors()]
         raise InvalidPipeline(name, problems) from None
+    stored = bounds.json_size(definition.model_dump(mode="json"))
+    if stored > bounds.MAX_DEFINITION_BYTES:
+        raise InvalidPipeline(definition.name, [
+            f"the definition is {stored} bytes as stored (defaults filled in); at most "
+            f"{bounds.size(bounds.MAX_DEFINITION_BYTES)} fit in a run's workflow input"])
     problems = check_graph(definition, skills)
     if problems:
         raise InvalidPipeline(definition.name, problems)
     return definition
+
+
+def check_bounds(data: dict[str, Any]) -> list[str]:
+    """The limits of ``core.bounds`` a document breaks, checked before pydantic walks it: nesting, sizes, text."""
+    problems = []
+    stages, description = data.get("stages"), data.get("description")
+    if isinstance(stages, list) and len(stages) > bounds.MAX_STAGES:
+        problems.append(f"stages: {len(stages)} stages; a pipeline may have at most {bounds.MAX_STAGES}")
+    if isinstance(description, str) and len(description) > bounds.MAX_DESCRIPTION_CHARS:
+        problems.append(f"description: {len(description)} characters; at most {bounds.MAX_DESCRIPTION_CHARS} "
+                        "(it is listed with every pipeline)")
+        data = {k: v for k, v in data.items() if k != "description"}  # said once, not again as a long string
+    return problems + bounds.tree_problems(data)
 
 
 def check_graph(definition: PipelineDefinition, skills: frozenset[str] = BUILTIN_SKILLS) -> list[str]:
@@ -157,12 +178,31 @@ def substitute(value: Any, params: dict[str, str]) -> Any:
     return value
 
 
+def substituted_size(value: Any, params: dict[str, str]) -> int:
+    """Bytes of ``substitute(value, params)`` as JSON, counted without building it.
+
+    A parameter of 64 KiB referenced thousands of times would otherwise build gigabytes just to be measured.
+    """
+    extra = {name: bounds.json_size(text) - 2 for name, text in params.items()}  # without the quotes
+    total, stack = bounds.json_size(value), [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            total += sum(extra[m.group(1)] - len(m.group(0)) for m in PARAM_PATTERN.finditer(node)
+                         if m.group(1) in extra)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return total
+
+
 def load_file(path: Path) -> PipelineDefinition:
-    """Load and validate one YAML template file."""
+    """Load and validate one YAML template file (``core.yaml_safe``: bounded size, nesting and aliases)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InvalidPipeline(path.stem, [f"{path.name} is not valid YAML: {exc}"]) from None
+        data = yaml_safe.load_file(path)
+    except yaml_safe.YamlRefused as exc:
+        raise InvalidPipeline(path.stem, [str(exc)]) from None
     except OSError as exc:
         raise InvalidPipeline(path.stem, [f"cannot read {path}: {exc.strerror}"]) from None
     return parse(data, source=path.stem)
