@@ -1,20 +1,94 @@
-"""Map domain errors to HTTP responses at the edge; nothing below the routes knows about HTTP."""
+"""Map domain errors to HTTP responses at the edge; nothing below the routes knows about HTTP.
+
+Every error answer is ``{"detail": ...}``; the OpenAPI document declares, per router, each status it can give with
+that body (``responses``), so a client generated from it handles all of them.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException
 
 from api.services.dlq import DeadLetterNotFound
 from api.services.runs import RunConflict
 from api.services.tasks import TaskNotFound, TaskRefused
 from core.agents import AgentExists, AgentNotFound
+from core.bounds import MAX_DEPTH
 from core.budgets import BudgetNotFound
 from core.errors import InvalidPipeline, PipelineNotFound, RunNotFound, ServiceUnavailable
 from core.github import MappingNotFound, WebhookDisabled, WebhookInvalid, WebhookSignatureInvalid
 
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """What every refusal answers: the problem, said so that the caller knows what to change."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request, as FastAPI reports it (the offending input is not echoed back)."""
+
+    loc: list[str | int] = Field(description="Where: body, query, path or header, then the field's path.")
+    msg: str
+    type: str
+
+
+class InvalidBody(BaseModel):
+    """A 422: either the fields that failed validation, or a pipeline's or run's problems, each named."""
+
+    detail: str | list[FieldError]
+    problems: list[str] = Field(default_factory=list, description="Every problem of an invalid pipeline or run.")
+
+
+_WHY = {
+    400: "The request is malformed: a NUL byte in the URL, a body that is not JSON, a webhook without its headers.",
+    401: "The bearer token (agent key or administrator token) or the webhook signature is missing or wrong.",
+    403: "Administration is disabled, or the agent is deactivated or may not take this task.",
+    404: "The pipeline, run, agent, task, budget, dead letter or repository mapping does not exist.",
+    409: "The request conflicts with the current state (a finished run, an existing agent, a task already taken).",
+    413: "The request body is past the route's size limit (the README's Input limits).",
+    422: "A field or the pipeline is invalid, or past a limit; every problem is named.",
+    503: "A backing service (Temporal, RabbitMQ) is unavailable, or the GitHub webhook is not configured.",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error answers a router gives, each with its body."""
+    return {code: {"model": InvalidBody if code == 422 else ErrorBody, "description": _WHY[code]} for code in codes}
+
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _fields(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # The offending input is not echoed: it may be a megabyte, or nested deeper than JSON encoding goes.
+        fields = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": fields}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Any:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI's body parsing gives up on JSON nested about a thousand levels deep.
+            detail = f"the JSON body is nested too deeply to read; devart accepts at most {MAX_DEPTH} levels"
+            return JSONResponse({"detail": detail}, status_code=400)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refused a value (out of range, not text): the request carried it past the schema's checks.
+        log.warning("PostgreSQL refused a value of the request: %s", exc.orig)
+        detail = f"a value of the request cannot be stored or compared: {str(exc.orig).splitlines()[0]}"
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(InvalidPipeline)
     async def _invalid(_: Request, exc: InvalidPipeline) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "problems": exc.problems}, status_code=422)

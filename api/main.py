@@ -11,9 +11,23 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api import errors
+from api.edge import RequestGuard
 from api.routes import agent_tasks, agents, analytics, budgets, dlq, events, github, pipelines, runs
-from core import db, telemetry
+from core import bounds, db, telemetry
 from core.temporal import connect
+
+#: The error answers each router gives beside the app-wide 400, 413 and 422 (api/errors.py has their bodies).
+ROUTER_ERRORS = {
+    runs: (401, 403, 404, 409, 503),  # 401 and 403 of the administrator's approve
+    pipelines: (404,),
+    agents: (401, 403, 404, 409),
+    agent_tasks: (401, 403, 404, 409, 503),
+    dlq: (401, 403, 404, 503),
+    events: (),
+    budgets: (401, 403, 404),
+    analytics: (),
+    github: (401, 403, 404, 503),  # the webhook's 400 is app-wide; 401 also for an unsigned delivery
+}
 
 
 @asynccontextmanager
@@ -32,11 +46,14 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Durable multi-stage pipelines run by teams of agents.",
+        responses=errors.responses(400, 413, 422),
     )
     errors.install(app)
+    app.add_middleware(RequestGuard, default_limit=bounds.MAX_BODY_BYTES,
+                       limits={"/v1/github/webhook": bounds.MAX_WEBHOOK_BYTES})
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
-    for module in (runs, pipelines, agents, agent_tasks, dlq, events, budgets, analytics, github):
-        app.include_router(module.router)
+    for module, codes in ROUTER_ERRORS.items():
+        app.include_router(module.router, responses=errors.responses(*codes))
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics() -> Response:

@@ -3,20 +3,52 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, Field, computed_field, field_validator
 
+from core import bounds
 from core.contracts import StageResult, StageState, StageStatus, check_capabilities
 from core.topology import DEFAULT_PRIORITY, PRIORITIES
 
 
+def _text(value: str) -> str:
+    if why := bounds.text_problem(value):
+        raise ValueError(why)
+    return value
+
+
+def _free(value: dict[str, Any]) -> dict[str, Any]:
+    if problems := bounds.tree_problems(value):
+        raise ValueError("; ".join(problems))
+    return value
+
+
+def _params(value: dict[str, str]) -> dict[str, str]:
+    if (found := bounds.json_size(value)) > bounds.MAX_PARAMS_BYTES:
+        raise ValueError(f"the parameters are {found} bytes as JSON; at most {bounds.size(bounds.MAX_PARAMS_BYTES)} "
+                         "(they travel in the run's workflow input and in every task)")
+    return value
+
+
+# The bounded strings and values of request bodies (core.bounds says why each limit is what it is). Text fields
+# refuse NUL bytes and lone surrogates here, at the edge, instead of failing in PostgreSQL after being accepted.
+Name = Annotated[str, Field(max_length=bounds.MAX_NAME_CHARS), AfterValidator(_text)]
+Location = Annotated[str, Field(max_length=bounds.MAX_LOCATION_CHARS), AfterValidator(_text)]
+Text = Annotated[str, Field(max_length=bounds.MAX_TEXT_CHARS), AfterValidator(_text)]
+ParamValue = Annotated[str, Field(max_length=bounds.MAX_STRING_CHARS), AfterValidator(_text)]
+#: A free-form JSON object (heartbeat details): nesting, sizes and text checked by ``bounds.tree_problems``.
+FreeJson = Annotated[dict[str, Any], AfterValidator(_free)]
+Params = Annotated[dict[Name, ParamValue], Field(max_length=bounds.MAX_PARAMS), AfterValidator(_params)]
+
+
 class RunRequest(BaseModel):
-    pipeline: str = Field(min_length=1, description="Name of a built-in or published pipeline.")
-    repo: str = Field(min_length=1, description="Absolute local path or git URL of the repository.")
-    ref: str | None = Field(default=None, description="Branch, tag or commit (default: the working tree / HEAD).")
-    params: dict[str, str] = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1, description="Pipeline version (default: the latest).")
+    pipeline: Name = Field(min_length=1, description="Name of a built-in or published pipeline.")
+    repo: Location = Field(min_length=1, description="Absolute local path or git URL of the repository.")
+    ref: Location | None = Field(default=None, description="Branch, tag or commit (default: the working tree / HEAD).")
+    params: Params = Field(default_factory=dict)
+    version: int | None = Field(default=None, ge=1, le=bounds.INT4_MAX,
+                                description="Pipeline version (default: the latest).")
     trigger: str = Field(default="api", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
     priority: int | None = Field(
         default=None, description="1 (lowest) to 5 (highest), honoured within a lane (default: the pipeline's)."
@@ -156,8 +188,8 @@ class ClaimRequest(BaseModel):
 
 
 class HeartbeatRequest(BaseModel):
-    claim_id: str
-    details: dict[str, Any] = Field(default_factory=dict)
+    claim_id: Name
+    details: FreeJson = Field(default_factory=dict)
 
 
 class HeartbeatReply(BaseModel):
@@ -165,12 +197,12 @@ class HeartbeatReply(BaseModel):
 
 
 class CompleteRequest(BaseModel):
-    claim_id: str
+    claim_id: Name
     result: StageResult
 
 
 class FailRequest(BaseModel):
-    claim_id: str
+    claim_id: Name
     error_type: str = Field(default="SkillFailed", pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,63}$")
     message: str
     non_retryable: bool = False
@@ -178,17 +210,18 @@ class FailRequest(BaseModel):
 
 
 class CancelledRequest(BaseModel):
-    claim_id: str
+    claim_id: Name
 
 
 class ReleaseRequest(BaseModel):
-    claim_id: str
+    claim_id: Name
     reason: str = Field(default="agent is shutting down", max_length=500)
 
 
 class KeepaliveRequest(BaseModel):
     status: Literal["idle", "busy", "draining", "offline"]
-    skills: list[str] = Field(default_factory=list, description="Skills this agent can run (custom ones included).")
+    skills: list[Name] = Field(default_factory=list, max_length=bounds.MAX_ITEMS,
+                               description="Skills this agent can run (custom ones included).")
 
 
 class KeepaliveReply(BaseModel):
@@ -198,8 +231,8 @@ class KeepaliveReply(BaseModel):
 
 class AgentCreate(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    capabilities: list[str] = Field(min_length=1)
-    owner: str = "admin"
+    capabilities: list[str] = Field(min_length=1, max_length=bounds.MAX_ITEMS)
+    owner: Name = "admin"
 
     @field_validator("capabilities")
     @classmethod
@@ -237,8 +270,10 @@ class AgentView(BaseModel):
 
 
 class BudgetPut(BaseModel):
-    soft_limit: float | None = Field(default=None, ge=0, description="Alert and pause for approval at this spend.")
-    hard_limit: float | None = Field(default=None, ge=0, description="Stop runs at this spend.")
+    soft_limit: float | None = Field(default=None, ge=0, le=bounds.MAX_MONEY, allow_inf_nan=False,
+                                     description="Alert and pause for approval at this spend.")
+    hard_limit: float | None = Field(default=None, ge=0, le=bounds.MAX_MONEY, allow_inf_nan=False,
+                                     description="Stop runs at this spend.")
 
 
 class BudgetView(BaseModel):

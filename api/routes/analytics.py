@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.deps import SessionDep
 from api.services import analytics
+from core.bounds import MAX_NAME_CHARS
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 
 
 @router.get("")
-async def get_analytics(session: SessionDep, pipeline: str | None = None) -> dict[str, Any]:
+async def get_analytics(session: SessionDep,
+                        pipeline: str | None = Query(default=None, max_length=MAX_NAME_CHARS)) -> dict[str, Any]:
     """Per pipeline (runs, success rate, p50/p95 stage durations, retries, cost per run over time), per agent and
     skill (tasks, success rate, mean duration, cost), and the slowest stages by p95."""
     per_pipeline = await analytics.pipelines(session, pipeline)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import text
 
 from api.deps import AdminDep, SessionDep
 from api.schemas import BudgetPut, BudgetView
 from core import budgets
+from core.bounds import MAX_KEY_CHARS, MAX_NAME_CHARS
 from core.costs import to_money
 
 router = APIRouter(prefix="/v1", tags=["budgets and costs (admin)"], dependencies=[AdminDep])
+
+BudgetName = Annotated[str, Path(min_length=1, max_length=MAX_KEY_CHARS,
+                                 description="The pipeline's name or the repository's path or URL.")]
 
 
 def _view(b: object, spent: int) -> BudgetView:
@@ -28,7 +32,7 @@ async def list_budgets(session: SessionDep) -> list[BudgetView]:
 
 
 @router.put("/budgets/{scope}/{name:path}", response_model=BudgetView)
-async def put_budget(scope: Literal["pipeline", "repository"], name: str, body: BudgetPut,
+async def put_budget(scope: Literal["pipeline", "repository"], name: BudgetName, body: BudgetPut,
                      session: SessionDep) -> BudgetView:
     """Set (or raise) a budget; paused runs notice a raised budget on their next check."""
     budget = await budgets.put(session, scope, name, body.soft_limit, body.hard_limit)
@@ -37,14 +41,14 @@ async def put_budget(scope: Literal["pipeline", "repository"], name: str, body: 
 
 
 @router.delete("/budgets/{scope}/{name:path}", status_code=204)
-async def delete_budget(scope: Literal["pipeline", "repository"], name: str, session: SessionDep) -> None:
+async def delete_budget(scope: Literal["pipeline", "repository"], name: BudgetName, session: SessionDep) -> None:
     await budgets.remove(session, scope, name)
     await session.commit()
 
 
 @router.get("/costs")
 async def costs(session: SessionDep, group: Literal["pipeline", "repository", "run", "stage"] = "pipeline",
-                run_id: str | None = None) -> list[dict[str, object]]:
+                run_id: str | None = Query(default=None, max_length=MAX_NAME_CHARS)) -> list[dict[str, object]]:
     """Cost totals grouped by pipeline, repository, run or stage (of one run with run_id)."""
     keys = {"pipeline": "r.pipeline", "repository": "r.repository", "run": "r.id", "stage": "a.stage"}
     where = "WHERE r.id = :run_id" if run_id else ""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from api.deps import AdminDep, SessionDep
 from api.services import dlq
+from core.bounds import INT8_MAX
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters (admin)"], dependencies=[AdminDep])
+
+LetterId = Annotated[int, Path(ge=1, le=INT8_MAX, description="The dead letter's id.")]
 
 
 @router.get("")
@@ -19,12 +22,12 @@ async def list_letters(session: SessionDep, include_redriven: bool = False) -> l
 
 
 @router.get("/{letter_id}")
-async def show(letter_id: int, session: SessionDep) -> dict[str, Any]:
+async def show(letter_id: LetterId, session: SessionDep) -> dict[str, Any]:
     return (await dlq.get(session, letter_id)).model_dump()
 
 
 @router.post("/{letter_id}/redrive")
-async def redrive(letter_id: int, session: SessionDep) -> dict[str, Any]:
+async def redrive(letter_id: LetterId, session: SessionDep) -> dict[str, Any]:
     letter = await dlq.redrive(session, letter_id)
     return {"id": letter.id, "lane": letter.lane, "redriven_at": letter.redriven_at}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field, field_validator
@@ -12,18 +12,33 @@ from pydantic import BaseModel, Field, field_validator
 from api.deps import AdminDep, SessionDep, TemporalDep
 from api.services import github
 from api.services.github import WebhookReply
+from core.bounds import MAX_LOCATION_CHARS, MAX_NAME_CHARS, text_problem
 from core.models import GitHubRepository
 
 router = APIRouter(prefix="/v1/github", tags=["github"])
 
 #: An owner or repository name as GitHub allows them.
 Name = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+#: The webhook answers 201 when it started runs, 202 when it ignored the delivery, 200 for a redelivery.
+_DELIVERY_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"model": WebhookReply, "description": "A redelivery of a delivery already handled: nothing started."},
+    201: {"model": WebhookReply, "description": "The delivery started runs."},
+}
 _CLONE = re.compile(r"^(https?://|git@|ssh://|file://|git://|/)")
 
 
 class MappingRequest(BaseModel):
-    pipeline: str = Field(min_length=1, description="Pipeline the repository's pull requests run.")
-    clone_url: str | None = Field(default=None, description="Clone from here instead of the PR head's clone URL.")
+    pipeline: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                          description="Pipeline the repository's pull requests run.")
+    clone_url: str | None = Field(default=None, max_length=MAX_LOCATION_CHARS,
+                                  description="Clone from here instead of the PR head's clone URL.")
+
+    @field_validator("pipeline", "clone_url")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and (why := text_problem(value)):
+            raise ValueError(why)
+        return value
 
     @field_validator("clone_url")
     @classmethod
@@ -46,9 +61,13 @@ class MappingView(BaseModel):
                    updated_at=m.updated_at)
 
 
-@router.post("/webhook", response_model=WebhookReply, status_code=202)
+@router.post("/webhook", response_model=WebhookReply, status_code=202, responses=_DELIVERY_ANSWERS)
 async def webhook(request: Request, response: Response, session: SessionDep, client: TemporalDep) -> WebhookReply:
-    """GitHub's deliveries; the signature is verified on the raw body before anything else."""
+    """GitHub's deliveries; the signature is verified on the raw body before anything else.
+
+    A body past ``MAX_WEBHOOK_BYTES`` (1 MiB) is refused with 413 by ``api.edge`` before it is read whole, so before
+    its signature is checked: the body is counted as it arrives, never held past the limit.
+    """
     headers = request.headers
     reply = await github.receive(session, client, event=headers.get("X-GitHub-Event"),
                                  delivery=headers.get("X-GitHub-Delivery"),

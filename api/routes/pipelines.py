@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Path, Query
 
 from api.deps import SessionDep
 from api.schemas import PipelineSummary, ValidationReport
 from api.services import catalog
+from core.bounds import INT4_MAX, MAX_NAME_CHARS
 from core.contracts import PipelineDefinition
 from core.errors import InvalidPipeline
 
 PipelineBody = Annotated[dict[str, Any], Body(description="A pipeline definition (the YAML template as JSON).")]
+PipelineName = Annotated[str, Path(max_length=MAX_NAME_CHARS)]
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
 
@@ -34,7 +36,8 @@ async def list_pipelines(session: SessionDep) -> list[PipelineSummary]:
 
 
 @router.get("/{name}", response_model=PipelineDefinition)
-async def get_pipeline(name: str, session: SessionDep, version: int | None = None) -> PipelineDefinition:
+async def get_pipeline(name: PipelineName, session: SessionDep,
+                       version: int | None = Query(default=None, ge=1, le=INT4_MAX)) -> PipelineDefinition:
     return await catalog.get(session, name, version)
 
 

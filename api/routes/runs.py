@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import ValidationError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -12,10 +12,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.deps import AdminDep, SessionDep, TemporalDep
 from api.schemas import RunCreated, RunRequest, RunView
 from api.services import runs
+from core.bounds import MAX_NAME_CHARS
 from core.contracts import StageResult, StageStatus
 from core.models import TaskAttempt
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RunId = Annotated[str, Path(max_length=MAX_NAME_CHARS, description="The run's id (also its workflow's).")]
 
 
 @router.post("", status_code=201, response_model=RunCreated)
@@ -27,7 +30,7 @@ async def start_run(req: RunRequest, session: SessionDep, client: TemporalDep) -
 @router.get("")
 async def list_runs(
     session: SessionDep,
-    pipeline: str | None = None,
+    pipeline: str | None = Query(default=None, max_length=MAX_NAME_CHARS),
     status: str | None = Query(default=None, pattern="^(running|succeeded|failed|cancelled)$"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[dict[str, Any]]:
@@ -49,7 +52,7 @@ async def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunView)
-async def get_run(run_id: str, session: SessionDep, client: TemporalDep) -> RunView:
+async def get_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> RunView:
     """The run with every stage's state, result, reason, failing tests and log tail."""
     return await _with_agent_reports(session, await runs.view(session, client, run_id))
 
@@ -77,13 +80,13 @@ async def _with_agent_reports(session: AsyncSession, view: RunView) -> RunView:
 
 
 @router.post("/{run_id}/cancel", status_code=202)
-async def cancel_run(run_id: str, session: SessionDep, client: TemporalDep) -> dict[str, str]:
+async def cancel_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> dict[str, str]:
     await runs.cancel(session, client, run_id)
     return {"run_id": run_id, "status": "cancelling"}
 
 
 @router.post("/{run_id}/approve", status_code=202, dependencies=[AdminDep])
-async def approve_run(run_id: str, session: SessionDep, client: TemporalDep) -> dict[str, str]:
+async def approve_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> dict[str, str]:
     """Approve a run paused on a soft budget limit (administrator)."""
     await runs.approve(session, client, run_id)
     return {"run_id": run_id, "status": "approved"}

@@ -21,6 +21,7 @@ from temporalio.client import Client
 from api.services import catalog
 from api.services.github_runs import PullContext, cancel_older, latest_context, rerun_stage, start_for_pull
 from core import db
+from core.bounds import MAX_NAME_CHARS, text_problem
 from core.events import add_event
 from core.github import (
     PERMITTED_ASSOCIATIONS,
@@ -71,6 +72,9 @@ async def receive(session: AsyncSession, client: Client, *, event: str | None, d
                                       "webhook secret this devart has")
     if not event or not delivery:
         raise WebhookInvalid("a GitHub delivery carries X-GitHub-Event and X-GitHub-Delivery headers")
+    if len(delivery) > MAX_NAME_CHARS or text_problem(delivery):
+        raise WebhookInvalid(f"X-GitHub-Delivery is not a delivery id GitHub sends (at most {MAX_NAME_CHARS} "
+                             "characters of text)")
     if event not in HANDLED:
         return _ignored("pong" if event == "ping" else f"event '{event}' is not one devart acts on")
     try:
