@@ -11,11 +11,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.service import RPCError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
 from api.services import catalog
-from core import metrics, pipelines, settings
+from core import bounds, metrics, pipelines, settings
 from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source, StageState
 from core.costs import to_money
 from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
@@ -66,6 +67,10 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     source = check_source(req.repo, req.ref)
     run_id = run_id or new_run_id(definition.name)
     priority = req.priority if req.priority is not None else definition.priority
+    run_input = RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
+                         priority=priority, engine=ENGINE,
+                         approval_timeout=timedelta(seconds=settings.run_policy().approval_timeout))
+    check_workflow_input(client, run_input)
     stages = [StageState(name=s.name, depends_on=s.depends_on).model_dump(mode="json") for s in definition.stages]
     session.add(
         Run(
@@ -86,24 +91,78 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     try:
         await client.start_workflow(
             PipelineWorkflow.run,
-            RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
-                     priority=priority, engine=ENGINE,
-                     approval_timeout=timedelta(seconds=settings.run_policy().approval_timeout)),
+            run_input,
             id=run_id,
             task_queue=settings.temporal().task_queue,
             search_attributes=search_attributes(definition.name, source.repo, req.trigger),
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
-    except RPCError as exc:
-        run = await session.get(Run, run_id)
-        if run is not None:
-            run.status, run.error, run.finished_at = "failed", f"could not start: {exc.message}", utcnow()
-            await session.commit()
-        raise ServiceUnavailable(f"Temporal refused to start the run: {exc.message}") from exc
+    except Exception as exc:
+        if (refusal := await _not_started(session, client, run_id, exc)) is not None:
+            raise refusal from exc
     metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()
     return RunCreated(
         run_id=run_id, pipeline=definition.name, version=definition.version, status="running", ui_url=ui_link(run_id)
     )
+
+
+def check_workflow_input(client: Client, run_input: RunInput) -> None:
+    """Refuse a run whose workflow Temporal or the worker could not take, before anything is stored or started.
+
+    The input is encoded with the client's data converter and read back as the worker reads it (pydantic's JSON
+    parser stops at 200 levels of nesting); its size is held to ``MAX_WORKFLOW_INPUT_BYTES``, and each stage's task
+    input with its parameters substituted (an activity input of its own) to ``MAX_STAGE_INPUT_BYTES``. Definitions
+    published within the limits always pass; one stored before they existed may not.
+    """
+    converter = client.data_converter.payload_converter
+    name, problems = run_input.pipeline.name, []
+    try:
+        payload = converter.to_payloads([run_input])[0]
+        if payload.ByteSize() > bounds.MAX_WORKFLOW_INPUT_BYTES:
+            problems.append(f"the run's workflow input is {payload.ByteSize()} bytes; Temporal takes at most "
+                            f"{bounds.size(bounds.MAX_WORKFLOW_INPUT_BYTES)} (MAX_WORKFLOW_INPUT_BYTES)")
+        else:
+            converter.from_payloads([payload], [RunInput])
+    except Exception as exc:  # any encoder or decoder error means the worker could not run it
+        problems.append(f"the run's workflow input cannot be encoded and read back: {str(exc).splitlines()[0]}")
+    for stage in run_input.pipeline.stages:
+        found = pipelines.substituted_size(stage.inputs, run_input.params)
+        if found > bounds.MAX_STAGE_INPUT_BYTES:
+            problems.append(f"stage '{stage.name}': its inputs with the parameters substituted are {found} bytes; a "
+                            f"task takes at most {bounds.size(bounds.MAX_STAGE_INPUT_BYTES)} (MAX_STAGE_INPUT_BYTES)")
+    if problems:
+        raise InvalidPipeline(name, problems)
+
+
+async def _not_started(session: AsyncSession, client: Client, run_id: str, exc: Exception) -> DevartError | None:
+    """The run's workflow did not start: fail its row with the reason and return the error to answer with.
+
+    Without this the row would say 'running' forever, with no workflow to ever end it. A timeout may hide a start
+    that reached Temporal: when the workflow exists after all, the run is running and None is returned.
+    """
+    message = exc.message if isinstance(exc, RPCError) else str(exc) or type(exc).__name__
+    error: DevartError
+    if isinstance(exc, WorkflowAlreadyStartedError):
+        why = f"a workflow with id '{run_id}' already exists"
+        error = RunConflict(f"run '{run_id}' not started: {why}")
+    elif isinstance(exc, RPCError) and exc.status == RPCStatusCode.INVALID_ARGUMENT:
+        why = f"Temporal refused the run's workflow: {message}"
+        error = InvalidPipeline(run_id, [why])
+    else:
+        try:
+            await client.get_workflow_handle(run_id).describe()
+            return None
+        except Exception:  # not there, or Temporal unreachable: either way the run did not start
+            pass
+        why = f"Temporal could not start the run: {message}"
+        error = ServiceUnavailable(why)
+    run = await session.get(Run, run_id)
+    if run is not None and run.status == RunStatus.RUNNING:
+        run.status, run.error, run.finished_at = RunStatus.FAILED.value, f"could not start: {why}", utcnow()
+        add_event(session, "run.finished", f"run failed: could not start: {why}", run_id=run_id,
+                  pipeline=run.pipeline, status=RunStatus.FAILED.value)
+        await session.commit()
+    return error
 
 
 async def list_runs(session: AsyncSession, *, pipeline: str | None, status: str | None, limit: int) -> list[Run]:
