@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class Stack:
     temporal: subprocess.Popen[bytes] | None = None
     worker: Child | None = None
     agents: dict[str, Child] = field(default_factory=dict)
+    #: How each agent of ``agents`` was started (capabilities, key, arguments, environment), so it can be revived.
+    agent_launches: dict[str, tuple[list[str], str, tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
 
     def restart_temporal(self) -> None:
         if self.temporal is not None:
@@ -79,7 +82,54 @@ class Stack:
         key = register_agent(name, capabilities)
         child = self.supervisor.agent(name, capabilities, key, *args, **env)
         self.agents[name] = child
+        self.agent_launches[name] = (capabilities, key, args, env)
         return child
+
+    def pid(self, part: str) -> int:
+        """The process id of one part: ``temporal``, ``api``, ``worker`` or the name of an agent of ``agents``."""
+        if part == "temporal":
+            assert self.temporal is not None, "Temporal is not running"
+            return self.temporal.pid
+        return self._child(part).proc.pid
+
+    def sigkill(self, part: str) -> None:
+        """Kill one part with SIGKILL, as a crash or the OOM killer would, and reap it.
+
+        Only the part's own process gets the signal: whatever it started in a session of its own (a sandboxed
+        command) is left behind, as after a real crash, for the product to clean up.
+        """
+        proc = self.temporal if part == "temporal" else self._child(part).proc
+        assert proc is not None, f"{part} is not running"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if part == "temporal":
+            self.temporal = None
+        else:
+            self.supervisor.children.remove(self._child(part))
+
+    def revive(self, part: str) -> None:
+        """Start a part ``sigkill`` took down again, with the same settings (an agent keeps its name and key).
+
+        Returns once Temporal listens or the API answers its health check; the worker and agents are spawned.
+        """
+        if part == "temporal":
+            self.restart_temporal()
+        elif part == "api":
+            child = self.supervisor.api(self.env["DEVART_API_HOST"], int(self.env["DEVART_API_PORT"]))
+            self.supervisor.wait_healthy(self.api_url, child)
+        elif part == "worker":
+            self.worker = self.supervisor.worker()
+        else:
+            capabilities, key, args, env = self.agent_launches[part]
+            self.agents[part] = self.supervisor.agent(part, capabilities, key, *args, **env)
+
+    def _child(self, part: str) -> Child:
+        if part == "worker":
+            assert self.worker is not None, "the worker is not running"
+            return self.worker
+        if part == "api":
+            return next(c for c in self.supervisor.children if c.name == "api")
+        return self.agents[part]
 
 
 def register_agent(name: str, capabilities: list[str]) -> str:
