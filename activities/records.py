@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
@@ -10,10 +11,20 @@ from core.contracts import RunRecord, RunStatus
 from core.events import add_event
 from core.models import Run, utcnow
 
+#: Whether the run's start (or end) is in the feed already; the upsert before it holds the run's row lock.
+_IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")
+
 
 @activity.defn
 async def record_run(rec: RunRecord) -> None:
-    """Upsert the run and add a feed event; replaying the same record is harmless."""
+    """Upsert the run and put its start or end in the feed once; writing the same record again is harmless.
+
+    The same record does get written more than once: a local activity whose worker died before its workflow task
+    completed runs again on the next worker, as a first attempt again, and an attempt that failed after its commit
+    is retried. The upsert locks the run's row, so writers of one run take turns, and only the one that finds no
+    event of its kind adds it (and counts the run's end in the metrics). Counting attempts instead wrote a second
+    event after such a replay, and none at all when the first attempt failed before committing.
+    """
     finished = rec.status != RunStatus.RUNNING
     values = {
         "id": rec.run_id,
@@ -29,14 +40,15 @@ async def record_run(rec: RunRecord) -> None:
     }
     stmt = insert(Run).values(**values, created_at=utcnow())
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
-    if finished and activity.info().attempt == 1:
-        _observe(rec)
+    kind = "run.finished" if finished else "run.started"
     async with db.session() as s:
         await s.exec(stmt)  # type: ignore[call-overload]
-        if activity.info().attempt == 1:
-            kind = "run.finished" if finished else "run.started"
+        first = (await s.execute(_IN_FEED, {"run_id": rec.run_id, "kind": kind})).first() is None
+        if first:
             message = f"run {rec.status.value}" + (f": {rec.error}" if rec.error else "")
             add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)
+    if finished and first:
+        _observe(rec)
     await github_reporter.run_recorded(rec)  # GitHub hook: check runs and the review (bounded, never raises)
 
 

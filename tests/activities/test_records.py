@@ -1,0 +1,68 @@
+"""A run's start and end reach the feed exactly once, however often the records activity writes them.
+
+A local activity whose worker was killed before its workflow task completed runs again on the next worker, as a
+first attempt again; an attempt that failed after its commit is retried. Both write the same record twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.testing import ActivityEnvironment
+
+from activities.records import record_run
+from core import db
+from core.contracts import RunRecord, RunStatus
+from tests.helpers import unique
+from tests.stack import Stack, sql
+
+
+def _record(*writes: tuple[RunRecord, int]) -> None:
+    """Run the activity once per (record, attempt), in order, on an event loop of its own (like ``register_agent``)."""
+
+    async def run() -> None:
+        db.engine.cache_clear()
+        db._sessions.cache_clear()
+        try:
+            for rec, attempt in writes:
+                env = ActivityEnvironment()
+                env.info = dataclasses.replace(env.info, attempt=attempt)
+                await env.run(record_run, rec)
+        finally:
+            await db.engine().dispose()
+            db.engine.cache_clear()
+            db._sessions.cache_clear()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def _records(run_id: str) -> tuple[RunRecord, RunRecord]:
+    started = RunRecord(run_id=run_id, pipeline="recorded", repository="/srv/repo", ref=None, trigger="api",
+                        params={}, status=RunStatus.RUNNING, stages=[])
+    return started, started.model_copy(update={"status": RunStatus.SUCCEEDED})
+
+
+def _feed(run_id: str) -> list[str]:
+    return [r["kind"] for r in sql("SELECT kind FROM events WHERE run_id = :r ORDER BY id", r=run_id)]
+
+
+def test_a_replayed_first_attempt_adds_no_second_event(stack: Stack) -> None:
+    # Given a run's start and end, each written twice as a first attempt (a local activity replayed by a new worker)
+    run_id = unique("replayed")
+    started, finished = _records(run_id)
+    _record((started, 1), (started, 1), (finished, 1), (finished, 1))
+    # Then the feed has its start and its end once each, and the row its end
+    assert _feed(run_id) == ["run.started", "run.finished"]
+    assert sql("SELECT status FROM runs WHERE id = :r", r=run_id) == [{"status": "succeeded"}]
+
+
+def test_a_retry_after_a_failed_first_attempt_adds_the_event(stack: Stack) -> None:
+    # Given a first attempt that failed before committing anything, then its retry
+    run_id = unique("retried")
+    started, finished = _records(run_id)
+    _record((started, 2), (finished, 3))
+    # Then the retries put the start and the end in the feed all the same
+    assert _feed(run_id) == ["run.started", "run.finished"]
