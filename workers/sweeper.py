@@ -1,7 +1,11 @@
-"""The sandbox sweeper: removes sandboxes whose run has ended or that outlived their time to live.
+"""The sandbox sweeper: removes sandboxes whose run has ended or that outlived their time to live, and ends runs
+whose workflow never started.
 
 Teardown in the workflow's ``finally`` covers every normal path; this catches the rest (a run terminated from
-outside, a worker that died between provision and teardown and never came back for it), for every backend.
+outside, a worker that died between provision and teardown and never came back for it), for every backend. The
+API records a run before it starts the run's workflow, two writes no transaction spans: an API that dies between
+them leaves a run that says "running" with no workflow to ever end it. Once such a run is older than the grace
+period and Temporal does not know its workflow, the sweep fails it and says why in the feed.
 
 It is housekeeping, not a run, so it is no workflow: a periodic task in each pipeline worker, of which only one
 sweeps at a time (a PostgreSQL advisory lock), keeps Temporal's workflow list to the runs. Releases before it ran
@@ -17,7 +21,7 @@ from contextlib import suppress
 from datetime import timedelta
 
 from pydantic import BaseModel, Field
-from sqlalchemy import text
+from sqlalchemy import func, text
 from sqlmodel import col, select
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -39,8 +43,19 @@ OLD_SCHEDULE_ID = "devart-sandbox-sweeper"
 LOCK_KEY = zlib.crc32(b"devart-sandbox-sweeper")
 
 
+#: Running runs looked up in Temporal per sweep at most, drawn at random so that every one is looked at in time
+#: however many long runs there are, and a large backlog cannot stall a sweep.
+UNSTARTED_BATCH = 200
+#: Why a run whose workflow never started is failed.
+NEVER_STARTED = "Temporal has no workflow for it: the API stopped between recording the run and starting it"
+_FAIL_UNSTARTED = text("UPDATE runs SET status = 'failed', error = :error, finished_at = now() "
+                       "WHERE id = :id AND status = 'running' RETURNING pipeline")
+
+
 class SweepResult(BaseModel):
     removed: dict[str, str] = Field(default_factory=dict, description="Sandbox id -> why it was removed.")
+    runs_failed: list[str] = Field(default_factory=list, description="Runs failed because their workflow never "
+                                   "started.")
     kept: int = 0
     artifacts_removed: list[str] = Field(default_factory=list, description="Runs whose handed-on files were dropped.")
 
@@ -68,8 +83,39 @@ async def _temporal_status(client: Client, run_id: str) -> str | None:
     return described.status.name.lower()
 
 
+async def _unstarted(client: Client, cfg: SweepSettings) -> list[str]:
+    """Fail the runs older than the grace period that still say "running" but whose workflow Temporal does not know.
+
+    The grace period covers a start in progress (recorded, its workflow about to start). A run whose workflow ended
+    without recording it is left to the API, which reads its end from Temporal; an unreachable Temporal fails
+    nothing, the next sweep looks again.
+    """
+    cutoff = utcnow() - timedelta(seconds=cfg.grace_seconds)
+    async with db.session() as s:
+        candidates = (await s.exec(select(Run.id).where(Run.status == "running", Run.created_at < cutoff)
+                                   .order_by(func.random()).limit(UNSTARTED_BATCH))).all()
+    failed = []
+    for run_id in candidates:
+        try:
+            await client.get_workflow_handle(run_id).describe()
+            continue
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                continue
+        async with db.session() as s:
+            changed = (await s.execute(_FAIL_UNSTARTED, {"id": run_id, "error": f"could not start: {NEVER_STARTED}"}
+                                       )).first()
+            if changed is not None:  # still running: nothing else ended it meanwhile
+                add_event(s, "run.finished", f"run failed: could not start: {NEVER_STARTED}", run_id=run_id,
+                          pipeline=changed.pipeline, status="failed")
+                failed.append(run_id)
+    return failed
+
+
+
 async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
-    """Tear down every leftover sandbox and report each one in the feed."""
+    """Fail the runs whose workflow never started, tear down every leftover sandbox, and report each in the feed."""
+    result = SweepResult(runs_failed=await _unstarted(client, cfg))
     sandbox = get_sandbox()
     handles = await sandbox.list()
     run_ids = {h.run_id for h in handles if h.run_id}
@@ -79,7 +125,6 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
     for run_id, status in list(statuses.items()):
         if status == "running":  # PostgreSQL may not know yet that the workflow was terminated from outside
             statuses[run_id] = await _temporal_status(client, run_id) or status
-    result = SweepResult()
     for handle in handles:
         reason = _why(handle, statuses.get(handle.run_id), cfg)
         if reason is None:
@@ -134,6 +179,9 @@ async def keep_sweeping(client: Client, stop: asyncio.Event, cfg: SweepSettings 
             result = await sweep_if_alone(client, cfg)
             if result is not None and result.removed:
                 log.info("swept %d sandbox(es): %s", len(result.removed), result.removed)
+            if result is not None and result.runs_failed:
+                log.warning("failed %d run(s) whose workflow never started: %s", len(result.runs_failed),
+                            result.runs_failed)
         except Exception:
             log.exception("sandbox sweep failed; the next one is in %ss", cfg.every)
         with suppress(TimeoutError):

@@ -163,3 +163,29 @@ async def test_handed_on_files_go_when_their_run_has_ended(
     await poll(pruned, deadline=60, every=0.5, what="the sweeper to drop the ended run's files")
     assert going in artifacts.runs(root)
     await api.post(f"/v1/runs/{going}/cancel")
+
+
+async def test_a_run_whose_workflow_never_started_is_failed(
+    api: httpx.AsyncClient, stack: Stack, tmp_path: Path, fast_sweeps: None
+) -> None:
+    # Given a run the API recorded but whose workflow it never started (it died in between), and a run that is
+    # going, both older than the grace period
+    orphan = unique("unstarted")
+    sql("INSERT INTO runs (id, pipeline, pipeline_version, repository, trigger, params, status, stages, created_at) "
+        "VALUES (:id, 'unstarted', 1, '/srv/repo', 'api', '{}', 'running', '[]', now() - interval '5 minutes')",
+        id=orphan)
+    going = await start_busy_run(api, stack, tmp_path)
+    sql("UPDATE runs SET created_at = now() - interval '5 minutes' WHERE id = :r", r=going)
+    # When the worker sweeps
+    restart_worker(stack, DEVART_SWEEP_EVERY="1")
+
+    # Then the run without a workflow is failed, with the reason, and its end is in the feed once
+    async def failed() -> bool:
+        return sql("SELECT status FROM runs WHERE id = :r", r=orphan) == [{"status": "failed"}]
+
+    await poll(failed, deadline=60, every=0.5, what="the sweeper to fail the run that never started")
+    assert "Temporal has no workflow for it" in sql("SELECT error FROM runs WHERE id = :r", r=orphan)[0]["error"]
+    assert len(sql("SELECT 1 FROM events WHERE kind = 'run.finished' AND run_id = :r", r=orphan)) == 1
+    # And the run that has its workflow goes on
+    assert sql("SELECT status FROM runs WHERE id = :r", r=going) == [{"status": "running"}]
+    await api.post(f"/v1/runs/{going}/cancel")
