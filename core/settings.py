@@ -221,3 +221,31 @@ def worker() -> WorkerSettings:
 @lru_cache
 def run_policy() -> RunPolicySettings:
     return RunPolicySettings()
+
+
+class FeedSettings(BaseSettings):
+    """How many live event streams one API process serves, and how long it waits for a client that stops reading.
+
+    Every stream shares the process's one LISTEN connection, so these bound memory, sockets and coroutines, not
+    PostgreSQL connections.
+    """
+
+    model_config = _config("DEVART_FEED_")
+    max_streams: int = Field(default=500, ge=1, description="Concurrent streams of the whole API process.")
+    streams_per_client: int = Field(
+        default=20, ge=1, description="Concurrent streams of one client address (a dashboard opens a few)."
+    )
+    queue_size: int = Field(
+        default=1000, ge=1,
+        description="Events queued for one stream; past it, the stream catches up from the events table instead.",
+    )
+    send_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds one write may wait on a client that stopped reading before the "
+        "stream is closed (the client resumes with Last-Event-ID).",
+    )
+    retry_after: int = Field(default=5, ge=1, description="Seconds a client refused a stream is told to wait.")
+
+
+@lru_cache
+def feed() -> FeedSettings:
+    return FeedSettings()

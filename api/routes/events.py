@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 
-from api.services import feed
+from api.services import feed, stream_caps
+from api.sse import EventStreamResponse
+from core import settings
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -21,18 +22,23 @@ async def list_events(
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
     after: int = Query(default=0, ge=0), limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    events, _ = await feed.fetch(after, _filters(run_id, pipeline, agent, kind), limit)
-    return events
+    return await feed.fetch(after, _filters(run_id, pipeline, agent, kind), limit)
 
 
-@router.get("/stream")
+@router.get("/stream", response_class=EventStreamResponse)
 async def stream(
+    request: Request,
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
     after: int = Query(default=0, ge=0, description="Start after this event id (Last-Event-ID wins if set)."),
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Server-Sent Events: every matching event after the given id, then live ones; reconnect with
-    ``Last-Event-ID`` to resume without gaps or repeats."""
+    ``Last-Event-ID`` to resume without gaps or repeats. 429 (with Retry-After) past the stream caps."""
+    try:
+        slot = stream_caps.shared().admit(request.client.host if request.client else "unknown")
+    except stream_caps.StreamRefused as exc:
+        raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    cfg = settings.feed()
     start = last_event_id if last_event_id is not None else after
-    return StreamingResponse(feed.stream(start, _filters(run_id, pipeline, agent, kind)),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    opened = await feed.open_stream(start, _filters(run_id, pipeline, agent, kind), slot, cfg.queue_size)
+    return EventStreamResponse(opened.frames(), send_timeout=cfg.send_timeout, on_close=opened.close)

@@ -1,31 +1,31 @@
-"""The activity feed: events from PostgreSQL, live through LISTEN/NOTIFY, resumable by event id.
+"""The activity feed: events from PostgreSQL, live through the process's shared listener, resumable by event id.
 
-Event ids come from a sequence, so a transaction that started earlier can commit a smaller id after a larger one
-was already sent. The stream therefore never jumps over a missing id at once: it delivers up to the gap and waits
-for the missing event (up to ``GAP_WAIT``) before deciding it belonged to a rolled-back transaction. That is what
-makes resuming with ``Last-Event-ID`` lose nothing and repeat nothing.
+A stream first reads the table from the client's ``Last-Event-ID`` up to the listener's cursor, then takes the live
+events the listener queues for it. When its queue overflowed (the client reads slower than events arrive), it reads
+the table again from the last event it sent: the client loses nothing and repeats nothing, and the listener never
+waits on it. Resuming from the table rather than disconnecting the client: a burst (a run of many stages finishing
+together) must not make every dashboard reconnect at once, and catching up costs the same query a reconnect would.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from sqlalchemy import text
 
+from api.services import listener
+from api.services.listener import EVENT_COLUMNS, FeedEvent
+from api.services.stream_caps import Slot
 from core import db
-from core.events import CHANNEL
 
-#: How long a gap in event ids is waited for before it is taken as a rolled-back transaction.
-GAP_WAIT = 2.0
 #: A comment line is sent this often so proxies and clients keep an idle stream open.
 KEEPALIVE = 15.0
 #: Events read per query.
 BATCH = 500
+#: What an EventSource waits before it reconnects (sent once, as the stream's first line), in milliseconds.
+RECONNECT_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -51,57 +51,71 @@ class Filters:
             params.update(kind=self.kind, kind_prefix=f"{self.kind}.%")
         return (" AND " + " AND ".join(clauses)) if clauses else "", params
 
+    def matches(self, event: FeedEvent) -> bool:
+        """The same choice as ``sql``, for an event the listener offers."""
+        return ((not self.run_id or event.run_id == self.run_id)
+                and (not self.pipeline or event.pipeline == self.pipeline)
+                and (not self.agent or event.agent == self.agent)
+                and (not self.kind or event.kind == self.kind or event.kind.startswith(f"{self.kind}.")))
 
-def _row(r: Any) -> dict[str, Any]:
-    return {"id": r.id, "kind": r.kind, "run_id": r.run_id, "stage": r.stage, "agent": r.agent,
-            "message": r.message, "data": r.data, "created_at": r.created_at.isoformat()}
 
-
-async def fetch(after: int, filters: Filters, limit: int = BATCH) -> tuple[list[dict[str, Any]], list[int]]:
-    """Events after ``after`` that match, and every committed id after ``after`` (to see gaps)."""
+async def _read(after: int, filters: Filters, limit: int, until: int | None = None) -> list[Any]:
     where, params = filters.sql()
+    if until is not None:
+        where += " AND e.id <= :until"
+        params["until"] = until
     async with db.session() as s:
         rows = (await s.execute(text(
-            f"SELECT e.* FROM events e WHERE e.id > :after{where} ORDER BY e.id LIMIT :limit"),
+            f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.id > :after{where} ORDER BY e.id LIMIT :limit"),
             {"after": after, "limit": limit, **params})).all()
-        ids = [r[0] for r in (await s.execute(text(
-            "SELECT id FROM events WHERE id > :after ORDER BY id LIMIT :limit"), {"after": after, "limit": limit}))]
-    return [_row(r) for r in rows], ids
+    return [r._mapping for r in rows]
 
 
-def contiguous_until(after: int, ids: list[int]) -> int:
-    """The largest id up to which every id after ``after`` is committed."""
-    last = after
-    for i in ids:
-        if i != last + 1:
-            break
-        last = i
-    return last
+async def fetch(after: int, filters: Filters, limit: int = BATCH) -> list[dict[str, Any]]:
+    """Events after ``after`` that match, in id order."""
+    return [{**r, "created_at": r["created_at"].isoformat()} for r in await _read(after, filters, limit)]
 
 
-async def stream(after: int, filters: Filters) -> AsyncIterator[str]:
-    """Server-sent events, forever: matching events in id order, then live ones as they are committed."""
-    url = db.database_url().replace("postgresql+psycopg://", "postgresql://", 1)
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
-        await listener.execute(f"LISTEN {CHANNEL}")
-        cursor, gap_since = after, None
+class FeedStream:
+    """One client's stream: its admission slot and its subscription, both released by ``close``."""
+
+    def __init__(self, subscription: listener.Subscription, slot: Slot, after: int, filters: Filters) -> None:
+        self._subscription = subscription
+        self._slot = slot
+        self._last = after
+        self._filters = filters
+
+    async def frames(self) -> AsyncIterator[str]:
+        """Server-sent events, forever: matching events in id order, then live ones as they are committed."""
+        yield f"retry: {RECONNECT_MS}\n\n"
         while True:
-            events, ids = await fetch(cursor, filters)
-            safe = contiguous_until(cursor, ids)
-            if ids and safe < ids[-1]:  # a hole: wait for it, unless it has been open too long
-                gap_since = gap_since or time.monotonic()
-                if time.monotonic() - gap_since > GAP_WAIT:
-                    safe, gap_since = ids[-1], None
-            else:
-                gap_since = None
-            for event in events:
-                if event["id"] <= safe:
-                    yield f"id: {event['id']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
-            cursor = max(cursor, safe)
-            if len(ids) >= BATCH and safe == ids[-1]:
-                continue  # more to read right away
-            woke = False
-            async for _ in listener.notifies(timeout=GAP_WAIT / 4 if gap_since else KEEPALIVE, stop_after=1):
-                woke = True
-            if not woke and not gap_since:
+            if self._subscription.behind:  # first, and whenever the queue overflowed
+                until = self._subscription.catch_up_point()
+                while self._last < until:
+                    batch = await _read(self._last, self._filters, BATCH, until)
+                    for row in batch:
+                        yield FeedEvent.from_row(row).frame
+                    self._last = batch[-1]["id"] if len(batch) == BATCH else until
+                continue
+            events = await self._subscription.next(KEEPALIVE)
+            if events is None:
                 yield ": keepalive\n\n"
+                continue
+            for live in events:
+                if live.id > self._last:  # a client resuming past the listener's cursor has seen it
+                    yield live.frame
+                    self._last = live.id
+
+    def close(self) -> None:
+        self._subscription.close()
+        self._slot.release()
+
+
+async def open_stream(after: int, filters: Filters, slot: Slot, queue_size: int) -> FeedStream:
+    """Subscribe to the process's listener (starting it if it is not running yet) for a new stream."""
+    try:
+        subscription = await listener.shared().subscribe(filters.matches, queue_size)
+    except BaseException:
+        slot.release()
+        raise
+    return FeedStream(subscription, slot, after, filters)
