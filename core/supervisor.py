@@ -1,21 +1,24 @@
-"""Starts and stops devart's own processes (API, pipeline worker, agents) as children of one command.
+"""Starts and stops devart's own processes (API, pipeline worker, agents), and knows a process by pid and start time.
 
-Used by ``devart up`` and by the test suite, so the tests run exactly the processes a user runs.
+``Supervisor`` runs them as children of one command (the test suite and the benchmark); ``ProcessRef`` is how
+``devart up``'s supervisor (``core/daemon.py``) and ``devart down`` find them again from a record: a pid alone may
+have been given to another process since, a pid with its start time cannot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from core.errors import ServiceUnavailable
 
@@ -96,10 +99,6 @@ class Supervisor:
         for child in reversed(list(self.children)):
             self.stop(child, grace)
 
-    def save(self, path: Path) -> None:
-        """Remember the children so a later ``devart down`` can stop them."""
-        path.write_text(json.dumps({c.name: c.proc.pid for c in self.children}))
-
 
 def stop_child(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """Stop a child we started (and its process group), reaping it so it does not linger as a zombie."""
@@ -139,3 +138,73 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+#: Two readings of one process's start time differ by less than this (psutil derives it from clock ticks).
+_SAME_START = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process known by its pid *and* start time, so that a pid the kernel has since reused is never signalled.
+
+    devart starts each of its processes in a session of its own, so the pid is also its process group.
+    """
+
+    pid: int
+    started: float
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRef | None:
+        """The running process ``pid``, or None."""
+        try:
+            return cls(pid, psutil.Process(pid).create_time())
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (a zombie, exited but not yet reaped, does not)."""
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.started) < _SAME_START and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def signal(self, sig: int, *, group: bool = True) -> bool:
+        """Send ``sig`` to the process (and its group when it leads one) if it is still this process."""
+        if not self.alive():
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group and os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+        return True
+
+    def leftovers(self) -> list[psutil.Process]:
+        """Processes still in this process's group once it is gone (started after it, so none is a stranger)."""
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(proc.pid) == self.pid and proc.create_time() >= self.started - _SAME_START:
+                    found.append(proc)
+        return found
+
+
+def stop_refs(refs: Iterable[tuple[ProcessRef, int]], grace: float = 10.0) -> None:
+    """Send each process its stop signal at once, SIGKILL whatever still runs after ``grace`` seconds, then
+    whatever remains of their process groups."""
+    refs = list(refs)
+    for ref, sig in refs:
+        ref.signal(sig)
+    deadline = time.monotonic() + grace
+    while any(ref.alive() for ref, _ in refs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for ref, _ in refs:
+        ref.signal(signal.SIGKILL)
+        for proc in ref.leftovers():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    deadline = time.monotonic() + 5.0
+    while any(ref.alive() for ref, _ in refs) and time.monotonic() < deadline:
+        time.sleep(0.05)
