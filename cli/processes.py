@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import typer
 
@@ -43,12 +44,20 @@ def agent(
     name: str = typer.Option(..., help="The agent's registered name."),
     capabilities: str = typer.Option("", help="Comma-separated capabilities, e.g. python,test."),
     key: str = typer.Option(None, envvar="DEVART_AGENT_KEY", help="The agent's API key."),
+    key_file: Path = typer.Option(
+        None, envvar="DEVART_AGENT_KEY_FILE", help="File holding the agent's API key (read at start; wins over --key)."
+    ),
     concurrency: int = typer.Option(1, min=1, help="Tasks run at once."),
     module: list[str] = typer.Option([], "--module", help="Python module with an AgentApp of custom skills."),
 ) -> None:
     """Run an agent that consumes every lane its capabilities can serve."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            fail(f"cannot read the agent key file {key_file}: {exc.strerror}")
     if not key:
-        fail("no agent key: pass --key or set DEVART_AGENT_KEY (`devart agents create NAME` prints one)")
+        fail("no agent key: pass --key, --key-file or set DEVART_AGENT_KEY (`devart agents create NAME` prints one)")
     caps = [c.strip() for c in capabilities.split(",") if c.strip()]
     custom: dict[str, Skill] = {}
     for module_name in module:

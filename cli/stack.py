@@ -1,15 +1,16 @@
-"""``devart up``, ``down`` and ``doctor``: run the whole stack on one machine, and say what is wrong if it can't."""
+"""``devart up``, ``down``, ``status`` and ``doctor``: run the whole stack on one machine, and say what is wrong.
+
+``devart up`` hands the stack to a supervisor of its own (``core/daemon.py``: the design is written there) and
+returns once every process runs, each exactly once; run again, it only reports and asks the supervisor to start
+whatever is missing. ``devart down`` stops everything it started, whatever happened in between.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import secrets
 import shutil
 import signal
 import threading
-from pathlib import Path
+import time
 from urllib.parse import urlparse
 
 import typer
@@ -17,84 +18,45 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, fail
-from core import db, services, settings
+from core import db, services, settings, stackctl
 from core.errors import DevartError
-from core.supervisor import Supervisor, stop_child, stop_process
+from core.stackfile import StackRecord
+from core.stackplan import DEFAULT_POOL, is_local, temporal_host_port
 
-#: The default agent pool: together they serve every built-in pipeline, each lane by at least one agent.
-DEFAULT_POOL = {
-    "builder": ["python", "build", "test", "lint", "shell"],
-    "tester": ["python", "test", "lint"],
-    "reviewer": ["python", "code-review", "lint"],
-}
-
-
-def _temporal_host_port() -> tuple[str, int]:
-    host, _, port = settings.temporal().address.rpartition(":")
-    return host or "127.0.0.1", int(port or 7233)
-
-
-def _is_local(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1")
-
-
-async def _register_pool() -> dict[str, str]:
-    from core.agents import create_or_rotate
-
-    async with db.session() as s:
-        return {name: await create_or_rotate(s, name, caps) for name, caps in DEFAULT_POOL.items()}
+__all__ = ["DEFAULT_POOL", "doctor", "down", "status", "supervise", "up"]
 
 
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Start everything and return (stop with devart down)."),
 ) -> None:
-    """Start what is missing (RabbitMQ, Temporal, PostgreSQL), then the API, the pipeline worker and an agent pool."""
+    """Start the stack under a supervisor (RabbitMQ too if it is local and down): PostgreSQL, Temporal, the API,
+    the pipeline worker and an agent pool, each once; a process that dies is started again."""
     state = settings.state().root
-    logs = state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    api_cfg = settings.api()
-    if _api_healthy(api_cfg.url):
-        console.print(f"devart is already up at {api_cfg.url} (stop it with devart down)")
-        _print_addresses(api_cfg.url, logs)
-        return
-    started_temporal = None
+    already = stackctl.supervisor_alive(state)
+    amqp_url = settings.amqp().amqp_url
     try:
-        amqp_url = settings.amqp().amqp_url
         if not services.amqp_reachable(amqp_url):
-            if not _is_local(urlparse(amqp_url).hostname or ""):
+            if not is_local(urlparse(amqp_url).hostname or ""):
                 fail(f"RabbitMQ is not reachable at {amqp_url}")
             console.print("starting RabbitMQ …")
             services.start_rabbitmq()
-        host, port = _temporal_host_port()
-        if not services.port_open(host, port):
-            if not _is_local(host):
-                fail(f"Temporal is not reachable at {host}:{port}")
-            console.print("starting the Temporal dev server …")
-            started_temporal = services.start_temporal(state / "temporal.db", port=port, log_file=logs / "temporal.log")
-        url = db.database_url()
-        db.upgrade()
-        keys = asyncio.run(_register_pool())
+        host, port = temporal_host_port()
+        if not is_local(host) and not services.port_open(host, port):
+            fail(f"Temporal is not reachable at {host}:{port}")
+        if not already:
+            console.print(f"starting devart's supervisor (log: {state / 'logs' / 'supervisor.log'}) …")
+        record = stackctl.start(state)
     except DevartError as exc:
         fail(str(exc))
-    sup = Supervisor(
-        logs, env={"DATABASE_URL": url, "DEVART_HOME": str(state), "DEVART_ADMIN_TOKEN": _admin_token(state)}
-    )
-    try:
-        api_child = sup.api(api_cfg.host, api_cfg.port)
-        sup.wait_healthy(api_cfg.url, api_child)
-        sup.worker()
-        for name, caps in DEFAULT_POOL.items():
-            sup.agent(name, caps, keys[name])
-    except DevartError as exc:
-        sup.stop_all()
-        fail(str(exc))
-    _print_addresses(api_cfg.url, logs)
+    _print_addresses(settings.api().url, state)
+    _print_status(record)
+    if record.status != "running":
+        fail("some processes are not running: see `devart status` and their logs")
+    if already:
+        console.print("devart was already up: nothing was started twice (stop it with [bold]devart down[/])")
+        return
     if detach:
-        pids = {c.name: c.proc.pid for c in sup.children}
-        if started_temporal is not None:
-            pids["temporal"] = started_temporal.pid
-        (state / "up.json").write_text(json.dumps(pids))
-        console.print("running in the background; stop with [bold]devart down[/]")
+        console.print("running in the background; [bold]devart status[/] shows it, [bold]devart down[/] stops it")
         return
     console.print("press Ctrl-C to stop")
     done = threading.Event()
@@ -102,33 +64,65 @@ def up(
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     done.wait()
     console.print("stopping …")
-    sup.stop_all()
-    if started_temporal is not None:
-        stop_child(started_temporal)
+    stackctl.stop(state)
 
 
-def _admin_token(state: Path) -> str:
-    """DEVART_ADMIN_TOKEN, or one generated once and kept (mode 0600) in the state folder for the CLI."""
-    token = settings.admin().admin_token
-    if token:
-        return token
-    stored = state / "admin-token"
-    if not stored.exists():
-        stored.touch(mode=0o600)
-        stored.write_text(secrets.token_urlsafe(32))
-    return stored.read_text().strip()
+def down() -> None:
+    """Stop everything ``devart up`` started, also when its supervisor is gone, and the embedded PostgreSQL."""
+    state = settings.state().root
+    supervised = stackctl.supervisor_alive(state)
+    stopped = stackctl.stop(state)
+    if supervised:
+        console.print("stopped devart's supervisor and the processes it ran")
+    for name in stopped:
+        console.print(f"stopped {name}, left running without its supervisor")
+    if not supervised and not stopped:
+        console.print("devart was not running")
 
 
-def _api_healthy(url: str) -> bool:
-    import httpx
+def status() -> None:
+    """Show each process of the stack: its status, pid, restarts and uptime (exit code 1 unless all run)."""
+    record = stackctl.read(settings.state().root)
+    if record is None:
+        fail("devart is not running here (start it with devart up)")
+    _print_status(record)
+    if not record.supervisor.alive() or record.status != "running":
+        raise typer.Exit(1)
 
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
-    except httpx.TransportError:
-        return False
+
+def supervise(lock_fd: int = typer.Option(None, help="Descriptor of the held supervisor lock.")) -> None:
+    """Run the stack's supervisor (started by devart up)."""
+    from core import daemon
+
+    raise typer.Exit(daemon.main(settings.state().root, lock_fd))
 
 
-def _print_addresses(api_url: str, logs: os.PathLike[str]) -> None:
+def _uptime(started: float | None) -> str:
+    if not started:
+        return "-"
+    seconds = int(time.time() - started)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _print_status(record: StackRecord) -> None:
+    alive = record.supervisor.alive()
+    title = f"devart: {record.status if alive else 'supervisor not running'}"
+    table = Table(title=title)
+    for col in ("process", "status", "pid", "restarts", "uptime", "detail"):
+        table.add_column(col)
+    sup = record.supervisor
+    table.add_row("supervisor", "running" if alive else "gone", str(sup.pid if alive else "-"), "",
+                  _uptime(sup.started if alive else None), record.message if record.status == "failed" else "")
+    colours = {"running": "green", "external": "cyan", "failed": "red", "backoff": "yellow"}
+    for child in record.children.values():
+        state = child.status if child.status in ("external", "stopped") or child.alive() else "gone"
+        detail = child.message or (f"last exit {child.last_exit}" if child.last_exit is not None else "")
+        table.add_row(child.name, f"[{colours.get(state, 'white')}]{state}[/]", str(child.pid or "-"),
+                      str(child.restarts), _uptime(child.started if state == "running" else None), escape(detail))
+    console.print(table)
+
+
+def _print_addresses(api_url: str, state: object) -> None:
     table = Table(title="devart is up", show_header=False)
     table.add_row("API", f"{api_url}  (OpenAPI: {api_url}/docs)")
     table.add_row("Temporal Web UI", settings.temporal().ui_url)
@@ -139,23 +133,8 @@ def _print_addresses(api_url: str, logs: os.PathLike[str]) -> None:
         + "  (management UI on :15672 if enabled)",
     )
     table.add_row("Agents", escape(", ".join(f"{n} [{','.join(c)}]" for n, c in DEFAULT_POOL.items())))
-    table.add_row("Logs", str(logs))
+    table.add_row("Logs", f"{state}/logs")
     console.print(table)
-
-
-def down() -> None:
-    """Stop what ``devart up --detach`` started, and the embedded PostgreSQL."""
-    state = settings.state().root
-    record = state / "up.json"
-    if record.exists():
-        for name, pid in json.loads(record.read_text()).items():
-            stop_process(int(pid))
-            console.print(f"stopped {name}")
-        record.unlink()
-    from core.embedded import stop_postgres
-
-    if not settings.DatabaseSettings().database_url and stop_postgres(state):
-        console.print("stopped the embedded PostgreSQL")
 
 
 def doctor() -> None:
@@ -165,7 +144,7 @@ def doctor() -> None:
         checks.append(("temporal CLI", True, services.temporal_binary()))
     except DevartError as exc:
         checks.append(("temporal CLI", False, str(exc)))
-    host, port = _temporal_host_port()
+    host, port = temporal_host_port()
     checks.append(
         (
             "Temporal",

@@ -92,11 +92,8 @@ def wait_for_port(
     raise ServiceUnavailable(f"{what} did not listen on {host}:{port} within {deadline_seconds:.0f}s")
 
 
-def start_temporal(
-    db_file: Path, *, port: int = 7233, ui_port: int = 8233, log_file: Path | None = None, headless: bool = False
-) -> subprocess.Popen:
-    """Start ``temporal server start-dev`` with a db file (runs survive restarts) and devart's search attributes."""
-    db_file.parent.mkdir(parents=True, exist_ok=True)
+def temporal_command(db_file: Path, *, port: int = 7233, ui_port: int = 8233, headless: bool = False) -> list[str]:
+    """``temporal server start-dev`` with a db file (runs survive restarts) and devart's search attributes."""
     cmd = [
         temporal_binary(),
         "server",
@@ -112,7 +109,15 @@ def start_temporal(
         *SEARCH_ATTRIBUTE_ARGS,
         *SQLITE_PRAGMA_ARGS,
     ]
-    cmd += ["--headless"] if headless else ["--ui-port", str(ui_port)]
+    return cmd + (["--headless"] if headless else ["--ui-port", str(ui_port)])
+
+
+def start_temporal(
+    db_file: Path, *, port: int = 7233, ui_port: int = 8233, log_file: Path | None = None, headless: bool = False
+) -> subprocess.Popen:
+    """Start the Temporal dev server (``temporal_command``) and wait until it listens."""
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = temporal_command(db_file, port=port, ui_port=ui_port, headless=headless)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as out:

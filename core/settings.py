@@ -66,6 +66,24 @@ class ApiSettings(BaseSettings):
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
 
 
+class SupervisorSettings(BaseSettings):
+    """How ``devart up``'s supervisor restarts a process that died, and when it gives up on one."""
+
+    model_config = _config("DEVART_SUPERVISOR_")
+    backoff_initial: float = Field(default=0.5, gt=0, description="Seconds before restarting a process that died.")
+    backoff_max: float = Field(default=30.0, gt=0, description="Longest wait between restarts (it doubles each time).")
+    crash_loop: int = Field(
+        default=5, ge=1, description="Quick exits in a row (each within stable_after of its start) before giving up."
+    )
+    stable_after: float = Field(
+        default=60.0, gt=0, description="Seconds a process must run for its next exit to start the backoff over."
+    )
+    stop_grace: float = Field(default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping.")
+    ready_timeout: float = Field(
+        default=180.0, gt=0, description="Seconds `devart up` waits for the whole stack to run before giving up."
+    )
+
+
 class RunPolicySettings(BaseSettings):
     """Limits stamped into every run at its start, so its workflow stays deterministic whatever changes later."""
 
@@ -216,6 +234,11 @@ def admin() -> AdminSettings:
 @lru_cache
 def worker() -> WorkerSettings:
     return WorkerSettings()
+
+
+@lru_cache
+def supervisor() -> SupervisorSettings:
+    return SupervisorSettings()
 
 
 @lru_cache
