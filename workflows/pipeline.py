@@ -75,6 +75,8 @@ class PipelineWorkflow:
         self._approved = False
         self._local_steps = False
         self._verdicts = False
+        #: Set once the run is being cancelled: whatever ends a stage's task from then on ends it as cancelled.
+        self._cancelling = False
 
     @workflow.signal
     def approve(self) -> None:
@@ -112,6 +114,7 @@ class PipelineWorkflow:
                 if self._verdicts:
                     _raise_escaped(done)
         except asyncio.CancelledError:
+            self._cancelling = True
             for task in tasks.values():
                 task.cancel()
             # Let every stage run its teardown before the run is reported cancelled.
@@ -238,7 +241,9 @@ class PipelineWorkflow:
             state.attempts = result.attempt
             state.status = StageStatus.SUCCEEDED
         except ActivityError as err:
-            if isinstance(err.cause, CancelledError):  # the agent acknowledged the run's cancellation
+            # The agent acknowledged the run's cancellation, or the task ended otherwise once it was asked to stop
+            # (its agent died, so its heartbeat timed out instead): either way the cancellation ended the stage.
+            if isinstance(err.cause, CancelledError) or self._cancelling:
                 state.status = StageStatus.CANCELLED
                 state.error = "cancelled"
                 raise

@@ -62,3 +62,26 @@ async def test_cancel_mid_stage(api: httpx.AsyncClient, stack: Stack, tmp_path: 
 
     await poll(attempt_closed, deadline=30, what="the agent to report the cancellation")
     assert (await api.post(f"/v1/runs/{run_id}/cancel")).status_code == 409
+
+
+async def test_cancel_while_the_agent_is_dead(api: httpx.AsyncClient, stack: Stack, tmp_path: Path) -> None:
+    # Given a stage held by an agent that is then killed, so nobody will acknowledge a cancellation
+    cap = unique("orphaned")
+    agent = unique("agent")
+    stack.start_agent(agent, [cap])
+    name = unique("orphaned")
+    await publish(api, {"name": name, "stages": [{**noop_stage("long", cap, sleep=300), "heartbeat_timeout": 4}]})
+    run_id = await start(api, name, tmp_path)
+    await wait_stage(api, run_id, "long", "running")
+
+    async def claimed() -> bool:
+        return bool(sql("SELECT 1 FROM task_attempts WHERE run_id = :r AND status = 'claimed'", r=run_id))
+
+    await poll(claimed, deadline=30, what="the agent to claim the task")
+    stack.sigkill(agent)
+    # When the run is cancelled, and the stage's task times out instead of acknowledging it
+    assert (await api.post(f"/v1/runs/{run_id}/cancel")).status_code == 202
+    run = await wait_run(api, run_id, deadline=60)
+    # Then the stage ended because the run was cancelled, not because it failed
+    assert run["status"] == "cancelled"
+    assert [(s["status"], s["error"]) for s in run["stages"]] == [("cancelled", "cancelled")]
