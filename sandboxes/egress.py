@@ -23,6 +23,7 @@ dies.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
 import os
@@ -55,6 +56,8 @@ _MISSING = ("this stage asks for 'network: egress', which local sandboxes get th
             "their own, never the host's), and it is not installed: install it with `apt-get install -y "
             "slirp4netns`, or give the stage 'network: packages' or 'none'")
 _INFO_LIMIT = 1 << 16
+#: ioctl on a namespace descriptor returning a descriptor of the user namespace owning it (linux/nsfs.h).
+NS_GET_USERNS = 0xB701
 
 
 def tools(helper_path: str) -> tuple[str, str, str] | None:
@@ -168,15 +171,27 @@ class EgressLink:
             os.write(self._block_w, b"1")
 
     async def _connect(self, pid: int, addresses: list[str]) -> None:
-        """Start slirp4netns on bubblewrap's child ``pid`` and close the routes out of its namespace."""
+        """Start slirp4netns on the network namespace of bubblewrap's child ``pid`` and configure it."""
+        namespaces = _namespaces(pid, userns=self._userns)
+        try:
+            await self._configure(namespaces, addresses)
+        finally:
+            for fd in namespaces:
+                os.close(fd)
+
+    async def _configure(self, namespaces: list[int], addresses: list[str]) -> None:
+        """``namespaces``: the network namespace, then (in a user namespace) the user namespace owning it."""
+        # Both tools enter the namespaces through descriptors they inherit: never a path a later step could change.
+        paths = [f"/proc/self/fd/{fd}" for fd in namespaces]
+        userns = [f"--userns-path={paths[1]}"] if self._userns else []
         ready_r, ready_w = os.pipe()
-        userns = [f"--userns-path=/proc/{pid}/ns/user"] if self._userns else []
         try:
             self._process = await asyncio.create_subprocess_exec(
-                self._slirp, f"--mtu={MTU}", "--disable-host-loopback", "--enable-sandbox",
-                "--enable-seccomp", f"--ready-fd={ready_w}", f"--exit-fd={self._exit_r}", *userns, str(pid), TAP,
+                self._slirp, f"--mtu={MTU}", "--disable-host-loopback", "--enable-sandbox", "--enable-seccomp",
+                f"--ready-fd={ready_w}", f"--exit-fd={self._exit_r}", "--netns-type=path", *userns, paths[0], TAP,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(ready_w, self._exit_r), start_new_session=True)
+                stderr=asyncio.subprocess.PIPE, pass_fds=(ready_w, self._exit_r, *namespaces),
+                start_new_session=True)
         finally:
             os.close(ready_w)
         try:
@@ -188,10 +203,11 @@ class EgressLink:
         if ready != b"1":
             raise SandboxError(f"slirp4netns did not bring up the sandbox's network: {await self._said()}",
                                retryable=True, reason="EgressUnavailable")
-        enter = [self._nsenter, *([f"--user=/proc/{pid}/ns/user", "--preserve-credentials"] if self._userns else []),
-                 f"--net=/proc/{pid}/ns/net", self._ip, "-batch", "-"]
+        enter = [self._nsenter, *([f"--user={paths[1]}", "--preserve-credentials"] if self._userns else []),
+                 f"--net={paths[0]}", self._ip, "-batch", "-"]
         routes = await asyncio.create_subprocess_exec(
-            *enter, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            *enter, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            pass_fds=namespaces)
         try:
             said, _ = await asyncio.wait_for(routes.communicate(route_script(addresses)), READY_TIMEOUT)
         except BaseException:
@@ -230,6 +246,28 @@ class EgressLink:
             process.kill()
         tail = (await process.stderr.read(_INFO_LIMIT)).decode(errors="replace").strip()[-500:]
         return f"exit status {await process.wait()}: {tail or 'no output'}"
+
+
+def _namespaces(pid: int, *, userns: bool) -> list[int]:
+    """Descriptors of ``pid``'s network namespace and, with ``userns``, of the user namespace that owns it.
+
+    The owner is asked of the network namespace itself: bubblewrap may move its child into a second, nested user
+    namespace while setting up, and ``/proc/<pid>/ns/user`` would then name that one, where the network cannot be
+    entered.
+    """
+    try:
+        net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"the sandbox's network namespace is gone: {exc}", retryable=True,
+                           reason="EgressUnavailable") from exc
+    if not userns:
+        return [net]
+    try:
+        return [net, fcntl.ioctl(net, NS_GET_USERNS)]
+    except OSError as exc:
+        os.close(net)
+        raise SandboxError(f"could not find the user namespace of the sandbox's network: {exc}", retryable=True,
+                           reason="EgressUnavailable") from exc
 
 
 def _exited(pidfd: int) -> bool:

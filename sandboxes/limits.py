@@ -11,8 +11,10 @@ Without a writable hierarchy (a non-root operator, a locked-down container), ``p
 sandbox, and ignored for root, so an unisolated root command has no process limit) and no CPU limit; an out of
 memory allocation then fails inside the program instead of being reported as ``oom_killed``.
 
-Disk: every mechanism caps the size of any one file at ``disk_mb`` (``RLIMIT_FSIZE``, SIGXFSZ past it); the
-sandbox's total is checked after each command (``disk_usage``), which reports but cannot prevent a burst.
+Disk: every mechanism caps the size of any one file at ``disk_mb`` (``RLIMIT_FSIZE``, SIGXFSZ past it). The
+sandbox's total is the size of its volume (``sandboxes/volumes.py``): a tmpfs of ``disk_mb`` when devart runs as
+root, so a write past it fails with ENOSPC; otherwise it is only measured after each command, which reports but
+cannot prevent a burst.
 """
 
 from __future__ import annotations
