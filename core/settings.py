@@ -272,3 +272,19 @@ class FeedSettings(BaseSettings):
 @lru_cache
 def feed() -> FeedSettings:
     return FeedSettings()
+
+
+class SourceSettings(BaseSettings):
+    """Where a run's source may be fetched from (``sandboxes/source_hosts.py``)."""
+
+    model_config = _config("DEVART_SOURCE_")
+    allowed_hosts: str = Field(
+        default="",
+        description="Host names or CIDRs (comma-separated) a source URL may reach although they are loopback, "
+        "private, link-local or this host's own: an operator's internal git server.",
+    )
+
+
+@lru_cache
+def source() -> SourceSettings:
+    return SourceSettings()
