@@ -253,6 +253,15 @@ async def test_egress_reaches_neither_the_host_nor_private_networks(
     assert "\t00000000\t0202000A\t" in routes, routes  # default via 10.0.2.2
     if name is not None:
         assert results[-1] == "done", f"{name} did not resolve in the sandbox: {results[-1]}"
+    # ... and the command cannot lift the routes that close the rest
+    await routes_stay(backend, handle)
+
+
+async def routes_stay(backend: LocalSandbox, handle: SandboxHandle) -> None:
+    result = await backend.exec(handle, ["sh", "-c", "PATH=$PATH:/usr/sbin:/sbin; ip route del unreachable 10.0.0.0/8; "
+                                         "ip route add 192.0.2.0/24 dev tap0; ip route show 10.0.0.0/8"])
+    assert result.output.count("Operation not permitted") == 2 and "unreachable 10.0.0.0/8" in result.output, (
+        result.output)
 
 
 def resolves(name: str) -> bool:
@@ -348,8 +357,9 @@ async def test_egress_is_the_same_under_an_unprivileged_bubblewrap(sandboxes: Ca
     _, handle = await sandboxes("egress")  # its volume then belongs to this user, as without root
     # When its command connects to the host's loopback and reads its routes
     refused, routes = await probe(backend, handle, ("tcp", "10.0.2.2", 5672), ("read", "/proc/net/route", 0))
-    # Then the host stays closed and the way out is slirp's
+    # Then the host stays closed, the way out is slirp's, and the routes cannot be lifted
     assert refused.startswith("OSError") and "\t00000000\t0202000A\t" in routes
+    await routes_stay(backend, handle)
 
 
 def test_the_resolver_file_goes_where_resolv_conf_leads(tmp_path: Path) -> None:
