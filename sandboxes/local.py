@@ -142,7 +142,8 @@ class LocalSandbox:
             # The sandbox user owns the volume, unless bubblewrap maps it onto this one (a user namespace).
             mapped = self._confinement is not None and self._confinement.setpriv is None
             await asyncio.to_thread(volumes.create, directory, spec.disk_mb, os.getuid() if mapped else SANDBOX_UID)
-            workdir = await materialize(plan, volumes.workspace(directory), exclude=self.root)
+            workdir = await materialize(plan, volumes.workspace(directory), exclude=self.root,
+                                        limit_bytes=spec.disk_mb << 20)
             try:
                 await asyncio.to_thread(artifacts.copy_into, self.root, run_id, workdir)
             except OSError as exc:

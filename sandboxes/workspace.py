@@ -1,8 +1,11 @@
 """A local sandbox on disk: its directory layout and ``meta.json``, its checkout of the source, its removal.
 
 Kept apart from ``sandboxes/local.py``, which runs commands in the directory. The checkout is a git clone at a
-ref or a copy of a local working tree; git runs as an asyncio subprocess so a cancelled provision kills it, and
-copying runs in a thread. The other helpers here are blocking: callers run them with ``asyncio.to_thread``.
+ref or a copy of a local working tree, never read with more rights than the sandbox's own user has
+(``sandboxes/source_sandbox.py``) nor fetched from the host's own or private networks
+(``sandboxes/source_hosts.py``), and bounded by the stage's disk limit. The copy and git run as subprocesses, so
+a cancelled provision kills them. The other helpers here are blocking: callers run them with
+``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -12,17 +15,24 @@ import json
 import os
 import secrets
 import shutil
-import signal
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from core import settings
 from core.contracts import SandboxHandle, SandboxSpec, Source
 from core.errors import SandboxError
+from sandboxes import source_fetch, source_hosts
+from sandboxes.source_fetch import SOURCE_UNREACHABLE, GitFailed, TooBig, clone_failure
+from sandboxes.source_hosts import Remote
 
-#: Seconds a clone or checkout may take; a hung server or a huge repository fails the provision instead.
-GIT_TIMEOUT = 600.0
+__all__ = ["COPY_IGNORED", "COPY_IGNORED_TOP", "SOURCE_UNREACHABLE", "CheckoutPlan", "GitFailed", "clone_failure",
+           "create_layout", "disk_usage", "hand_over", "materialize", "plan_checkout", "read_handles", "remove_tree",
+           "write_json"]
+
 #: URL forms treated as remote git repositories (anything else must be a local directory).
 GIT_URL_PREFIXES = ("http://", "https://", "ssh://", "git://", "file://", "git@")
 #: Names skipped at any depth when copying a working tree: caches and environments the sandbox rebuilds.
@@ -30,112 +40,180 @@ COPY_IGNORED = (".venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
                 "*.egg-info")
 #: Build outputs skipped only at the top: deeper, ``build`` or ``dist`` may be a real package (pypa/build's src/build).
 COPY_IGNORED_TOP = frozenset({"dist", "build"})
-#: What git (through curl or ssh) says when the network failed: trying again later may work. Checked first, since
-#: ssh adds "make sure ... the repository exists" to a refused connection too.
-NETWORK_FAILURES = (
-    "could not resolve host", "name or service not known", "temporary failure in name resolution",
-    "failed to connect", "couldn't connect", "connection refused", "connection timed out", "operation timed out",
-    "network is unreachable", "no route to host", "connection reset", "the remote end hung up unexpectedly",
-    "early eof", "rpc failed", "returned error: 502", "returned error: 503", "returned error: 504",
-)
-#: What git says when the repository is not there (or not visible to us): trying again will not help.
-MISSING_REPOSITORY = (
-    "does not appear to be a git repository", "not found", "does not exist", "returned error: 404",
-    "could not read username", "authentication failed", "permission denied",
-)
-#: Why a retryable clone failure failed (``SandboxError.reason``, the activity's error type).
-SOURCE_UNREACHABLE = "SourceUnreachable"
-
-
-class GitFailed(SandboxError):
-    """git exited non-zero; ``stderr`` is what it said, so callers can tell a missing thing from a network fault."""
-
-    def __init__(self, message: str, stderr: str) -> None:
-        super().__init__(message)
-        self.stderr = stderr
-
-
-def clone_failure(origin: str, exc: SandboxError) -> SandboxError:
-    """A failed clone as a ``SandboxError`` that says whether retrying may help, classified by git's own words."""
-    said = exc.stderr.lower() if isinstance(exc, GitFailed) else ""
-    if any(words in said for words in NETWORK_FAILURES) or (not said and "took longer than" in str(exc)):
-        return SandboxError(f"cannot reach repository {origin}: {exc}. Will try again: the network or the server "
-                            "may be down", retryable=True, reason=SOURCE_UNREACHABLE)
-    if any(words in said for words in MISSING_REPOSITORY):
-        return SandboxError(f"repository {origin} not found: {exc}. Check the repository URL or path and that this "
-                            "machine may read it")
-    return SandboxError(f"{exc}. Check the repository URL or path and that this machine can read it")
-
-
 @dataclass(frozen=True)
 class CheckoutPlan:
     """How to materialise a source: clone ``origin`` (and check out ``ref``) or copy ``origin``.
 
     ``subdir`` is the part of a local git repository the caller asked for; the whole repository is cloned (so
-    git works in the workspace) and commands start in that sub-directory.
+    git works in the workspace) and commands start in that sub-directory. ``path`` is the local folder copied or
+    cloned (a ``file://`` URL's path), ``also`` the git folders a clone of a linked worktree reads too, and
+    ``remote`` a remote URL's checked host and addresses.
     """
 
     origin: str
     ref: str | None
     clone: bool
     subdir: str = ""
+    path: str = ""
+    also: tuple[str, ...] = ()
+    remote: Remote | None = None
 
 
 async def plan_checkout(source: Source) -> CheckoutPlan:
-    """Decide how ``source`` is checked out, refusing what cannot work before anything is created on disk."""
+    """Decide how ``source`` is checked out, refusing what cannot work (or may not be fetched) before anything
+    is created on disk."""
     ref = source.ref.strip() if source.ref is not None else None
     if ref is not None and (not ref or ref.startswith("-")):
         raise SandboxError(f"invalid git ref {source.ref!r}: give a branch, tag or commit (or none for the "
                            "working tree)")
-    if source.repo.startswith(GIT_URL_PREFIXES):
-        return CheckoutPlan(origin=source.repo, ref=ref, clone=True)
-    path = Path(source.repo).expanduser()
+    repo = source.repo
+    if source_hosts.is_helper_url(repo):
+        raise SandboxError(f"source {repo!r} asks git for a remote helper ({repo.split('::', 1)[0]}::), which "
+                           "runs programs on this machine: give an http, https, ssh or git URL, or a local "
+                           "directory", reason=source_hosts.SOURCE_REFUSED)
+    if repo.startswith("file://"):
+        return _plan_file_url(repo, ref)
+    if source_hosts.is_remote(repo):
+        try:
+            remote = await source_hosts.check(repo, settings.source().allowed_hosts)
+        except source_hosts.Unresolved as exc:
+            raise clone_failure(repo, GitFailed(f"cloning {repo!r} failed: {exc}", str(exc))) from None
+        return CheckoutPlan(origin=repo, ref=ref, clone=True, remote=remote)
+    path = Path(repo).expanduser()
     if not path.is_dir():
-        raise SandboxError(f"source repository {source.repo!r} does not exist or is not a directory: give an "
+        raise SandboxError(f"source repository {repo!r} does not exist or is not a directory: give an "
                            f"existing local directory or a git URL ({', '.join(GIT_URL_PREFIXES)})")
     path = path.resolve()
     if ref is None:
-        return CheckoutPlan(origin=str(path), ref=None, clone=False)
+        return CheckoutPlan(origin=str(path), ref=None, clone=False, path=str(path))
     try:
-        toplevel = (await _git("rev-parse", "--show-toplevel", cwd=path, timeout=60.0)).strip()
-    except SandboxError:
+        found = await source_fetch.git("rev-parse", "--path-format=absolute", "--show-toplevel",
+                                       "--git-common-dir", cwd=path, timeout=60.0)
+        toplevel, common = found.splitlines()[:2]
+    except (SandboxError, ValueError):
         raise SandboxError(f"source {str(path)!r} is not inside a git repository, so ref {ref!r} cannot be "
                            "checked out: drop the ref to copy the directory as it is, or point at a git "
                            "repository") from None
-    top = Path(toplevel).resolve()
+    top, git_dir = Path(toplevel).resolve(), Path(common).resolve()
     subdir = path.relative_to(top).as_posix() if path != top else ""
-    return CheckoutPlan(origin=str(top), ref=ref, clone=True, subdir=subdir)
+    also = () if git_dir.is_relative_to(top) else (str(git_dir),)  # a linked worktree's repository
+    return CheckoutPlan(origin=str(top), ref=ref, clone=True, subdir=subdir, path=str(top), also=also)
 
 
-async def materialize(plan: CheckoutPlan, dest: Path, *, exclude: Path | None = None) -> Path:
+def _plan_file_url(url: str, ref: str | None) -> CheckoutPlan:
+    """A ``file://`` URL is a local repository: cloned like one, as the sandbox user."""
+    parts = urlsplit(url)
+    path = Path(parts.path)
+    if parts.netloc not in ("", "localhost") or not path.is_absolute():
+        raise SandboxError(f"source {url!r} is not a local file URL: write file:///absolute/path")
+    if not path.is_dir():
+        raise clone_failure(url, GitFailed(f"cloning {url!r} failed: {path} does not exist or is not a "
+                                           "directory", "does not exist"))
+    return CheckoutPlan(origin=url, ref=ref, clone=True, path=str(path.resolve()))
+
+
+async def materialize(plan: CheckoutPlan, dest: Path, *, exclude: Path | None = None,
+                      limit_bytes: int | None = None) -> Path:
     """Create ``dest`` holding the source and return the directory commands should start in.
+
+    A local source is read with the sandbox user's rights when devart runs as root, a remote one fetched only
+    from the addresses ``plan_checkout`` checked (``sandboxes/source_fetch.py``). Whatever fails or is cancelled,
+    ``dest`` is gone when this raises.
 
     Args:
         plan: from ``plan_checkout``.
-        dest: the workspace directory; must not exist yet.
+        dest: the workspace directory; must not exist yet, and (as root) its parent belongs to the sandbox user.
         exclude: a directory never copied (the sandbox root, should it live inside the source tree).
+        limit_bytes: the most the checkout may take (the stage's disk limit); None for no limit.
     """
-    if not plan.clone:
-        await _copy_tree(Path(plan.origin), dest, exclude)
-        return dest
-    local = not plan.origin.startswith(GIT_URL_PREFIXES)
-    # --no-hardlinks: the sandbox may modify objects, and must never touch the operator's repository.
+    if os.path.lexists(dest):
+        raise SandboxError(f"cannot create the workspace at {dest}: it exists already")
+    hide = [*([exclude] if exclude is not None else []), settings.state().root]  # never seen by a copy or clone
     try:
-        await _git("clone", "--quiet", *(["--no-hardlinks"] if local else []), "--", plan.origin, str(dest),
-                   what=f"cloning {plan.origin!r}")
-    except SandboxError as exc:
-        raise clone_failure(plan.origin, exc) from None
+        if not plan.clone:
+            await _copy(plan, dest, exclude, limit_bytes, hide)
+            return dest
+        await _clone(plan, dest, limit_bytes, hide)
+        workdir = dest / plan.subdir if plan.subdir else dest
+        if not workdir.is_dir() or not workdir.resolve().is_relative_to(dest.resolve()):  # a symlink leads out
+            raise SandboxError(f"{plan.subdir!r} does not exist in {plan.origin!r} at ref {plan.ref!r}: pick a "
+                               "ref that contains it")
+        return workdir
+    except BaseException:
+        await asyncio.to_thread(_discard, dest)
+        raise
+
+
+async def _copy(plan: CheckoutPlan, dest: Path, exclude: Path | None, limit: int | None, hide: list[Path]) -> None:
+    """Copy a working tree, leaving out ``COPY_IGNORED``, ``COPY_IGNORED_TOP`` and ``exclude``."""
+    src = Path(plan.path or plan.origin)
+    skip = exclude.relative_to(src).as_posix() if exclude is not None and exclude.is_relative_to(src) else ""
+    options = {"limit": limit or 0, "ignore": list(COPY_IGNORED), "ignore_top": sorted(COPY_IGNORED_TOP),
+               "exclude": skip if skip != "." else ""}
+    await _fetching(plan.origin, limit, source_fetch.copy_tree(src, dest, options=options, hide=hide))
+
+
+async def _clone(plan: CheckoutPlan, dest: Path, limit: int | None, hide: list[Path]) -> None:
+    """Clone a remote or local repository and check out the plan's ref."""
+    over = _watch(dest, limit)
+    if plan.remote is not None:
+        await _fetching(plan.origin, limit, source_fetch.clone_remote(plan.remote, dest, over=over), clone=True)
+        if plan.ref is not None:
+            await _checking_out(plan, limit, source_fetch.checkout_remote(plan.remote, plan.ref, dest, over=over))
+        return
+    src = Path(plan.path or plan.origin)
+    also = [Path(path) for path in plan.also]
+    await _fetching(plan.origin, limit, source_fetch.clone_local(plan.origin, src, dest, also=also, hide=hide,
+                                                                 over=over), clone=True)
     if plan.ref is not None:
-        try:
-            await _git("checkout", "--quiet", plan.ref, "--", cwd=dest)
-        except SandboxError as exc:
-            raise SandboxError(f"ref {plan.ref!r} not found in {plan.origin}: check that the branch, tag or "
-                               f"commit exists (and for a remote, that it was pushed). {exc}") from None
-    workdir = dest / plan.subdir if plan.subdir else dest
-    if not workdir.is_dir() or not workdir.resolve().is_relative_to(dest.resolve()):  # a symlink leads out
-        raise SandboxError(f"{plan.subdir!r} does not exist in {plan.origin!r} at ref {plan.ref!r}: pick a ref "
-                           "that contains it")
-    return workdir
+        await _checking_out(plan, limit, source_fetch.checkout_local(plan.ref, src, dest, hide=hide, over=over))
+
+
+async def _fetching(origin: str, limit: int | None, fetch: Awaitable[None], clone: bool = False) -> None:
+    """Await a copy or clone; a clone's failure is said as ``clone_failure`` classifies it."""
+    try:
+        await fetch
+    except TooBig:
+        raise _too_big(origin, limit) from None
+    except GitFailed as exc:
+        if "no space left on device" in exc.stderr.lower():
+            raise _too_big(origin, limit) from None
+        raise clone_failure(origin, exc) from None
+    except SandboxError as exc:
+        raise clone_failure(origin, exc) if clone else exc from None
+
+
+async def _checking_out(plan: CheckoutPlan, limit: int | None, checkout: Awaitable[None]) -> None:
+    """Await a checkout; its failure is said as a missing ref (or the disk limit)."""
+    try:
+        await checkout
+    except TooBig:
+        raise _too_big(plan.origin, limit) from None
+    except SandboxError as exc:
+        if isinstance(exc, GitFailed) and "no space left on device" in exc.stderr.lower():
+            raise _too_big(plan.origin, limit) from None
+        raise SandboxError(f"ref {plan.ref!r} not found in {plan.origin}: check that the branch, tag or commit "
+                           f"exists (and for a remote, that it was pushed). {exc}") from None
+
+
+def _too_big(origin: str, limit: int | None) -> SandboxError:
+    said = f"the sandbox's disk limit of {limit / (1 << 20):g} MiB" if limit else "the sandbox's disk"
+    return SandboxError(f"source is larger than {said} ({origin} does not fit): raise the stage's disk_mb, or leave "
+                        "big files out of the source", reason="SourceTooLarge")
+
+
+def _watch(dest: Path, limit: int | None) -> Callable[[], bool] | None:
+    """What tells a clone has outgrown ``limit``: nothing when the volume is a tmpfs of that size (the kernel
+    refuses the write), else a measure of ``dest``."""
+    if limit is None or os.path.ismount(dest.parent):
+        return None
+    return lambda: disk_usage([dest]) > limit
+
+
+def _discard(dest: Path) -> None:
+    """Remove what a failed or cancelled checkout left (nothing runs in it any more)."""
+    if os.path.lexists(dest):
+        remove_tree(dest)
 
 
 def create_layout(directory: Path, meta: dict[str, Any]) -> None:
@@ -222,65 +300,3 @@ def remove_tree(directory: Path) -> None:
                     if not os.path.islink(name):  # a link may point out of the sandbox
                         os.chmod(name, 0o700)
         shutil.rmtree(directory, onerror=ignore_vanished)
-
-
-async def _copy_tree(src: Path, dest: Path, exclude: Path | None) -> None:
-    """Copy in a thread; if the caller is cancelled, let the copy finish so cleanup sees a complete tree."""
-    ignore_top = COPY_IGNORED_TOP
-
-    def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = set(shutil.ignore_patterns(*COPY_IGNORED)(directory, names))
-        here = Path(directory)
-        if here == src:
-            skipped |= ignore_top.intersection(names)
-        if exclude is not None:
-            skipped |= {name for name in names if here / name == exclude}
-        return skipped
-
-    def copy() -> None:
-        # symlinks=True: a link is copied as a link, never followed out of the tree.
-        shutil.copytree(src, dest, symlinks=True, ignore=ignore)
-
-    task = asyncio.ensure_future(asyncio.to_thread(copy))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with suppress(Exception):
-            await task
-        raise
-    except OSError as exc:
-        raise SandboxError(f"copying {str(src)!r} into the sandbox failed: {exc}. Check the files are readable "
-                           "and the disk has room") from exc
-
-
-def _git_env() -> dict[str, str]:
-    """Git must fail instead of prompting: no terminal is watching a provision."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    return env
-
-
-async def _git(*args: str, cwd: Path | None = None, timeout: float = GIT_TIMEOUT, what: str | None = None) -> str:
-    """Run git, returning stdout; a failure or timeout raises ``SandboxError`` carrying git's own message."""
-    what = what or "git " + " ".join(args)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "git", *args, cwd=cwd, env=_git_env(), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
-    except FileNotFoundError:
-        raise SandboxError("git is not installed: install it (apt-get install -y git) to provision from a git "
-                           "repository or ref") from None
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException as exc:  # timeout or cancellation: never leave git (or its ssh) running
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        if isinstance(exc, TimeoutError):
-            raise SandboxError(f"{what} took longer than {timeout:g}s: check the repository is reachable") from None
-        raise
-    if proc.returncode != 0:
-        stderr = err.decode(errors="replace").strip()
-        first = stderr.splitlines()[0] if stderr else f"exit code {proc.returncode}"  # the rest is boilerplate
-        raise GitFailed(f"{what} failed: {first}", stderr)
-    return out.decode(errors="replace")

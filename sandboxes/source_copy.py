@@ -1,0 +1,185 @@
+"""Copy a local working tree into a new workspace: regular files, folders and links only, within a size limit.
+
+Run as ``python -I -S -c <this file's source> SOURCE DESTINATION OPTIONS`` (OPTIONS is JSON: ``limit``, ``ignore``,
+``ignore_top``, ``exclude``), usually as the sandbox user in a bubblewrap sandbox of its own
+(``sandboxes/source_sandbox.py``), so it reads exactly what that user may read. It uses only the standard library,
+so the agent's Python runs it whatever the sandbox can import, and a cancelled provision simply kills it.
+
+What it copies and why:
+
+- Regular files, folders and symbolic links, the link itself and never its target (a link to ``/etc/shadow``
+  stays a link). Devices, FIFOs and sockets are counted and skipped, never opened: reading ``/dev/zero`` never
+  ends, and opening a FIFO blocks. A file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked again once
+  open, so one swapped for a link or a FIFO meanwhile is skipped too.
+- Files and folders it may not read are skipped, counted, and the first few named in the report. A working tree
+  often holds a file that is not the project's and not meant for the sandbox (a root-owned ``.env``, a 0700
+  cache); failing would push operators to make such files world-readable. The source folder itself follows the
+  same rule: one the sandbox user may not read (``/root``, pytest's 0700 ``tmp_path``) gives an empty workspace,
+  reported as one unreadable entry, ``.``. Nothing is learnt of its content, not even whether it is empty.
+- Every file, folder and link counts at least one 4 KiB block, as on the sandbox's tmpfs, and files count the
+  bytes actually read (a file may grow while it is copied). Past ``limit`` bytes, or when the disk is full, the
+  copy stops with ``OVER_LIMIT``.
+- Permission bits and modification times are kept (without set-user-id and set-group-id bits).
+
+On success it prints a JSON report (``files``, ``bytes``, ``unreadable``, ``unreadable_paths``, ``special``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import json
+import os
+import stat
+import sys
+from typing import Any
+
+#: Exit statuses the caller tells apart (anything else is an unexpected failure, its message on stderr).
+OVER_LIMIT = 3
+#: The unit every entry is counted in: a page of the sandbox's tmpfs.
+BLOCK = 4096
+#: Bytes read and written at a time.
+CHUNK = 1 << 20
+#: Unreadable paths named in the report (the count covers them all).
+NAMED = 10
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class OverLimit(Exception):
+    """The copy would take more than its limit, or the destination is full."""
+
+
+class Copy:
+    """One copy's options and what it has copied and skipped so far."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.limit = int(options.get("limit") or 0)
+        self.ignore = [str(p) for p in options.get("ignore") or []]
+        self.ignore_top = {str(n) for n in options.get("ignore_top") or []}
+        self.exclude = str(options.get("exclude") or "")
+        self.used = self.files = self.unreadable = self.special = 0
+        self.unreadable_paths: list[str] = []
+        self.folders: list[tuple[str, os.stat_result]] = []
+
+    def charge(self, size: int) -> int:
+        """Count an entry of ``size`` bytes (at least a block, in whole blocks); returns what was counted."""
+        counted = max(BLOCK, -(-size // BLOCK) * BLOCK)
+        self.grow(counted)
+        return counted
+
+    def grow(self, size: int) -> None:
+        """Count ``size`` more bytes, stopping the copy past the limit."""
+        self.used += size
+        if self.limit and self.used > self.limit:
+            raise OverLimit
+
+    def skip_unreadable(self, relative: str) -> None:
+        self.unreadable += 1
+        if len(self.unreadable_paths) < NAMED:
+            self.unreadable_paths.append(relative)
+
+    def skipped(self, parent: str, name: str) -> bool:
+        relative = os.path.join(parent, name) if parent else name
+        return (any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore)
+                or (not parent and name in self.ignore_top) or relative == self.exclude)
+
+    def run(self, source: str, destination: str) -> None:
+        top = os.stat(source)
+        os.mkdir(destination, 0o700)
+        try:
+            entries = sorted(os.listdir(source))
+        except PermissionError:
+            self.skip_unreadable(".")
+            return
+        self.folders.append((destination, top))
+        pending = [("", entries)]
+        while pending:
+            parent, names = pending.pop()
+            for name in names:
+                if not self.skipped(parent, name):
+                    self.entry(source, destination, os.path.join(parent, name) if parent else name, pending)
+        for path, info in reversed(self.folders):  # last: a read-only folder must first be filled
+            os.chmod(path, stat.S_IMODE(info.st_mode) & 0o1777)
+            os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+    def entry(self, source: str, destination: str, relative: str, pending: list[tuple[str, list[str]]]) -> None:
+        path, target = os.path.join(source, relative), os.path.join(destination, relative)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            self.skip_unreadable(relative)
+            return
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                names = sorted(os.listdir(path))
+            except OSError:
+                self.skip_unreadable(relative)
+                return
+            self.charge(0)
+            os.mkdir(target, 0o700)
+            self.folders.append((target, info))
+            pending.append((relative, names))
+        elif stat.S_ISLNK(info.st_mode):
+            link = os.readlink(path)
+            self.charge(len(link))
+            os.symlink(link, target)
+        elif stat.S_ISREG(info.st_mode):
+            self.file(path, target, relative)
+        else:
+            self.special += 1
+
+    def file(self, path: str, target: str, relative: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            self.skip_unreadable(relative)  # unreadable, or swapped for a link since it was listed
+            return
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self.special += 1
+                return
+            counted = self.charge(info.st_size)
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                copied = 0
+                while data := os.read(fd, CHUNK):
+                    copied += len(data)
+                    if copied > counted:  # it grew since it was measured
+                        self.grow(copied - counted)
+                        counted = copied
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out, view):]
+                os.fchmod(out, stat.S_IMODE(info.st_mode) & 0o1777)
+                os.utime(out, ns=(info.st_atime_ns, info.st_mtime_ns))
+            finally:
+                os.close(out)
+            self.files += 1
+        finally:
+            os.close(fd)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        sys.stderr.write("usage: source_copy SOURCE DESTINATION OPTIONS\n")
+        return 2
+    copy = Copy(json.loads(argv[2]))
+    try:
+        copy.run(argv[0], argv[1])
+    except OverLimit:
+        sys.stderr.write(f"over the limit after {copy.used} bytes\n")
+        return OVER_LIMIT
+    except OSError as exc:
+        if exc.errno in _FULL:
+            sys.stderr.write(f"the destination is full after {copy.used} bytes\n")
+            return OVER_LIMIT
+        sys.stderr.write(f"{exc.strerror}: {exc.filename}\n" if exc.filename else f"{exc}\n")
+        return 1
+    json.dump({"files": copy.files, "bytes": copy.used, "unreadable": copy.unreadable,
+               "unreadable_paths": copy.unreadable_paths, "special": copy.special}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
