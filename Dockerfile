@@ -8,8 +8,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # git: the sandboxes check out the run's repository. bubblewrap: the local sandbox backend's isolation.
+# slirp4netns and iproute2: the own network namespace of a `network: egress` stage (public addresses only).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git bubblewrap ca-certificates \
+    && apt-get install -y --no-install-recommends git bubblewrap slirp4netns iproute2 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

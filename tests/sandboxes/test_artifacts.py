@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,16 @@ WHEEL = "proj-1.0-py3-none-any.whl"
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> LocalSandbox:
+async def sandbox(tmp_path: Path) -> AsyncIterator[LocalSandbox]:
+    """A backend whose sandboxes are torn down after the test: as root each holds a mounted volume."""
     if shutil.which("bwrap") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("bubblewrap (bwrap) is required under CI")
         pytest.skip("bubblewrap (bwrap) is not installed")
-    return LocalSandbox(tmp_path / "sandboxes")
+    backend = LocalSandbox(tmp_path / "sandboxes")
+    yield backend
+    for handle in await backend.list():
+        await backend.teardown(handle)
 
 
 async def test_a_runs_later_sandboxes_get_its_files_and_other_runs_do_not(sandbox: LocalSandbox,
