@@ -33,13 +33,13 @@ from tests.stack import Stack, sql
 
 #: Runs, kills and the seconds they are spread over: sized so the whole test takes about two minutes on 2 CPUs.
 RUNS, KILLS, WINDOW = 20, 8, 50.0
-#: Seconds every run has to end, counted from the first start.
-DEADLINE = 150.0
+#: Seconds every run has to end once the chaos is over (the last killed part serves again).
+SETTLE = 120.0
 #: Agents serving the batch's lane, and the tasks each runs at once.
 AGENTS, CONCURRENCY = 3, 3
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)  # about two minutes; kills run late on a busy machine
 async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="devart.chaos")
     seed = int(os.environ.get("DEVART_CHAOS_SEED") or random.randrange(1_000_000))
@@ -65,7 +65,7 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     assert isinstance(sandbox, LocalSandbox), "the chaos test counts sandboxes of the local backend"
     harness = Harness(stack, plan, prefix=unique("chaos"), capability=capability, agents=agents, repo=repo)
     try:
-        await harness.run_batch(deadline=DEADLINE)
+        await harness.run_batch(settle=SETTLE)
         verdict = await verify(harness, sandbox_root=sandbox.root, temporal_db=stack.temporal_db)
     finally:
         await harness.close()
