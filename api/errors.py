@@ -80,6 +80,8 @@ def install(app: FastAPI) -> None:
             # FastAPI's body parsing gives up on JSON nested about a thousand levels deep.
             detail = f"the JSON body is nested too deeply to read; devart accepts at most {MAX_DEPTH} levels"
             return JSONResponse({"detail": detail}, status_code=400)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return JSONResponse({"detail": f"the body is not UTF-8 text: {exc.__cause__}"}, status_code=400)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(DataError)

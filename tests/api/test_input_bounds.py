@@ -70,6 +70,8 @@ async def test_nul_bytes_and_surrogates_in_bodies_are_422_naming_the_field(api: 
                   json={**run, "params": {"pytest_args": "-x\x00"}})
     await refused(api, "POST", "/v1/runs", 422, "pipeline", "unicode",
                   content=b'{"pipeline": "\\ud800", "repo": "/"}', headers={"content-type": "application/json"})
+    await refused(api, "POST", "/v1/runs", 400, "not UTF-8", content=b'{"pipeline": "\xff", "repo": "/"}',
+                  headers={"content-type": "application/json"})
     doc = {"name": unique("nul"), "stages": [{"name": "a", "skill": "noop", "inputs": {"script": "a\x00b"}}]}
     await refused(api, "POST", "/v1/pipelines", 422, "stages[0].inputs.script contains a NUL byte", json=doc)
     await refused(api, "POST", "/v1/agents", 422, "owner", "NUL byte", headers=admin(stack),
