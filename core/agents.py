@@ -14,6 +14,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.bounds import MAX_AGENT_CAPABILITIES, skills_problem
 from core.errors import DevartError
 from core.events import add_event
 from core.models import Agent, AgentSkillStat, utcnow
@@ -33,8 +34,26 @@ class AgentExists(DevartError):
     """An agent of that name is already registered."""
 
 
+class AnnouncementInvalid(DevartError):
+    """An agent's skills or capabilities are past a limit or badly named."""
+
+
 def _caps(capabilities: list[str]) -> list[str]:
-    return sorted({c.strip() for c in capabilities if c.strip()})
+    caps = sorted({c.strip() for c in capabilities if c.strip()})
+    if len(caps) > MAX_AGENT_CAPABILITIES:
+        raise AnnouncementInvalid(f"{len(caps)} capabilities; an agent may have at most {MAX_AGENT_CAPABILITIES}")
+    return caps
+
+
+def check_skills(skills: list[str]) -> list[str]:
+    """The skills an agent announces, deduplicated and sorted; ``AnnouncementInvalid`` naming the first problem.
+
+    Announced skills become names pipelines may use (``api.services.catalog.known_skills``) and are listed in
+    validation messages, so their number and shape are bounded like any other name devart stores.
+    """
+    if problem := skills_problem(skills):
+        raise AnnouncementInvalid(problem)
+    return sorted(set(skills))
 
 
 async def get(session: AsyncSession, name: str) -> Agent:

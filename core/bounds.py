@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 KiB = 1024
@@ -77,6 +78,28 @@ MAX_YAML_ALIASES = 1000
 #: Nodes of a YAML document once every alias is expanded: a "billion laughs" document is a few hundred bytes that
 #: expand to 10^9 nodes; a pipeline of 100 stages is a few thousand.
 MAX_YAML_NODES = 100_000
+
+# What agents report and announce (checked by the agent routes and, for results, by the agent before it sends one;
+# core/reports.py measures a report the way Temporal encodes it). A result past these is refused before anything is
+# stored, so PostgreSQL never records a result that Temporal then refuses.
+
+#: One stage's result as Temporal encodes it (the activity's completion, or its failure's details and message): an
+#: eighth of Temporal's payload limit and half the size at which the server starts warning (512 KiB). Built-in
+#: skills report a few KiB (a 4,000-character log tail, at most 50 failing tests).
+MAX_RESULT_BYTES = 256 * KiB
+#: The results of all of a run's stages together: the run's record and the workflow's own result (or failure) each
+#: carry every stage's result in one payload, so together they keep to half of Temporal's limit.
+MAX_RUN_RESULTS_BYTES = TEMPORAL_BLOB_BYTES // 2
+#: Heartbeat details: Temporal keeps the last ones with the activity and writes them into its history on a timeout.
+MAX_HEARTBEAT_BYTES = 64 * KiB
+#: A failure's message: it becomes the stage's error, repeated in the run's error and the workflow's failure.
+MAX_FAILURE_MESSAGE_CHARS = MAX_TEXT_CHARS
+#: Skills an agent announces, and capabilities an agent is registered with: a real agent has a handful.
+MAX_AGENT_SKILLS = 64
+MAX_AGENT_CAPABILITIES = 64
+#: A skill's name: it is matched against pipelines' stages and listed in their validation messages.
+MAX_SKILL_NAME_CHARS = 64
+SKILL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -154,3 +177,18 @@ def _short(number: int) -> str:
     if number.bit_length() <= 128:
         return str(number)
     return f"a {'negative ' if number < 0 else ''}number of about {int(number.bit_length() * 0.30103)} digits"
+
+
+def skills_problem(skills: Iterable[str]) -> str | None:
+    """Why an agent may not announce these skills, naming the limit (too many, a name too long or ill-formed); None
+    when it may. Checked by the API on every keepalive, and by the agent and the SDK before they start."""
+    unique = sorted(set(skills))
+    if len(unique) > MAX_AGENT_SKILLS:
+        return f"{len(unique)} skills announced; an agent may announce at most {MAX_AGENT_SKILLS}"
+    for skill in unique:
+        if len(skill) > MAX_SKILL_NAME_CHARS:
+            return f"skill name {skill[:20]!r}... has {len(skill)} characters; at most {MAX_SKILL_NAME_CHARS}"
+        if not SKILL_NAME.fullmatch(skill):
+            return (f"skill name {skill!r} does not match {SKILL_NAME.pattern} (lower-case letters, digits and . _ -, "
+                    "starting with a letter or a digit)")
+    return None

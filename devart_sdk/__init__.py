@@ -10,6 +10,9 @@
         ctx.progress("checking dependencies")
         return ctx.result("3 findings", output={"findings": [...]})
 
+A result is checked before it is sent: one past the API's limit (``core.bounds.MAX_RESULT_BYTES``, 256 KiB as
+Temporal encodes it) fails the stage with "result of N bytes exceeds the limit of M bytes" instead of being sent.
+
 Run it with ``devart agent --name auditor --module mypkg.agents`` (the agent's capabilities default to the union
 of its skills' capabilities). Pipelines use the skill by name once an agent offering it has come online.
 """
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import telemetry
+from core.bounds import skills_problem
 from core.contracts import StageResult, Usage
 from core.errors import SkillError
 from sandboxes.base import ExecResult
@@ -69,7 +73,13 @@ class AgentApp:
     skills: dict[str, SkillSpec] = field(default_factory=dict)
 
     def skill(self, name: str, *, capabilities: Sequence[str]) -> Callable[[SkillFunction], SkillFunction]:
-        """Declare a skill and the capabilities an agent needs to run it."""
+        """Declare a skill and the capabilities an agent needs to run it.
+
+        The name is checked here, where the author sees it, against the rule the API applies to every agent's
+        announcement (``core.bounds.SKILL_NAME``: lower-case letters, digits and . _ -, up to 64 characters).
+        """
+        if problem := skills_problem([name]):
+            raise ValueError(problem)
 
         def register(function: SkillFunction) -> SkillFunction:
             if name in self.skills:

@@ -25,11 +25,13 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from core import telemetry
+from core.bounds import skills_problem
 from core.contracts import AgentTaskMessage, StageResult, TaskDetail
 from core.errors import SkillError
 from core.topology import Topology, can_serve, parse_band_key
 from sandboxes.base import Sandbox
 from sandboxes.factory import package_index_for
+from workers import outcomes
 from workers.agent_client import AgentClient, Refused
 from workers.dead_letters import dead_letter
 from workers.intake import Intake, Settle
@@ -75,6 +77,8 @@ class Agent:
         self.client = client
         self.sandbox = sandbox
         self.skills: dict[str, Skill] = {**SKILLS, **(skills or {})}
+        if problem := skills_problem(self.skills):  # the API would refuse every keepalive: say so at the start
+            raise ValueError(f"agent {name}: {problem}")
         self._amqp_url = amqp_url
         self._topology = topology
         self._concurrency = concurrency
@@ -264,14 +268,14 @@ class Agent:
             return
         except SkillError as exc:
             report = StageResult(status="failed", summary=str(exc), output=exc.output, log_tail=exc.log_tail)
-            await self.client.fail(task, exc.error_type, str(exc), exc.non_retryable, report)
+            await outcomes.fail(self.client, task, exc.error_type, str(exc), exc.non_retryable, report)
             return
         except Exception as exc:  # a bug in a skill must fail the attempt, not kill the agent
             log.exception("skill %s crashed", task.skill)
-            await self.client.fail(task, "AgentError", f"{type(exc).__name__}: {exc}", False, None)
+            await outcomes.fail(self.client, task, "AgentError", f"{type(exc).__name__}: {exc}", False, None)
             return
         with telemetry.tracer().start_as_current_span("report"):
-            await self.client.complete(task, result)
+            await outcomes.complete(self.client, task, result)
 
     async def _run_skill(self, ctx: SkillContext) -> StageResult:
         with telemetry.tracer().start_as_current_span(

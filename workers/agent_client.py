@@ -1,7 +1,8 @@
 """The agent's HTTP client for the API: every call carries the agent's key and retries transient failures.
 
 Retries (connection errors, 502/503/504) use tenacity with exponential backoff, so an API restart does not lose
-a finished task: the agent keeps the AMQP message unacknowledged until the API has accepted its report.
+a finished task: the agent keeps the AMQP message unacknowledged until the API has accepted its report. A refusal
+(4xx) is never retried as it is: the same call would be refused again, so the caller decides what to send instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,22 @@ class Refused(Exception):
         super().__init__(f"{status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
+
+
+class TooLarge(Refused):
+    """The API refused a report past a size limit (413); the detail names the limit. Nothing was stored."""
+
+
+def _detail(response: httpx.Response) -> str:
+    """The API's reason: its ``detail``, with a list of field errors (a 422) said on one line."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg', '')}" for e in detail
+                         if isinstance(e, dict))
+    return str(detail)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -55,9 +72,10 @@ class AgentClient:
                 response = await self._http.request(method, path, json=body)
                 if response.status_code in (502, 503, 504):
                     response.raise_for_status()
+        if response.status_code == 413:
+            raise TooLarge(413, _detail(response))
         if response.status_code in (401, 403, 404, 409, 422):
-            detail = response.json().get("detail", response.text) if response.content else ""
-            raise Refused(response.status_code, str(detail))
+            raise Refused(response.status_code, _detail(response) if response.content else "")
         response.raise_for_status()
         return response
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from sqlmodel import select
 
 from api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
@@ -17,7 +17,7 @@ from api.schemas import (
     ReleaseRequest,
 )
 from api.services import tasks
-from core.agents import effective_status
+from core.agents import AnnouncementInvalid, check_skills, effective_status
 from core.contracts import TaskDetail
 from core.events import add_event
 from core.models import Lane, utcnow
@@ -35,7 +35,14 @@ async def me(agent: IdentifiedAgent) -> dict[str, object]:
 async def keepalive(
     req: KeepaliveRequest, agent: IdentifiedAgent, session: SessionDep, previous_seen: PreviousSeen
 ) -> KeepaliveReply:
-    """Liveness and control in one call: the agent says what it is doing, the API says whether to go on."""
+    """Liveness and control in one call: the agent says what it is doing, the API says whether to go on.
+
+    422 naming the limit when the announced skills are too many or badly named (``core.bounds``); nothing is stored.
+    """
+    try:
+        skills = check_skills(req.skills)
+    except AnnouncementInvalid as exc:
+        raise HTTPException(422, str(exc)) from None
     # deactivate(handback=True) marks the agent draining; keep that mark until the agent goes offline.
     handback = not agent.active and agent.status == "draining"
     was_online = effective_status(agent, previous_seen) != "offline"
@@ -46,7 +53,7 @@ async def keepalive(
     elif req.status != "offline" and not was_online:
         add_event(session, "agent.online", f"agent {agent.name} is online ({req.status})", agent=agent.name,
                   capabilities=agent.capabilities)
-    agent.skills = sorted(set(req.skills))
+    agent.skills = skills
     agent.last_seen_at = utcnow()  # the liveness signal itself: always written, not throttled
     session.add(agent)
     await session.commit()
@@ -73,6 +80,7 @@ async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, client: 
 async def heartbeat(
     task_id: str, req: HeartbeatRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> HeartbeatReply:
+    """Keep the claim alive; 403 for a task this agent did not claim, 413 for details past the limit."""
     return await tasks.heartbeat(session, client, task_id, agent, req.claim_id, req.details)
 
 
@@ -80,6 +88,9 @@ async def heartbeat(
 async def complete(
     task_id: str, req: CompleteRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
+    """Report the stage's result. 403 for a task this agent did not claim (nothing is written); 413 naming the limit
+    for a result Temporal or the run's record cannot carry: nothing is stored and the task stays claimed, so the
+    agent can report a smaller result or fail the stage."""
     await tasks.complete(session, client, task_id, agent, req)
 
 
@@ -87,6 +98,8 @@ async def complete(
 async def fail(
     task_id: str, req: FailRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
+    """Report the stage's failure; 403 and 413 as for ``complete`` (without its result, a report whose message is
+    within the limit always fits)."""
     await tasks.fail(session, client, task_id, agent, req)
 
 

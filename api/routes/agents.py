@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from api.deps import AdminDep, SessionDep
 from api.schemas import AgentCreate, AgentCreated, AgentView, SkillStats
@@ -29,8 +29,11 @@ async def _view(session: SessionDep, agent: Agent, with_stats: bool = False) -> 
 
 @router.post("", status_code=201, response_model=AgentCreated)
 async def create(req: AgentCreate, session: SessionDep) -> AgentCreated:
-    """Register an agent; the response holds its key, which is never shown again."""
-    key = await agents.create(session, req.name, req.capabilities, req.owner)
+    """Register an agent; the response holds its key, which is never shown again. 422 past the capability limit."""
+    try:
+        key = await agents.create(session, req.name, req.capabilities, req.owner)
+    except agents.AnnouncementInvalid as exc:
+        raise HTTPException(422, str(exc)) from None
     await session.commit()
     return AgentCreated(name=req.name, capabilities=sorted(set(req.capabilities)), key=key)
 

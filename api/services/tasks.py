@@ -3,6 +3,11 @@
 Each call locks the attempt's row, checks that the caller holds the claim of the *current* attempt, forwards
 the call to Temporal through the activity's task token, and commits only once Temporal accepted it. A report
 on an attempt that is no longer current is refused, counted on the attempt and written to the feed.
+
+An agent writes only to tasks it claimed: a call on another agent's task (or one nobody claimed) is refused with
+nothing written, not even the refusal, so no key can add late-report counts or feed events to a task not its own.
+A result is measured as Temporal encodes it before anything is stored (``core.reports``): one Temporal would
+refuse is a 413, the task stays claimed, and the agent reports a smaller result or the stage's failure.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import AsyncActivityCancelledError, Client
@@ -17,7 +23,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
-from core import agents, db, github_reporter, metrics, settings
+from core import agents, db, github_reporter, metrics, reports, settings
+from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
 from core.errors import DevartError
@@ -36,6 +43,13 @@ class TaskRefused(DevartError):
 
 class TaskNotFound(DevartError):
     """No task with that id."""
+
+
+class ReportTooLarge(TaskRefused):
+    """A report past a size limit; nothing was stored and the task is still claimed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 413)
 
 
 async def _locked(session: AsyncSession, task_id: str) -> TaskAttempt:
@@ -64,7 +78,13 @@ async def _refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, s
 
 async def _check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
     row = await _locked(session, task_id)
-    if row.claimed_by != agent.name or row.claim_id != claim_id:
+    if row.claimed_by != agent.name:
+        # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
+        why = (f"task {task_id} is held by {f'agent {row.claimed_by}' if row.claimed_by else 'no agent'}, not by "
+               f"agent {agent.name}: an agent reports only on tasks it claimed")
+        await session.rollback()  # releases the row's lock; expires the loaded objects, so read above
+        raise TaskRefused(why, 403)
+    if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
         raise await _refuse(session, task_id, agent, why, 403)
     if row.status != "claimed":
@@ -130,6 +150,10 @@ async def heartbeat(
     session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str, details: dict[str, Any]
 ) -> HeartbeatReply:
     row = await _check_claim(session, task_id, agent, claim_id)
+    if (found := reports.encoded_size(details)) > MAX_HEARTBEAT_BYTES:
+        await session.rollback()
+        raise ReportTooLarge(f"heartbeat details of {found} bytes exceed the limit of {MAX_HEARTBEAT_BYTES} bytes "
+                             f"({size(MAX_HEARTBEAT_BYTES)}): Temporal keeps them with the activity")
     try:
         await client.get_async_activity_handle(task_token=row.task_token).heartbeat(details)
     except AsyncActivityCancelledError:
@@ -145,6 +169,7 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
     row = await _check_claim(session, task_id, agent, req.claim_id)
     result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name,
                                            "cost": to_money(prices().cost_micros(req.result.usage))})
+    await _check_size(session, row, result)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).complete(result)
     except RPCError as exc:
@@ -159,6 +184,8 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     report = req.result or StageResult(status="failed", summary=req.message)
     result = report.model_copy(update={"attempt": row.attempt, "agent": agent.name, "status": "failed",
                                        "cost": to_money(prices().cost_micros(report.usage))})
+    # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
+    await _check_size(session, row, result, req.message, whole_run=req.result is not None)
     error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
@@ -167,6 +194,28 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}")
     await session.commit()
     github_reporter.stage_finished(row, result, req.error_type, req.message, req.non_retryable)  # GitHub hook
+
+
+async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResult, message: str = "", *,
+                      whole_run: bool = True) -> None:
+    """Refuse (413, nothing written, the row's lock released) a report Temporal or the run's record cannot carry;
+    ``whole_run`` also holds it to the share of the run's record its other stages left."""
+    problem = None
+    if len(message) > MAX_FAILURE_MESSAGE_CHARS:
+        problem = (f"a failure message of {len(message)} characters exceeds the limit of {MAX_FAILURE_MESSAGE_CHARS}"
+                   ": it becomes the stage's and the run's error; put the details in the result's log_tail")
+    found = reports.report_size(result, message)
+    problem = problem or reports.result_problem(found)
+    if problem is None and whole_run:
+        others = (await session.execute(text(
+            "SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT ON (stage) octet_length(coalesce(result::text, '')) "
+            "+ octet_length(coalesce(error, '')) AS size FROM task_attempts WHERE run_id = :run AND stage <> :stage "
+            "AND status IN ('succeeded', 'failed') ORDER BY stage, attempt DESC) latest"),
+            {"run": row.run_id, "stage": row.stage})).scalar_one()
+        problem = reports.run_problem(found, int(others), row.run_id)
+    if problem is not None:
+        await session.rollback()
+        raise ReportTooLarge(problem)
 
 
 async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
