@@ -183,18 +183,21 @@ async def test_sizes_past_the_limits_are_422_naming_them(api: httpx.AsyncClient)
     assert [p["version"] for p in listed if p["name"] == name] == [1]
 
 
-async def test_a_stored_definition_the_worker_could_not_read_never_reaches_temporal(
+async def test_a_stored_definition_temporal_or_the_worker_could_not_take_never_reaches_temporal(
     api: httpx.AsyncClient, temporal: Client
 ) -> None:
-    # Given a version stored before the limits existed, nested as the attack left it
-    name = unique("legacy")
-    definition = {"name": name, "version": 1, "stages": [{"name": "a", "skill": "noop", "inputs": nested(200)}]}
-    sql("INSERT INTO pipeline_versions (name, version, definition, created_at) VALUES (:n, 1, :d, now())",
-        n=name, d=json.dumps(definition))
+    # Given versions stored before the limits existed: one nested as the attack left it, one of 1.5 MiB
+    deep, big = unique("legacy"), unique("legacy")
+    for name, inputs in ((deep, nested(200)), (big, {"text": "x" * (3 * bounds.MiB // 2)})):
+        definition = {"name": name, "version": 1, "stages": [{"name": "a", "skill": "noop", "inputs": inputs}]}
+        sql("INSERT INTO pipeline_versions (name, version, definition, created_at) VALUES (:n, 1, :d, now())",
+            n=name, d=json.dumps(definition))
     before, workflows = counts(), (await temporal.count_workflows()).count
-    # When a run of it is asked for, then it is refused, and nothing is recorded or started
+    # When runs of them are asked for, then they are refused naming why, and nothing is recorded or started
     await refused(api, "POST", "/v1/runs", 422, "cannot be encoded and read back",
-                  json={"pipeline": name, "repo": str(SAMPLE_REPO)})
+                  json={"pipeline": deep, "repo": str(SAMPLE_REPO)})
+    await refused(api, "POST", "/v1/runs", 422, "Temporal takes at most 1 MiB", "MAX_STAGE_INPUT_BYTES",
+                  json={"pipeline": big, "repo": str(SAMPLE_REPO)})
     assert counts() == before
     assert (await temporal.count_workflows()).count == workflows
 
