@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 
+from api.errors import ErrorBody
 from api.services import feed, stream_caps
 from api.sse import EventStreamResponse
 from core import settings
@@ -25,7 +26,12 @@ async def list_events(
     return await feed.fetch(after, _filters(run_id, pipeline, agent, kind), limit)
 
 
-@router.get("/stream", response_class=EventStreamResponse)
+@router.get("/stream", responses={
+    200: {"description": "An endless text/event-stream of the matching events.", "content": {"text/event-stream": {}}},
+    429: {"model": ErrorBody, "description": "Past the streams allowed per client address or per API process; the "
+          "message names the limit, Retry-After says when to try again."},
+    503: {"model": ErrorBody, "description": "The feed cannot reach PostgreSQL."},
+})
 async def stream(
     request: Request,
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
