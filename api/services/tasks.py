@@ -28,7 +28,7 @@ from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
 from core.errors import DevartError
-from core.events import add_event
+from core.events import add_event, reserve_id
 from core.models import Agent, Run, TaskAttempt, utcnow
 from core.topology import can_serve
 
@@ -170,11 +170,12 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
     result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name,
                                            "cost": to_money(prices().cost_micros(req.result.usage))})
     await _check_size(session, row, result)
+    event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).complete(result)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "succeeded", result, None)
+    await _finish(session, row, agent, "succeeded", result, None, event_id)
     await session.commit()
     github_reporter.stage_finished(row, result)  # GitHub hook: check run completed (background, never raises)
 
@@ -187,11 +188,12 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
     await _check_size(session, row, result, req.message, whole_run=req.result is not None)
     error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
+    event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}")
+    await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}", event_id)
     await session.commit()
     github_reporter.stage_finished(row, result, req.error_type, req.message, req.non_retryable)  # GitHub hook
 
@@ -220,11 +222,12 @@ async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResu
 
 async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
     row = await _check_claim(session, task_id, agent, claim_id)
+    event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).report_cancellation()
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "cancelled", None, "cancelled")
+    await _finish(session, row, agent, "cancelled", None, "cancelled", event_id)
     await session.commit()
 
 
@@ -234,16 +237,18 @@ async def release(session: AsyncSession, client: Client, task_id: str, agent: Ag
     schedules the next attempt for another agent, after the stage's backoff."""
     row = await _check_claim(session, task_id, agent, claim_id)
     error = ApplicationError(f"handed back by agent {agent.name}: {reason}", type="TaskReleased")
+    event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "released", None, f"released: {reason}")
+    await _finish(session, row, agent, "released", None, f"released: {reason}", event_id)
     await session.commit()
 
 
 async def _finish(
-    session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None, error: str | None
+    session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None, error: str | None,
+    event_id: int,
 ) -> None:
     row.status, row.finished_at, row.error = status, utcnow(), error
     row.result = result.model_dump(mode="json") if result else None
@@ -260,4 +265,4 @@ async def _finish(
     kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed",
             "released": "stage.attempt.released"}.get(status, "stage.cancelled")
     add_event(session, kind, error or (result.summary if result else status), run_id=row.run_id, stage=row.stage,
-              agent=row.claimed_by, attempt=row.attempt)
+              agent=row.claimed_by, event_id=event_id, attempt=row.attempt)
