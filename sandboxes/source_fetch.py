@@ -73,9 +73,9 @@ async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: 
     """Copy a working tree with ``sandboxes/source_copy.py`` (``options`` are its own), as the sandbox user when
     devart runs as root.
 
-    Files the sandbox user may not read (the source folder itself included), and devices, FIFOs and sockets,
-    are left out and logged (the copier's docstring says why); a source past the limit (``TooBig``) or any other
-    failure raises.
+    Files the sandbox user may not read, and devices, FIFOs and sockets, are left out and logged (the copier's
+    docstring says why); an unreadable source folder, a source past the limit (``TooBig``) or any other failure
+    raises.
     """
     jail = Jail.detect(dest)
     result = await run_confined(jail, src, dest, copy_command(placement(src, dest, jail), json.dumps(options)),
@@ -88,6 +88,10 @@ async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: 
         raise SandboxError(f"copying {str(src)!r} into the sandbox failed: {said}. Check the files are readable "
                            "and the disk has room")
     report = json.loads(result.stdout)
+    if "." in report["unreadable_paths"]:  # an empty workspace would give a verdict on nothing
+        who = f"the sandbox user (uid {SANDBOX_UID})" if jail is not None else "this user"
+        raise SandboxError(f"source {str(src)!r} cannot be read by {who}: make the folder readable (chmod o+rX) "
+                           "or point at one that is")
     if report["unreadable"] or report["special"]:
         who = f"the sandbox user (uid {SANDBOX_UID})" if jail is not None else "this user"
         log.warning("copying %s left out %d files or folders %s may not read (%s) and %d devices, FIFOs or "

@@ -101,6 +101,14 @@ async def temporal(stack: Stack) -> Client:
 
 
 @pytest.fixture(autouse=True)
+def _readable_tmp_path(request: pytest.FixtureRequest) -> None:
+    """pytest makes each test's folder 0700; tests use it as a run's source, which the sandbox user must read,
+    as it must read a user's project."""
+    if "tmp_path" in request.fixturenames:
+        request.getfixturevalue("tmp_path").chmod(0o755)
+
+
+@pytest.fixture(autouse=True)
 def _stop_test_agents(request: pytest.FixtureRequest) -> Iterator[None]:
     """Agents a test starts stop when it ends, so idle agents do not pile up and slow the rest of the session."""
     if "stack" not in request.fixturenames:
