@@ -16,8 +16,10 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,23 +27,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+
 from bench import stack as bench_stack
 from bench.__main__ import machine
 from bench.report import RESULTS, progress
-from core import db, services
+from core import db, embedded, services, stackctl
 from core.agents import create_or_rotate
+from core.stackplan import DEFAULT_POOL
 from core.supervisor import Child
+from core.topology import Topology
 from sandboxes.factory import get_sandbox
 from sandboxes.local import LocalSandbox
 from tests.chaos.checks import Verdict, verify
 from tests.chaos.clients import until
-from tests.chaos.harness import Harness
+from tests.chaos.harness import REVIVE_DEADLINE, Harness, Target
 from tests.chaos.plan import make_plan
 
 #: About five minutes on 2 CPUs: a run started every two seconds, a kill every ten.
 FULL = {"runs": 120, "kills": 24, "window": 240.0, "agents": 4, "concurrency": 4, "cancels": 4}
 #: A smoke check of the harness itself, about a minute and a half.
 QUICK = {"runs": 20, "kills": 6, "window": 45.0, "agents": 3, "concurrency": 3, "cancels": 1}
+#: Under ``devart up``'s supervisor (``--supervised``): its pool is three agents running one task each, so fewer
+#: runs, and no outage of the harness's own: the supervisor decides when a killed part starts again.
+SUPERVISED = {"runs": 40, "kills": 12, "window": 150.0, "agents": 3, "concurrency": 1, "cancels": 2,
+              "outage": (0.0, 0.0)}
 #: Settings the API and agents get: heartbeats often enough for the stages' short heartbeat timeout.
 AGENT_ENV = {"DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5", "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0"}
 
@@ -97,40 +107,47 @@ class BenchTarget:
                                            str(self.concurrency))
 
 
+async def batch(target: Target, cfg: dict[str, Any], seed: int, settle: float, *, agents: list[str],
+                capability: str, state: Path) -> tuple[Verdict, dict[str, Any]]:
+    """Run the seed's batch on a started stack whose agents are ``agents``, and check it."""
+    repo = state / "repo"
+    repo.mkdir()
+    (repo / "README").write_text("a repository for chaos runs\n")
+    plan = make_plan(seed, runs=cfg["runs"], kills=cfg["kills"], window=cfg["window"], agents=agents,
+                     cancels=cfg["cancels"], outage=cfg.get("outage", (0.3, 2.5)))
+    harness = Harness(target, plan, prefix=f"chaos-{uuid.uuid4().hex[:6]}", capability=capability, agents=agents,
+                      repo=repo)
+    try:
+        async def serving() -> bool:
+            rows = await harness.db.rows("SELECT 1 FROM agents WHERE name = ANY(:n) AND last_seen_at IS NOT NULL",
+                                         n=agents)
+            return len(rows) == len(agents)
+
+        await until(serving, deadline=60, what="the agents to serve")
+        progress(f"seed {seed}: {cfg['runs']} runs and {cfg['kills']} kills over {cfg['window']:.0f}s")
+        await harness.run_batch(settle)
+        progress(f"batch over in {harness.batch.seconds:.0f}s; checking")
+        sandbox = get_sandbox()
+        assert isinstance(sandbox, LocalSandbox)
+        verdict = await verify(harness, sandbox_root=sandbox.root, temporal_db=state / "temporal.db")
+        dead = await harness.db.rows("SELECT count(*) AS n FROM dead_letters")
+        lanes = [str(r["name"]) for r in await harness.db.rows("SELECT name FROM lanes")]
+    finally:
+        await harness.close()
+    return verdict, {"dead_letters": int(dead[0]["n"]), "lanes": lanes}
+
+
 async def soak(cfg: dict[str, Any], seed: int, settle: float) -> tuple[Verdict, dict[str, Any]]:
+    """The batch on the benchmark's stack, its parts killed and started again here."""
     stack = bench_stack.start()
     target = BenchTarget(stack, cfg["concurrency"])
     try:
         names = [f"chaos-agent-{i}-{uuid.uuid4().hex[:4]}" for i in range(cfg["agents"])]
-        since = datetime.now(UTC)
         for name in names:
             async with db.session() as s:
                 target.keys[name] = await create_or_rotate(s, name, [stack.capability])
             stack.agents.append(target._start_agent(name))
-        repo = stack.state / "repo"
-        repo.mkdir()
-        (repo / "README").write_text("a repository for chaos runs\n")
-        plan = make_plan(seed, runs=cfg["runs"], kills=cfg["kills"], window=cfg["window"], agents=names,
-                         cancels=cfg["cancels"])
-        harness = Harness(target, plan, prefix=f"chaos-{uuid.uuid4().hex[:6]}", capability=stack.capability,
-                          agents=names, repo=repo)
-        try:
-            async def serving() -> bool:
-                rows = await harness.db.rows("SELECT 1 FROM agents WHERE name = ANY(:n) AND last_seen_at > :t",
-                                             n=names, t=since)
-                return len(rows) == len(names)
-
-            await until(serving, deadline=60, what="the agents to serve")
-            progress(f"seed {seed}: {cfg['runs']} runs and {cfg['kills']} kills over {cfg['window']:.0f}s")
-            await harness.run_batch(settle)
-            progress(f"batch over in {harness.batch.seconds:.0f}s; checking")
-            sandbox = get_sandbox()
-            assert isinstance(sandbox, LocalSandbox)
-            verdict = await verify(harness, sandbox_root=sandbox.root, temporal_db=stack.state / "temporal.db")
-        finally:
-            await harness.close()
-        dead = await harness_dead_letters(harness, stack.lane)
-        return verdict, {"dead_letters": dead}
+        return await batch(target, cfg, seed, settle, agents=names, capability=stack.capability, state=stack.state)
     finally:
         left = await bench_stack.delete_broker_objects(stack)
         if left:
@@ -138,9 +155,64 @@ async def soak(cfg: dict[str, Any], seed: int, settle: float) -> tuple[Verdict, 
         bench_stack.stop(stack)
 
 
-async def harness_dead_letters(harness: Harness, lane: str) -> int:
-    rows = await harness.db.rows("SELECT count(*) AS n FROM dead_letters WHERE lane = :l", l=lane)
-    return int(rows[0]["n"])
+@dataclass
+class SupervisedTarget:
+    """A ``devart up`` stack (``core/stackctl.py``): parts are killed here and started again by its supervisor."""
+
+    state: Path
+    env: dict[str, str]
+    killed: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def _child(part: str) -> str:
+        return part if part in ("temporal", "api", "worker") else f"agent-{part}"
+
+    def pid(self, part: str) -> int:
+        record = stackctl.read(self.state)
+        pid = record.children[self._child(part)].pid if record else None
+        assert pid is not None, f"{part} is not running"
+        return pid
+
+    def sigkill(self, part: str) -> None:
+        self.killed[part] = self.pid(part)
+        os.kill(self.killed[part], signal.SIGKILL)
+
+    def revive(self, part: str) -> None:
+        """Start nothing: wait until the supervisor has started the part again."""
+        stackctl.wait_running(self.state, self._child(part), not_pid=self.killed.pop(part), timeout=REVIVE_DEADLINE)
+
+
+async def supervised_soak(cfg: dict[str, Any], seed: int, settle: float) -> tuple[Verdict, dict[str, Any]]:
+    """The batch on a stack ``devart up`` runs (its supervisor, PostgreSQL, Temporal, API, worker, agent pool)."""
+    state = Path(tempfile.mkdtemp(prefix="devart-chaos-"))
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    env = {**{k: v for k, v in os.environ.items()
+              if not k.startswith(("DEVART_", "TEMPORAL_", "AMQP_", "OTEL_")) and k != "DATABASE_URL"},
+           **services.isolated_env(state, "devart-chaos", amqp_url), **AGENT_ENV,
+           "DEVART_UI_URL": f"http://127.0.0.1:{services.free_port()}", "DEVART_LOG_LEVEL": "WARNING",
+           # A kill is no crash loop: the supervisor must start a part again however often the chaos kills it.
+           "DEVART_SUPERVISOR_CRASH_LOOP": "1000"}
+    extra: dict[str, Any] = {}
+    try:
+        await asyncio.to_thread(stackctl.start, state, env)
+        env["DATABASE_URL"] = embedded.url(state)
+        os.environ.update(env)  # the checks' sweep and database reads reach this stack
+        verdict, extra = await batch(SupervisedTarget(state, env), cfg, seed, settle, agents=list(DEFAULT_POOL),
+                                     capability="python", state=state)
+        return verdict, extra
+    finally:
+        await _delete_lanes(env, extra.get("lanes", []))
+        await asyncio.to_thread(stackctl.stop, state)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def _delete_lanes(env: dict[str, str], lanes: list[str]) -> None:
+    """Leave the shared RabbitMQ as it was: the stack's exchanges, lanes and dead-letter queue go."""
+    topology = Topology(prefix=env["AMQP_PREFIX"], delivery_limit=0)
+    async with await aio_pika.connect(env["AMQP_URL"], timeout=10) as connection:
+        left = await topology.delete(connection, lanes)
+    if left:
+        progress(f"could not remove from RabbitMQ: {left}")
 
 
 def table(f: dict[str, Any], problems: list[str]) -> str:
@@ -166,6 +238,8 @@ def table(f: dict[str, Any], problems: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 runs, 6 kills: a smoke check of the harness")
+    parser.add_argument("--supervised", action="store_true",
+                        help="on a `devart up` stack whose supervisor starts what is killed (40 runs, 12 kills)")
     parser.add_argument("--seed", type=int, help="replay a batch (default: DEVART_CHAOS_SEED, else a random one)")
     for name in ("runs", "kills", "agents", "concurrency", "cancels"):
         parser.add_argument(f"--{name}", type=int, help=f"override the mode's {name}")
@@ -174,7 +248,7 @@ def main() -> None:
                         help="seconds every run has to end once the last killed part serves again")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for chaos.json")
     args = parser.parse_args()
-    cfg = dict(QUICK if args.quick else FULL)
+    cfg: dict[str, Any] = dict(SUPERVISED if args.supervised else QUICK if args.quick else FULL)
     cfg.update({k: getattr(args, k) for k in (*FULL, "window") if getattr(args, k, None) is not None})
     seed = args.seed if args.seed is not None else int(os.environ.get("DEVART_CHAOS_SEED") or
                                                         random.randrange(1_000_000))
@@ -183,18 +257,21 @@ def main() -> None:
     logging.getLogger("devart.chaos").setLevel(logging.INFO)
     info = machine()
     started = time.monotonic()
-    verdict, extra = asyncio.run(soak(cfg, seed, args.settle))
+    verdict, extra = asyncio.run((supervised_soak if args.supervised else soak)(cfg, seed, args.settle))
+    extra.pop("lanes", None)
     figures = {**verdict.figures, **extra}
     print(table(figures, verdict.problems))
-    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "settings": cfg,
+    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+              "supervised": args.supervised, "settings": cfg,
               "seconds": round(time.monotonic() - started, 1), "machine": info, "figures": figures,
               "problems": verdict.problems}
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / ("chaos-quick.json" if args.quick else "chaos.json")
+    path = args.results / f"chaos{'-supervised' if args.supervised else '-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     if verdict.problems:
-        print(f"replay: python -m bench.chaos --seed {seed}" + (" --quick" if args.quick else ""), file=sys.stderr)
+        mode = " --supervised" if args.supervised else " --quick" if args.quick else ""
+        print(f"replay: python -m bench.chaos --seed {seed}{mode}", file=sys.stderr)
         sys.exit(1)
 
 
