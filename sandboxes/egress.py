@@ -209,7 +209,8 @@ class EgressLink:
             *enter, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             pass_fds=namespaces)
         try:
-            said, _ = await asyncio.wait_for(routes.communicate(route_script(addresses)), READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):  # never loses a cancellation, unlike 3.11's wait_for
+                said, _ = await routes.communicate(route_script(addresses))
         except BaseException:
             with suppress(ProcessLookupError):
                 routes.kill()
@@ -307,6 +308,8 @@ async def _readable(fd: int, timeout: float) -> None:
 
     loop.add_reader(fd, wake)
     try:
-        await asyncio.wait_for(readable, timeout)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that arrives as the pipe turns readable
+        async with asyncio.timeout(timeout):
+            await readable
     finally:
         loop.remove_reader(fd)
