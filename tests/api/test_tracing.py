@@ -38,8 +38,14 @@ async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path
     async def complete() -> list[ReceivedSpan] | None:
         spans = stack.receiver.trace(trace_id)
         names = {s.name for s in spans}
-        done = any("complete" in n for n in names) and "RunWorkflow:PipelineWorkflow" in names
-        return spans if done and {"devart-api", "devart-worker", "devart-agent"} <= services() else None
+        done = any("complete" in n for n in names) and {"RunWorkflow:PipelineWorkflow", "report"} <= names
+        if not done or not {"devart-api", "devart-worker", "devart-agent"} <= services():
+            return None
+        # Each process exports in its own batches: wait until the report's chain has reached the receiver whole
+        by_id = {s.span_id: s for s in spans}
+        completion = [s for s in spans if s.service == "devart-api" and "complete" in s.name
+                      and s.name.startswith("POST")]
+        return spans if completion and "POST /v1/runs" in ancestors(completion[0], by_id) else None
 
     spans = await poll(complete, deadline=30, what="every process to export its spans")
     by_id = {s.span_id: s for s in spans}
