@@ -93,12 +93,9 @@ async def test_a_result_past_the_limit_is_refused_and_the_task_stays_claimed(
     await assert_failed_everywhere(api, temporal, run_id, "ResultTooLarge: result of")
 
 
-async def test_an_agent_with_an_oversized_result_fails_the_stage_with_the_reason(
-    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
-) -> None:
-    # Given an agent whose skill returns 3 MB
-    cap = unique("oversized")
-    name = unique("oversized-agent")
+async def start_oversized_agent(api: httpx.AsyncClient, stack: Stack, prefix: str) -> str:
+    """Start an agent of ``tests.api.agent_apps`` on a capability of its own, once it announced its skill."""
+    cap, name = unique(prefix), unique(f"{prefix}-agent")
     stack.start_agent(name, [cap], "--module", "tests.api.agent_apps")
 
     async def announced() -> bool:
@@ -106,6 +103,14 @@ async def test_an_agent_with_an_oversized_result_fails_the_stage_with_the_reason
         return "oversized" in agent.get("skills", [])
 
     await poll(announced, deadline=30, what="the agent to announce its skill")
+    return cap
+
+
+async def test_an_agent_with_an_oversized_result_fails_the_stage_with_the_reason(
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
+) -> None:
+    # Given an agent whose skill returns 3 MB
+    cap = await start_oversized_agent(api, stack, "oversized")
     # When a run reaches it
     run_id = await one_stage_run(api, tmp_path, cap, skill="oversized", inputs={"bytes": 3 * MB})
     # Then the stage fails at once (not retried) with the size and the limit, in the API, the feed and Temporal
@@ -119,15 +124,7 @@ async def test_the_results_of_a_run_together_are_bounded(
     api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
 ) -> None:
     # Given a run of five stages in a row, each with a result just under the limit of one result
-    cap = unique("heavy")
-    name = unique("heavy-agent")
-    stack.start_agent(name, [cap], "--module", "tests.api.agent_apps")
-
-    async def announced() -> bool:
-        agent = (await api.get(f"/v1/agents/{name}", headers=admin(stack))).json()
-        return "oversized" in agent.get("skills", [])
-
-    await poll(announced, deadline=30, what="the agent to announce its skill")
+    cap = await start_oversized_agent(api, stack, "heavy")
     pipeline = unique("heavy")
     stage = {**noop_stage("s1", cap), "skill": "oversized", "inputs": {"bytes": 250_000}}
     stages = [{**stage, "name": f"s{i}", "depends_on": [f"s{i - 1}"] if i > 1 else []} for i in range(1, 6)]
