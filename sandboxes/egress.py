@@ -39,8 +39,11 @@ import psutil
 from core.errors import SandboxError
 
 #: Ranges a ``network: egress`` command never reaches (``ip route add unreachable``).
-BLOCKED = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-           "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::/0")
+#: IPv4 that is not the public internet: this, private, shared, loopback, link-local, multicast and reserved
+#: (the Kubernetes backend's egress policy excepts the same).
+NON_PUBLIC_IPV4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+                   "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+BLOCKED = (*NON_PUBLIC_IPV4, "::/0")
 #: slirp's gateway: the host itself, seen from the sandbox.
 GATEWAY = "10.0.2.2"
 #: slirp's DNS forwarder, the sandbox's only resolver.

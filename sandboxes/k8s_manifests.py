@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 from core.contracts import SandboxSpec, Source
 from core.errors import SandboxError
 from core.settings import KubernetesSettings
+from sandboxes.egress import NON_PUBLIC_IPV4
 from sandboxes.package_index import package_environment
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -55,8 +56,7 @@ WORKSPACE = "/workspace"
 HOME = "/home/sandbox"
 #: Addresses a ``network: egress`` pod never reaches, whatever ``DEVART_K8S_EGRESS_EXCEPT`` adds: the node's and
 #: the cluster's private networks, a cloud's metadata service (link-local), loopback, multicast and reserved.
-PRIVATE_RANGES = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-                  "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
+PRIVATE_RANGES = (*NON_PUBLIC_IPV4, "::1/128", "fc00::/7", "fe80::/10", "ff00::/8")
 #: The container commands run in (the init container is "checkout").
 CONTAINER = "sandbox"
 #: Keeps the container alive for execs and exits at once on SIGTERM (a plain ``sleep`` as PID 1 ignores it).
