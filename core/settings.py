@@ -288,3 +288,20 @@ class SourceSettings(BaseSettings):
 @lru_cache
 def source() -> SourceSettings:
     return SourceSettings()
+
+
+class LogSettings(BaseSettings):
+    """How devart's processes write their logs (``core/logs.py``)."""
+
+    model_config = _config("DEVART_LOG_")
+    format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line (the services `devart up` starts); text: for a "
+        "terminal.",
+    )
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "debug", "info", "warning", "error",
+                   "critical"] = "INFO"
+
+
+@lru_cache
+def logs() -> LogSettings:
+    return LogSettings()
