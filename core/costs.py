@@ -7,12 +7,11 @@ add up exactly however they are grouped.
 from __future__ import annotations
 
 import json
-import os
 from functools import lru_cache
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from core import settings
 from core.contracts import Usage
 
 MICROS = 1_000_000
@@ -34,10 +33,10 @@ class PriceTable(BaseModel):
 @lru_cache
 def prices() -> PriceTable:
     """DEVART_PRICES (JSON) or the file DEVART_PRICES_FILE; the defaults otherwise."""
-    raw = os.environ.get("DEVART_PRICES")
-    path = os.environ.get("DEVART_PRICES_FILE")
-    if not raw and path:
-        raw = Path(path).read_text()
+    source = settings.price_source()
+    raw = source.prices
+    if not raw and source.prices_file:
+        raw = source.prices_file.read_text()
     return PriceTable.model_validate(json.loads(raw)) if raw else PriceTable()
 
 

@@ -305,3 +305,33 @@ class LogSettings(BaseSettings):
 @lru_cache
 def logs() -> LogSettings:
     return LogSettings()
+
+
+class PriceSettings(BaseSettings):
+    """The price table costs are computed with (``core/costs.py``): inline JSON, or a file holding it."""
+
+    model_config = _config("DEVART_")
+    prices: str = Field(default="", description="The price table as JSON (wins over DEVART_PRICES_FILE).")
+    prices_file: Path | None = Field(default=None, description="A JSON file holding the price table.")
+
+
+@lru_cache
+def price_source() -> PriceSettings:
+    return PriceSettings()
+
+
+class TraceExportSettings(BaseSettings):
+    """Where spans go: OpenTelemetry's own variable names, so any collector set-up works unchanged."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""
+
+    @property
+    def exporting(self) -> bool:
+        return bool(self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint)
+
+
+@lru_cache
+def trace_export() -> TraceExportSettings:
+    return TraceExportSettings()

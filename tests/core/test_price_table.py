@@ -1,0 +1,38 @@
+"""The price table comes from DEVART_PRICES or DEVART_PRICES_FILE, read through the settings like the rest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import costs, settings
+from core.contracts import Usage
+
+
+@pytest.fixture(autouse=True)
+def _fresh_table() -> Iterator[None]:
+    settings.price_source.cache_clear()
+    costs.prices.cache_clear()
+    yield
+    settings.price_source.cache_clear()
+    costs.prices.cache_clear()
+
+
+def test_inline_json_wins_over_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"models": {"m": 1.0}}))
+    monkeypatch.setenv("DEVART_PRICES_FILE", str(table))
+    assert costs.prices().cost_micros(Usage(model_tokens={"m": 1000})) == 1_000_000
+    settings.price_source.cache_clear()
+    costs.prices.cache_clear()
+    monkeypatch.setenv("DEVART_PRICES", json.dumps({"models": {"m": 3.0}}))
+    assert costs.prices().cost_micros(Usage(model_tokens={"m": 1000})) == 3_000_000
+
+
+def test_defaults_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVART_PRICES", raising=False)
+    monkeypatch.delenv("DEVART_PRICES_FILE", raising=False)
+    assert costs.prices() == costs.PriceTable()
