@@ -4,7 +4,10 @@ A message is acknowledged only after the API accepted the task's outcome (or ref
 that dies mid-task leaves its message to RabbitMQ and its attempt to Temporal's heartbeat timeout. A keepalive
 call tells the API the agent is alive and tells the agent whether it is still active: a deactivated agent stops
 taking tasks within one keepalive interval. On SIGTERM the agent drains: it takes nothing new, lets running
-tasks finish within a grace period, then hands the rest back so another agent picks them up.
+tasks finish within a grace period, then hands the rest back so another agent picks them up. A handed-back task
+is queued again within its attempt and its message returned to the lane, so a drain or a deactivation with
+hand-back never uses up one of the stage's retries. An idle agent stops at once on SIGTERM: neither a keepalive
+nor its goodbye to the API (which may be stopping beside it) holds it up.
 
 A lane has a queue per priority band in use (``core.topology``); the agent consumes every band of every lane it
 serves, and ``workers.intake`` starts what was delivered highest priority first.
@@ -15,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -26,16 +27,15 @@ from pydantic import ValidationError
 
 from core import telemetry
 from core.bounds import skills_problem
-from core.contracts import AgentTaskMessage, StageResult, TaskDetail
-from core.errors import SkillError
+from core.contracts import AgentTaskMessage
 from core.topology import Topology, can_serve, parse_band_key
 from sandboxes.base import Sandbox
 from sandboxes.factory import package_index_for
-from workers import outcomes
 from workers.agent_client import AgentClient, Refused
 from workers.dead_letters import dead_letter
+from workers.execution import Execution, Runner
 from workers.intake import Intake, Settle
-from workers.skills.base import Skill, SkillContext
+from workers.skills.base import Skill
 from workers.skills.registry import SKILLS
 
 log = logging.getLogger("devart.agent")
@@ -44,16 +44,8 @@ log = logging.getLogger("devart.agent")
 BAND_ANNOUNCEMENTS = ("lane.declared", "lane.band.declared")
 #: How often the agent re-reads the lane list, in case it missed a control broadcast while reconnecting.
 LANE_REFRESH_SECONDS = 30.0
-
-
-@dataclass
-class Execution:
-    """One task this agent is running; ``handback`` set means: stop and give it back."""
-
-    task: TaskDetail
-    skill: asyncio.Task[StageResult] | None = None
-    handback: str | None = None
-    progress: dict[str, str] = field(default_factory=dict)
+#: How long a stopping agent waits for the API to take its "draining" and "offline" notes.
+GOODBYE_SECONDS = 1.0
 
 
 class Agent:
@@ -83,7 +75,7 @@ class Agent:
         self._topology = topology
         self._concurrency = concurrency
         self._intake = Intake(concurrency, self._take)
-        self._heartbeat_interval = heartbeat_interval
+        self._runner = Runner(name, client, sandbox, self.skills, heartbeat_interval)
         self._keepalive_interval = keepalive_interval
         self._drain_grace = drain_grace
         self._accepting = True
@@ -111,9 +103,7 @@ class Agent:
         control = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await control.bind(self._topology.control_exchange)
         await control.consume(self._on_control, no_ack=True)
-        await self._keepalive()
-        await self._refresh_lanes()
-        log.info("agent %s serving lanes %s", self.name, self._intake.bands)
+        await _unless_stopped(self._begin(), stop)  # a refusal here ends the agent; a stop, its start
         ticks = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -121,12 +111,22 @@ class Agent:
             if stop.is_set():
                 break
             ticks += 1
-            with contextlib.suppress(Exception):  # the API may be restarting: try again next tick
-                await self._keepalive()
-                if ticks * self._keepalive_interval >= LANE_REFRESH_SECONDS:
-                    ticks = 0
-                    await self._refresh_lanes()
+            refresh = ticks * self._keepalive_interval >= LANE_REFRESH_SECONDS
+            ticks = 0 if refresh else ticks
+            # The API may be restarting, and the client retries a call for minutes: a stop must not wait for that.
+            await _unless_stopped(self._tick(refresh), stop)
         await self._drain()
+
+    async def _begin(self) -> None:
+        await self._keepalive()
+        await self._refresh_lanes()
+        log.info("agent %s serving lanes %s", self.name, self._intake.bands)
+
+    async def _tick(self, refresh: bool) -> None:
+        with contextlib.suppress(Exception):  # the API may be restarting: try again next tick
+            await self._keepalive()
+            if refresh:
+                await self._refresh_lanes()
 
     async def _keepalive(self) -> None:
         reply = await self.client.keepalive(self.status, sorted(self.skills))
@@ -136,30 +136,29 @@ class Agent:
         await (self._start_consuming() if self._active and self._accepting else self._stop_consuming())
         if reply["handback"]:
             for execution in self._executions.values():
-                self._hand_back(execution, "agent was deactivated with hand-back")
+                execution.hand_back("agent was deactivated with hand-back")
 
     async def _drain(self) -> None:
         """Stop taking tasks, give running ones the grace period, then hand back what is left."""
         self._accepting = False
         log.info("agent %s draining (%d running)", self.name, len(self._executions))
-        with contextlib.suppress(Exception):
-            await self.client.keepalive("draining", sorted(self.skills))
         await self._stop_consuming()
-        if self._intake.running:
+        if self._intake.running:  # an idle agent goes straight to "offline"
+            await self._goodbye("draining")
             _, pending = await asyncio.wait(self._intake.running, timeout=self._drain_grace)
             for execution in self._executions.values():
-                self._hand_back(execution, f"agent is shutting down (grace of {self._drain_grace:.0f}s over)")
+                execution.hand_back(f"agent is shutting down (grace of {self._drain_grace:.0f}s over)")
             if pending:
                 await asyncio.wait(pending)
-        with contextlib.suppress(Exception):
-            await self.client.keepalive("offline", sorted(self.skills))
+        await self._goodbye("offline")
         if self._connection is not None:
             await self._connection.close()  # unacked messages go back to their lanes
 
-    def _hand_back(self, execution: Execution, reason: str) -> None:
-        if execution.handback is None and execution.skill is not None:
-            execution.handback = reason
-            execution.skill.cancel()
+    async def _goodbye(self, status: str) -> None:
+        """Tell the API the agent is draining or gone, if it answers soon: it may be stopping too (``devart down``),
+        and it shows a silent agent offline after ``core.agents.OFFLINE_AFTER`` anyway."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.keepalive(status, sorted(self.skills)), GOODBYE_SECONDS)
 
     async def _refresh_lanes(self) -> None:
         for key in await self.client.lanes():
@@ -217,83 +216,28 @@ class Agent:
             log.info("task %s not ours: %s", envelope.task_id, exc.detail)
             return Settle.ACK
         log.info("claimed %s/%s attempt %s (priority %s)", task.run_id, task.stage, task.attempt, task.priority)
+        execution = Execution(task=task)
         try:
-            await self._execute(Execution(task=task))
+            await self._execute(execution)
         except Refused as exc:
             log.warning("report on %s/%s refused: %s", task.run_id, task.stage, exc.detail)
-        return Settle.ACK
+        # A task handed back is queued again on the API's side: its message goes back for another agent to claim.
+        return Settle.REQUEUE if execution.handed_back else Settle.ACK
 
     async def _execute(self, execution: Execution) -> None:
-        """Run the skill beside a heartbeat loop; report the outcome; a cancel or lost claim stops the skill."""
-        task = execution.task
-        ctx = SkillContext(
-            task=task, sandbox=self.sandbox, python=sys.executable, progress=_progress_setter(execution.progress)
-        )
-        execution.skill = asyncio.create_task(self._run_skill(ctx))  # inherits the "agent task" span
-        self._executions[task.task_id] = execution
+        self._executions[execution.task.task_id] = execution
         try:
-            outcome = await self._supervise(execution)
-            await self._report(execution, outcome)
+            await self._runner.execute(execution)
         finally:
-            del self._executions[task.task_id]
-
-    async def _supervise(self, execution: Execution) -> str:
-        assert execution.skill is not None
-        interval = self._heartbeat_interval or execution.task.heartbeat_interval
-        outcome = "done"
-        while not execution.skill.done():
-            done, _ = await asyncio.wait({execution.skill}, timeout=interval)
-            if done:
-                break
-            try:
-                if await self.client.heartbeat(execution.task, execution.progress):
-                    outcome = "cancelled"
-                    execution.skill.cancel()
-            except Refused:
-                outcome = "lost"
-                execution.skill.cancel()
-        return outcome
-
-    async def _report(self, execution: Execution, outcome: str) -> None:
-        task, skill = execution.task, execution.skill
-        assert skill is not None
-        try:
-            result = await skill
-        except asyncio.CancelledError:
-            if outcome == "cancelled":
-                await self.client.cancelled(task)
-            elif execution.handback is not None:
-                await self.client.release(task, execution.handback)
-            log.info("%s/%s attempt %s %s", task.run_id, task.stage, task.attempt, execution.handback or outcome)
-            return
-        except SkillError as exc:
-            report = StageResult(status="failed", summary=str(exc), output=exc.output, log_tail=exc.log_tail)
-            await outcomes.fail(self.client, task, exc.error_type, str(exc), exc.non_retryable, report)
-            return
-        except Exception as exc:  # a bug in a skill must fail the attempt, not kill the agent
-            log.exception("skill %s crashed", task.skill)
-            await outcomes.fail(self.client, task, "AgentError", f"{type(exc).__name__}: {exc}", False, None)
-            return
-        with telemetry.tracer().start_as_current_span("report"):
-            await outcomes.complete(self.client, task, result)
-
-    async def _run_skill(self, ctx: SkillContext) -> StageResult:
-        with telemetry.tracer().start_as_current_span(
-            f"skill {ctx.task.skill}", attributes={"devart.skill": ctx.task.skill}
-        ):
-            return await self._call_skill(ctx)
-
-    async def _call_skill(self, ctx: SkillContext) -> StageResult:
-        skill = self.skills.get(ctx.task.skill)
-        if skill is None:
-            raise SkillError(
-                f"agent {self.name} has no skill {ctx.task.skill!r}", error_type="SkillNotFound", non_retryable=True
-            )
-        return await skill(ctx)
+            del self._executions[execution.task.task_id]
 
 
-def _progress_setter(progress: dict[str, str]) -> Callable[[str], None]:
-    def set_progress(message: str) -> None:
-        progress["progress"] = message[:500]
-
-    return set_progress
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Await ``work`` (its error is raised), or cancel it as soon as ``stop`` is set."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopped):
+        pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

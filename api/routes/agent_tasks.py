@@ -114,5 +114,6 @@ async def cancelled(
 async def release(
     task_id: str, req: ReleaseRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
-    """Hand the task back (the agent is draining or was deactivated); Temporal retries it elsewhere."""
+    """Hand the task back (the agent is draining or was deactivated): it is queued again, in the same attempt, for
+    another agent; the caller can no longer report on it."""
     await tasks.release(session, client, task_id, agent, req.claim_id, req.reason)

@@ -233,17 +233,41 @@ async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: 
 
 async def release(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str,
                   reason: str) -> None:
-    """The agent hands the task back (draining, deactivated): fail the attempt as retryable so Temporal
-    schedules the next attempt for another agent, after the stage's backoff."""
+    """The agent hands the task back (draining, deactivated): the attempt is queued again for another agent.
+
+    Within the same activity attempt, so a hand-back never uses up one of the stage's retries (a stage with
+    ``maximum_attempts: 1`` survives a drain). The claim is dropped, so the agent that let go can no longer report
+    on the task: only the next claim's holder can. The activity is heartbeated, which restarts its heartbeat clock;
+    from then on the queue keeper keeps the attempt alive while it waits, and the agent returns its message to the
+    lane once this call succeeded.
+    """
     row = await _check_claim(session, task_id, agent, claim_id)
-    error = ApplicationError(f"handed back by agent {agent.name}: {reason}", type="TaskReleased")
     event_id = await reserve_id(session)
+    handle = client.get_async_activity_handle(task_token=row.task_token)
     try:
-        await client.get_async_activity_handle(task_token=row.task_token).fail(error)
+        await handle.heartbeat({"released_by": agent.name})
+    except AsyncActivityCancelledError:  # the run was cancelled meanwhile: nothing to hand over
+        await handle.report_cancellation()
+        await _finish(session, row, agent, "cancelled", None, "cancelled", event_id)
+        await session.commit()
+        return
     except RPCError as exc:
         raise await _gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "released", None, f"released: {reason}", event_id)
+    row.status, row.claimed_by, row.claim_id, row.claimed_at = "queued", None, None, None
+    row.heartbeat_at, row.waiting_reason = utcnow(), None
+    _free(session, row, agent)
+    metrics.TASKS_REPORTED.labels(row.skill, "released").inc()
+    add_event(session, "stage.attempt.released", f"handed back by agent {agent.name}: {reason}", run_id=row.run_id,
+              stage=row.stage, agent=agent.name, event_id=event_id, attempt=row.attempt)
     await session.commit()
+
+
+def _free(session: AsyncSession, row: TaskAttempt, agent: Agent) -> None:
+    """The agent no longer works on the task."""
+    if agent.current_task == row.id:
+        agent.current_task = None
+        agent.status = "idle" if agent.status == "busy" else agent.status
+        session.add(agent)
 
 
 async def _finish(
@@ -254,15 +278,11 @@ async def _finish(
     row.result = result.model_dump(mode="json") if result else None
     row.cost_micros = prices().cost_micros(result.usage) if result else 0
     metrics.TASKS_REPORTED.labels(row.skill, status).inc()
-    if agent.current_task == row.id:
-        agent.current_task = None
-        agent.status = "idle" if agent.status == "busy" else agent.status
-        session.add(agent)
+    _free(session, row, agent)
     if status in ("succeeded", "failed") and row.claimed_at is not None:
         seconds = (row.finished_at - row.claimed_at).total_seconds()
         await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds,
                                     to_money(row.cost_micros))
-    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed",
-            "released": "stage.attempt.released"}.get(status, "stage.cancelled")
+    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed"}.get(status, "stage.cancelled")
     add_event(session, kind, error or (result.summary if result else status), run_id=row.run_id, stage=row.stage,
               agent=row.claimed_by, event_id=event_id, attempt=row.attempt)

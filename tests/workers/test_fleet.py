@@ -142,29 +142,61 @@ async def test_over_the_delivery_limit_then_redrive_completes_the_stage(
     assert run["status"] == "succeeded" and len(run["stages"][0]["attempt_log"]) == 1
 
 
-async def test_sigterm_drain_hands_the_task_over(stack: Stack, api: httpx.AsyncClient, tmp_path: Path) -> None:
-    cap, first = unique("drain"), unique("leaving")
-    leaving = stack.start_agent(first, [cap], DEVART_AGENT_DRAIN_GRACE="1")
-    pipeline = unique("drain")
-    await publish(api, {"name": pipeline, "stages": [noop_stage("work", cap, sleep=60, slow_attempts=1)]})
+#: A sandboxed command that is slow for the first agent to run it and quick for the next: the attempt, and so its
+#: sandbox, stays the same when a task is handed over, and the marker file is left in that sandbox's workspace.
+HANDOVER_COMMAND = "if [ -e {marker} ]; then echo taken over; else touch {marker}; sleep 60; fi"
+
+
+async def _hand_over(stack: Stack, api: httpx.AsyncClient, tmp_path: Path, let_go: str,
+                     **first_env: str) -> tuple[str, str, str]:
+    """Run a one-attempt stage claimed by a first agent, make it let go (``sigterm`` or ``deactivate``), start a
+    second agent; returns the run's id and both agents' names once the run finished."""
+    cap, first, second = unique("handover"), unique("leaving"), unique("staying")
+    leaving = stack.start_agent(first, [cap], **first_env)
+    marker = unique("handed-over")
+    stage = {**noop_stage("work", cap, sandbox_command=HANDOVER_COMMAND.format(marker=marker)),
+             "retry": {"initial_interval": 1, "maximum_attempts": 1}}
+    pipeline = unique("handover")
+    await publish(api, {"name": pipeline, "stages": [stage]})
     run_id = await start(api, pipeline, tmp_path)
 
-    async def claimed() -> bool:
-        return bool(sql("SELECT 1 FROM task_attempts WHERE run_id = :r AND claimed_by = :a", r=run_id, a=first))
+    async def running() -> list[Path]:  # claimed, and the command has begun in the sandbox
+        return list((stack.state / "sandboxes").glob(f"**/{marker}"))
 
-    await poll(claimed, deadline=30, what="the first agent to claim")
-    leaving.proc.send_signal(signal.SIGTERM)
-    second = unique("staying")
+    await poll(running, deadline=60, what="the first agent to run the command")
+    if let_go == "sigterm":
+        leaving.proc.send_signal(signal.SIGTERM)
+    else:
+        r = await api.post(f"/v1/agents/{first}/deactivate", params={"handback": "true"}, headers=admin(stack))
+        assert r.status_code == 200, r.text
     stack.start_agent(second, [cap])
     run = await wait_run(api, run_id, deadline=90)
     assert run["status"] == "succeeded", run
+    # The one attempt the stage had moved to the second agent: the hand-back used up no retry
     log = [(a["attempt"], a["agent"], a["status"]) for a in run["stages"][0]["attempt_log"]]
-    assert log == [(1, first, "released"), (2, second, "succeeded")]
-    assert leaving.proc.wait(timeout=30) == 0
+    assert log == [(1, second, "succeeded")]
+    assert "taken over" in run["stages"][0]["result"]["output"]["command_output"]
+    released = sql("SELECT agent, (data->>'attempt')::int AS attempt FROM events WHERE run_id = :r "
+                   "AND kind = 'stage.attempt.released'", r=run_id)
+    assert released == [{"agent": first, "attempt": 1}]
+    if let_go == "sigterm":
+        assert leaving.proc.wait(timeout=30) == 0
+    return run_id, first, second
+
+
+async def test_sigterm_drain_hands_the_task_over(stack: Stack, api: httpx.AsyncClient, tmp_path: Path) -> None:
+    _, first, _ = await _hand_over(stack, api, tmp_path, "sigterm", DEVART_AGENT_DRAIN_GRACE="1")
     kinds = [r["kind"] for r in sql("SELECT kind FROM events WHERE agent = :a ORDER BY id", a=first)]
     assert kinds.index("agent.online") < kinds.index("agent.offline")
-    results = sql("SELECT attempt, result FROM task_attempts WHERE run_id = :r ORDER BY attempt", r=run_id)
-    assert results[0]["result"] is None and results[1]["result"]["output"]["attempt"] == 2
+
+
+async def test_deactivation_with_handback_hands_the_task_over(
+    stack: Stack, api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    run_id, first, _ = await _hand_over(stack, api, tmp_path, "deactivate")
+    # The agent that let go may no longer report on the task: only the new claim's holder could
+    row = sql("SELECT id, claimed_by FROM task_attempts WHERE run_id = :r", r=run_id)[0]
+    assert row["claimed_by"] != first
 
 
 async def test_sdk_example_agent_runs_in_a_pipeline(stack: Stack, api: httpx.AsyncClient, tmp_path: Path) -> None:
