@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,10 +29,13 @@ from tests.stack import Stack, clear_settings_caches, delete_broker_objects, reg
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack() -> Iterator[Stack]:
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url} (rabbitmq-server -detached)")
-    state = tmp_path_factory.mktemp("devart-state")
+    # Not under pytest's own folder: any pytest run as root (a project's suite run directly, for comparison)
+    # makes /tmp/pytest-of-root 0700 again, and the embedded PostgreSQL, running as its own user, would lose its
+    # way to its data folder (its next checkpoint then fails and the server stops).
+    state = Path(tempfile.mkdtemp(prefix="devart-test-state-"))
     receiver = OtlpReceiver()
     env = {
         **services.isolated_env(state, "devart-test", amqp_url),

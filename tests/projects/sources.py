@@ -119,9 +119,13 @@ def run_pytest_directly(source: Path, installed: list[str], exclude_newer: str, 
     requirements.write_text("\n".join(pins) + "\n")
     subprocess.run([uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(source),
                     "-r", str(requirements)], check=True, env=env, timeout=600, capture_output=True)
+    baseline_tmp = source / ".baseline-tmp"
+    baseline_tmp.mkdir(exist_ok=True)
     done = subprocess.run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider"], cwd=source,
-                          capture_output=True, text=True, timeout=900, env={"PATH": os.environ["PATH"],
-                                                                           "HOME": str(source)})
+                          capture_output=True, text=True, timeout=900,
+                          # A temporary folder of its own: pytest run as root makes /tmp/pytest-of-root 0700,
+                          # which would cut the suite's own PostgreSQL off from its data folder.
+                          env={"PATH": os.environ["PATH"], "HOME": str(source), "TMPDIR": str(baseline_tmp)})
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert lines, done.stderr[-2000:]
     return pytest_counts(lines[-1])
