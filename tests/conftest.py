@@ -73,11 +73,12 @@ def stack() -> Iterator[Stack]:
         receiver.close()
         # The processes are gone, so nothing declares the lanes again: leave the shared broker as it was.
         left = delete_broker_objects(env)
-        assert not left, f"left on RabbitMQ: {left}"
         if embedded:
             stop_postgres(state)
         if s.temporal is not None:
             stop_child(s.temporal, grace=5)
+        shutil.rmtree(state, ignore_errors=True)
+        assert not left, f"left on RabbitMQ: {left}"
 
 
 @pytest.fixture(scope="session")
