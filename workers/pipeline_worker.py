@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
@@ -24,6 +25,10 @@ from workers.sweeper import keep_sweeping, retire_schedule
 from workflows.pipeline import PipelineWorkflow
 
 log = logging.getLogger(__name__)
+
+#: How long a stopping worker lets the activities it runs finish before cancelling them: without it, SIGTERM
+#: cancels a dispatch mid-publish and the stage pays a retry. Within the supervisor's default stop grace (10 s).
+GRACEFUL_SHUTDOWN = timedelta(seconds=8)
 
 
 def _metrics_runtime(cfg: settings.WorkerSettings) -> Runtime | None:
@@ -52,6 +57,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         workflows=[PipelineWorkflow],
         activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget],
         max_concurrent_activities=200,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 
 
@@ -75,6 +81,8 @@ async def serve(task_queue: str | None = None) -> None:
     async with worker:
         log.info("pipeline worker polling %s", task_queue or settings.temporal().task_queue)
         await stop.wait()
+        log.info("pipeline worker stopping: in-flight activities get up to %.0fs to finish",
+                 GRACEFUL_SHUTDOWN.total_seconds())
     await keeper
     await sweeper
     await sampler
