@@ -17,13 +17,22 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
-from api.services.dlq import DeadLetterNotFound
-from api.services.runs import RunConflict
 from api.services.tasks import TaskNotFound, TaskRefused
 from core.agents import AgentExists, AgentNotFound
 from core.bounds import MAX_DEPTH
-from core.budgets import BudgetNotFound
-from core.errors import InvalidPipeline, PipelineNotFound, RunNotFound, ServiceUnavailable
+from core.errors import (
+    Conflict,
+    DevartError,
+    Forbidden,
+    Invalid,
+    InvalidPipeline,
+    Malformed,
+    NotFound,
+    TooLarge,
+    TooMany,
+    Unauthenticated,
+    Unavailable,
+)
 from core.github import MappingNotFound, WebhookDisabled, WebhookInvalid, WebhookSignatureInvalid
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,34 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": InvalidBody if code == 422 else ErrorBody, "description": _WHY[code]} for code in codes}
 
 
+#: The one place an error's kind becomes an HTTP status; the most specific kind in the error's class tree wins.
+STATUS: dict[type[DevartError], int] = {
+    Malformed: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409, TooLarge: 413, Invalid: 422,
+    TooMany: 429, Unavailable: 503,
+}
+
+
+def status_of(exc: DevartError) -> int:
+    """The HTTP status of a domain error: its kind's, or 500 for an error of no kind (a defect, logged)."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
+
+
+def error_response(exc: DevartError) -> JSONResponse:
+    """``{"detail": …}`` with the kind's status; an invalid pipeline also lists its problems, a cap says when to
+    come back."""
+    status = status_of(exc)
+    if status == 500:
+        log.error("a domain error of no kind reached the API: %r", exc)
+    body: dict[str, Any] = {"detail": str(exc)}
+    if isinstance(exc, InvalidPipeline):
+        body["problems"] = exc.problems
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) and exc.retry_after else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _fields(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,21 +128,16 @@ def install(app: FastAPI) -> None:
         detail = f"a value of the request cannot be stored or compared: {str(exc.orig).splitlines()[0]}"
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(InvalidPipeline)
-    async def _invalid(_: Request, exc: InvalidPipeline) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "problems": exc.problems}, status_code=422)
+    @app.exception_handler(DevartError)
+    async def _domain(_: Request, exc: DevartError) -> JSONResponse:
+        return error_response(exc)
 
-    @app.exception_handler(PipelineNotFound)
-    @app.exception_handler(RunNotFound)
     @app.exception_handler(TaskNotFound)
     @app.exception_handler(AgentNotFound)
-    @app.exception_handler(BudgetNotFound)
-    @app.exception_handler(DeadLetterNotFound)
     @app.exception_handler(MappingNotFound)
     async def _missing(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
-    @app.exception_handler(RunConflict)
     @app.exception_handler(AgentExists)
     async def _conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
@@ -113,10 +145,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TaskRefused)
     async def _refused(_: Request, exc: TaskRefused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
-
-    @app.exception_handler(ServiceUnavailable)
-    async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     # GitHub webhook (issue 6): a delivery that is not signed with our secret starts nothing
     @app.exception_handler(WebhookSignatureInvalid)

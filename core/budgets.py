@@ -15,13 +15,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.contracts import BudgetDecision
 from core.costs import MICROS
-from core.errors import DevartError
+from core.errors import NotFound
 from core.models import Budget, utcnow
 
 Scope = Literal["pipeline", "repository"]
 
 
-class BudgetNotFound(DevartError):
+class BudgetNotFound(NotFound):
     """No budget for that pipeline or repository."""
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from core.bounds import MAX_DEPTH, MAX_YAML_ALIASES, MAX_YAML_BYTES, MAX_YAML_NODES, size
-from core.errors import DevartError
+from core.errors import Invalid
 
 
-class YamlRefused(DevartError):
+class YamlRefused(Invalid):
     """A document is not valid YAML or is past a limit (size, nesting, aliases, expansion); the message says which."""
 
 

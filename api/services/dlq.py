@@ -7,13 +7,13 @@ from sqlmodel import col, delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import settings
-from core.errors import DevartError, ServiceUnavailable
+from core.errors import NotFound, ServiceUnavailable
 from core.events import add_event
 from core.models import DeadLetter, utcnow
 from core.topology import Topology, band_key, parse_band_key
 
 
-class DeadLetterNotFound(DevartError):
+class DeadLetterNotFound(NotFound):
     """No dead letter with that id."""
 
 

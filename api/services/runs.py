@@ -19,7 +19,7 @@ from api.services import catalog
 from core import bounds, metrics, pipelines, settings
 from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source, StageState
 from core.costs import to_money
-from core.errors import DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
+from core.errors import Conflict, DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from core.events import add_event
 from core.models import Run, TaskAttempt, utcnow
 from core.temporal import search_attributes, ui_link
@@ -36,7 +36,7 @@ _EXTERNAL_END = {
 }
 
 
-class RunConflict(DevartError):
+class RunConflict(Conflict):
     """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
 
 
