@@ -10,6 +10,8 @@ retries and teardown. When an activity is renamed or gains a new one, only ``Sta
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -181,3 +183,71 @@ async def until_cancelled(task: AgentTaskInput, attempt: int) -> StageResult:
     while True:
         activity.heartbeat(task.stage)
         await asyncio.sleep(0.1)  # the pace of a working agent's heartbeats, not a wait for a condition
+
+
+class Recorded:
+    """Stand-ins that answer as a recorded run's activities did: the same results and failures, stage by stage.
+
+    They record a history for a workflow engine that has none yet, from a run of another engine on the same
+    pipeline: the payloads are the recorded ones, byte for byte in meaning, and only the workflow's own commands
+    differ. Results are returned as the recorded JSON, so their shape is that of the release that recorded them.
+    """
+
+    def __init__(self, history: dict[str, Any]) -> None:
+        self.provisions: dict[str, Any] = {}
+        self.tasks: dict[str, tuple[str, Any]] = {}
+        scheduled: dict[str, str] = {}
+        for event in history["events"]:
+            kind = event["eventType"]
+            if kind == "EVENT_TYPE_MARKER_RECORDED":
+                details = event["markerRecordedEventAttributes"]["details"]
+                data = _decoded(details["data"])
+                if data.get("activity_type") == "provision_sandbox":
+                    handle = _decoded(details["result"])
+                    stage = handle["id"].removeprefix(f"{handle['run_id']}-").rsplit("-", 1)[0]
+                    self.provisions[stage] = handle
+            elif kind == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED":
+                attrs = event["activityTaskScheduledEventAttributes"]
+                if attrs["activityType"]["name"] == "run_agent_task":
+                    scheduled[event["eventId"]] = _decoded(attrs["input"])["stage"]
+            elif kind == "EVENT_TYPE_ACTIVITY_TASK_COMPLETED":
+                attrs = event["activityTaskCompletedEventAttributes"]
+                self.tasks[scheduled[attrs["scheduledEventId"]]] = ("completed", _decoded(attrs["result"]))
+            elif kind == "EVENT_TYPE_ACTIVITY_TASK_FAILED":
+                attrs = event["activityTaskFailedEventAttributes"]
+                self.tasks[scheduled[attrs["scheduledEventId"]]] = ("failed", attrs["failure"])
+
+    @property
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.record_run, self.check_budget, self.provision_sandbox, self.run_agent_task,
+                self.teardown_sandbox]
+
+    @activity.defn(name="record_run")
+    async def record_run(self, rec: dict[str, Any]) -> None:
+        return None
+
+    @activity.defn(name="check_budget")
+    async def check_budget(self, check: dict[str, Any]) -> dict[str, Any]:
+        return {"state": "ok", "message": ""}
+
+    @activity.defn(name="provision_sandbox")
+    async def provision_sandbox(self, inp: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.provisions[inp["stage"]])
+
+    @activity.defn(name="teardown_sandbox")
+    async def teardown_sandbox(self, inp: dict[str, Any]) -> None:
+        return None
+
+    @activity.defn(name="run_agent_task")
+    async def run_agent_task(self, task: dict[str, Any]) -> dict[str, Any]:
+        outcome, value = self.tasks[task["stage"]]
+        if outcome == "completed":
+            return dict(value)
+        info = value["applicationFailureInfo"]
+        details = [_decoded(info["details"])] if info.get("details") else []
+        raise ApplicationError(value["message"], *details, type=info["type"], non_retryable=info["nonRetryable"])
+
+
+def _decoded(payloads: dict[str, Any]) -> Any:
+    """The JSON value of a history's first payload (``{"payloads": [{"data": base64}]}``)."""
+    return json.loads(base64.b64decode(payloads["payloads"][0]["data"]))
