@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,7 +34,8 @@ ROUTER_ERRORS = {
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     telemetry.setup("devart-api")
-    db.upgrade()
+    # Migrating is `devart db upgrade`'s job, done once before the services start; the API only checks.
+    await asyncio.to_thread(db.require_current_schema)
     app.state.temporal = await connect()
     yield
     await db.engine().dispose()

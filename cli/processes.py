@@ -22,16 +22,20 @@ def api(
     host: str = typer.Option(None, help="Listen address (default DEVART_API_HOST)."),
     port: int = typer.Option(None, help="Listen port (default DEVART_API_PORT)."),
 ) -> None:
-    """Serve the HTTP API (OpenAPI docs at /docs)."""
+    """Serve the HTTP API (OpenAPI docs at /docs); refuses to start unless `devart db upgrade` migrated the database."""
     import uvicorn
 
     cfg = settings.api()
     db.database_url()  # resolve (and start, if embedded) before uvicorn's workers import the app
+    try:
+        db.require_current_schema()  # the app checks again at start; this says it in one line, before uvicorn
+    except db.SchemaNotCurrent as exc:
+        fail(str(exc))
     uvicorn.run("api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning")
 
 
 def worker() -> None:
-    """Run the pipeline worker (workflows and activities)."""
+    """Run the pipeline worker (workflows and activities); refuses to start on a database not migrated."""
     from workers.pipeline_worker import serve
 
     try:
@@ -117,6 +121,9 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
 
 @db_app.command("upgrade")
 def upgrade() -> None:
-    """Apply the schema migrations."""
-    db.upgrade()
-    console.print("database schema is up to date")
+    """Apply the schema migrations (run once before the services start; concurrent runs take turns)."""
+    applied = db.upgrade()
+    if applied:
+        console.print(f"database schema migrated: {', '.join(applied)}; it is up to date", highlight=False)
+    else:
+        console.print("database schema is up to date: nothing to migrate")

@@ -11,6 +11,9 @@ import asyncio
 import os
 import signal
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +160,29 @@ def register_agent(name: str, capabilities: list[str]) -> str:
         return pool.submit(asyncio.run, _create()).result()
 
 
+@contextmanager
+def fresh_database(prefix: str = "fresh") -> Iterator[str]:
+    """A new, empty database on the suite's PostgreSQL server (no schema: nothing migrated it); its URL.
+
+    Dropped at the end, with whatever is still connected to it.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(db.database_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(db.database_url()).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
 def sql(query: str, **params: object) -> list[dict[str, Any]]:
     """Run a query on the suite's database with a plain synchronous connection (for assertions)."""
     from sqlalchemy import create_engine, text
@@ -168,8 +194,6 @@ def sql(query: str, **params: object) -> list[dict[str, Any]]:
             return [dict(r._mapping) for r in result] if result.returns_rows else []
     finally:
         engine.dispose()
-
-
 
 
 def delete_broker_objects(env: dict[str, str]) -> list[str]:

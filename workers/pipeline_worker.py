@@ -64,7 +64,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
 async def serve(task_queue: str | None = None) -> None:
     """Run until SIGINT/SIGTERM, then finish in-flight activity calls and exit."""
     telemetry.setup("devart-worker")
-    db.upgrade()
+    await asyncio.to_thread(db.require_current_schema)  # `devart db upgrade` migrates, before the services start
     runtime = _metrics_runtime(settings.worker())
     client = await connect(runtime=runtime)
     dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings())
