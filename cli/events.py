@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import typer
 from rich.markup import escape
 
 from cli.output import api_call, console, fail
-from core import settings
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -29,6 +27,10 @@ def events(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Show the activity feed; with --follow, stream it live (resuming after a dropped connection)."""
+    import httpx
+
+    from core import settings
+
     params = {k: v for k, v in {"run_id": run, "pipeline": pipeline, "agent": agent, "kind": kind}.items() if v}
     show = (lambda e: print(json.dumps(e))) if as_json else (lambda e: console.print(escape(_line(e)), highlight=False))  # noqa: T201
     if not follow:

@@ -9,9 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import api_call, console, err_console, fail
-from core import settings
-from core.github import APP_EVENTS, APP_PERMISSIONS
-from core.github import settings as github_settings
 
 app = typer.Typer(no_args_is_help=True, help="GitHub: pull requests run pipelines, results come back as checks.")
 
@@ -25,6 +22,8 @@ def _path(repository: str) -> str:
 
 def manifest(name: str, url: str, public: bool = False) -> dict[str, object]:
     """The GitHub App manifest: the permissions and events devart needs, and where GitHub delivers webhooks."""
+    from core.github import APP_EVENTS, APP_PERMISSIONS  # with githubkit: loaded only by the command using it
+
     base = url.rstrip("/")
     return {
         "name": name,
@@ -41,6 +40,9 @@ def setup(name: str = typer.Option("devart", help="The App's name on GitHub (mus
           url: str = typer.Option("", help="devart's public URL (default: DEVART_GITHUB_PUBLIC_URL or the API's)."),
           public: bool = typer.Option(False, help="Let other accounts install the App.")) -> None:
     """Print the GitHub App manifest (JSON on stdout; the steps to use it on stderr)."""
+    from core import settings
+    from core.github import settings as github_settings
+
     base = url or github_settings().public_url or settings.api().url
     console.print_json(json.dumps(manifest(name, base, public)))
     err_console.print(

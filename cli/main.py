@@ -1,11 +1,17 @@
-"""Entry point of the ``devart`` command; each group of commands lives in its own module."""
+"""Entry point of the ``devart`` command; each group of commands lives in its own module.
+
+The command modules import only typer, rich and the standard library at the top, and the rest inside the commands
+that need it: ``devart --help`` or ``devart runs list`` never load Temporal's SDK, SQLAlchemy, AMQP or GitHub
+clients (``tests/cli/test_startup.py`` holds them to it).
+"""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
 from cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
-from core import logs
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -32,5 +38,10 @@ app.command()(processes.agent)
 
 
 def main() -> None:
-    logs.configure()
+    # Help is printed while the arguments are parsed, before any command runs, and needs no logging: skipping the
+    # settings that logging reads keeps `devart … --help` as quick as the help itself.
+    if "--help" not in sys.argv[1:]:
+        from core import logs
+
+        logs.configure()
     app()

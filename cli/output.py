@@ -1,14 +1,15 @@
-"""Shared CLI output: errors on stderr with a non-zero exit, and an HTTP client for the API."""
+"""Shared CLI output: errors on stderr with a non-zero exit, and an HTTP client for the API.
+
+Every CLI module imports this one, so it imports nothing but typer and rich at the top: the HTTP client and the
+settings load when a command first calls the API.
+"""
 
 from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
-
-from core import settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -21,6 +22,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def admin_token() -> str:
     """DEVART_ADMIN_TOKEN, or the token ``devart up`` generated in the state folder."""
+    from core import settings
+
     token = settings.admin().admin_token
     stored = settings.state().root / "admin-token"
     if not token and stored.exists():
@@ -32,6 +35,10 @@ def admin_token() -> str:
 
 def api_call(method: str, path: str, *, admin: bool = False, **kwargs: Any) -> Any:
     """Call the API; any refusal becomes a CLI error line naming the problem, and exit code 1 (2 if unreachable)."""
+    import httpx
+
+    from core import settings
+
     url = settings.api().url.rstrip("/")
     if admin:
         kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {admin_token()}"}

@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from cli.output import api_call, console, fail
-from core import pipelines, yaml_safe
-from core.errors import InvalidPipeline
 
 app = typer.Typer(no_args_is_help=True, help="Pipeline templates.")
 
@@ -33,6 +31,9 @@ def list_pipelines(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command("validate")
 def validate(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> None:
     """Check a template locally, listing every problem (exit 1 when invalid)."""
+    from core import pipelines
+    from core.errors import InvalidPipeline
+
     try:
         definition = pipelines.load_file(file)
     except InvalidPipeline as exc:
@@ -45,6 +46,8 @@ def validate(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> 
 @app.command("publish")
 def publish(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> None:
     """Publish the file as the pipeline's next version."""
+    from core import yaml_safe
+
     try:
         data = yaml_safe.load_file(file)
     except yaml_safe.YamlRefused as exc:

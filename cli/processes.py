@@ -1,19 +1,22 @@
-"""Long-running processes (``devart api``, ``worker``, ``agent``) and administration (``db``, ``agents``)."""
+"""Long-running processes (``devart api``, ``worker``, ``agent``) and administration (``db``, ``agents``).
+
+What each command needs (the database, Temporal, the agent runtime) is imported inside it, so ``devart --help``
+and every other command start without loading them.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import signal
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.output import console, fail
-from core import db, eventloop, settings, telemetry
-from core.contracts import check_capabilities
-from core.errors import DevartError
-from devart_sdk import load
-from workers.skills.base import Skill
+
+if TYPE_CHECKING:
+    from workers.skills.base import Skill
 
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
 
@@ -24,6 +27,8 @@ def api(
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs); refuses to start unless `devart db upgrade` migrated the database."""
     import uvicorn
+
+    from core import db, settings
 
     cfg = settings.api()
     db.database_url()  # resolve (and start, if embedded) before uvicorn's workers import the app
@@ -36,6 +41,8 @@ def api(
 
 def worker() -> None:
     """Run the pipeline worker (workflows and activities); refuses to start on a database not migrated."""
+    from core import eventloop
+    from core.errors import DevartError
     from workers.pipeline_worker import serve
 
     try:
@@ -52,9 +59,16 @@ def agent(
         None, envvar="DEVART_AGENT_KEY_FILE", help="File holding the agent's API key (read at start; wins over --key)."
     ),
     concurrency: int = typer.Option(1, min=1, help="Tasks run at once."),
-    module: list[str] = typer.Option([], "--module", help="Python module with an AgentApp of custom skills."),
+    module: list[str] = typer.Option(
+        [], "--module", help="Python module with an AgentApp of custom skills (found from the current directory too)."
+    ),
 ) -> None:
     """Run an agent that consumes every lane its capabilities can serve."""
+    from core import eventloop
+    from core.contracts import check_capabilities
+    from core.errors import DevartError
+    from devart_sdk import load
+
     if key_file is not None:
         try:
             key = key_file.read_text().strip()
@@ -64,6 +78,9 @@ def agent(
         fail("no agent key: pass --key, --key-file or set DEVART_AGENT_KEY (`devart agents create NAME` prints one)")
     caps = [c.strip() for c in capabilities.split(",") if c.strip()]
     custom: dict[str, Skill] = {}
+    if module and os.getcwd() not in sys.path:
+        # As `python -m` does: a module of the project the agent is started from is found without installing it.
+        sys.path.insert(0, os.getcwd())
     for module_name in module:
         try:
             app = load(module_name)
@@ -84,6 +101,10 @@ def agent(
 
 
 async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, custom: dict[str, Skill]) -> None:
+    import asyncio
+    import signal
+
+    from core import settings, telemetry
     from core.topology import Topology
     from sandboxes.factory import get_sandbox
     from workers.agent import Agent
@@ -122,6 +143,8 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
 @db_app.command("upgrade")
 def upgrade() -> None:
     """Apply the schema migrations (run once before the services start; concurrent runs take turns)."""
+    from core import db
+
     applied = db.upgrade()
     if applied:
         console.print(f"database schema migrated: {', '.join(applied)}; it is up to date", highlight=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from rich import box
 from rich.live import Live
 from rich.table import Table
@@ -16,7 +15,6 @@ from rich.text import Text
 
 from cli.output import api_call, console, fail
 from cli.run_view import LOG_LINES, STYLE, print_results, stage_table
-from core import telemetry
 
 runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
 
@@ -56,6 +54,10 @@ def run(
     ),
 ) -> None:
     """Start a pipeline run; with --wait, follow it and exit non-zero unless it succeeds."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    from core import telemetry
+
     if priority is not None and not 1 <= priority <= 5:
         fail(f"--priority must be from 1 (lowest) to 5 (highest), got {priority}")
     body = {"pipeline": pipeline, "repo": _repo_argument(repo), "ref": ref, "params": _params(param), "trigger": "cli",

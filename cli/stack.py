@@ -3,6 +3,9 @@
 ``devart up`` hands the stack to a supervisor of its own (``core/daemon.py``: the design is written there) and
 returns once every process runs, each exactly once; run again, it only reports and asks the supervisor to start
 whatever is missing. ``devart down`` stops everything it started, whatever happened in between.
+
+The stack's machinery (``core.stackctl``, ``core.stackplan``, ``core.services``) is imported inside each command,
+so that loading the CLI stays cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import shutil
 import signal
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import typer
@@ -18,12 +23,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, fail
-from core import db, services, settings, stackctl
-from core.errors import DevartError
-from core.stackfile import StackRecord
-from core.stackplan import DEFAULT_POOL, is_local, temporal_host_port
 
-__all__ = ["DEFAULT_POOL", "doctor", "down", "status", "supervise", "up"]
+if TYPE_CHECKING:
+    from core.stackfile import StackRecord
+
+__all__ = ["doctor", "down", "status", "supervise", "up"]
 
 
 def up(
@@ -31,6 +35,10 @@ def up(
 ) -> None:
     """Start the stack under a supervisor (RabbitMQ too if it is local and down): PostgreSQL, Temporal, the API,
     the pipeline worker and an agent pool, each once; a process that dies is started again."""
+    from core import services, settings, stackctl
+    from core.errors import DevartError
+    from core.stackplan import is_local, temporal_host_port
+
     state = settings.state().root
     already = stackctl.supervisor_alive(state)
     amqp_url = settings.amqp().amqp_url
@@ -69,6 +77,8 @@ def up(
 
 def down() -> None:
     """Stop everything ``devart up`` started, also when its supervisor is gone, and the embedded PostgreSQL."""
+    from core import settings, stackctl
+
     state = settings.state().root
     supervised = stackctl.supervisor_alive(state)
     stopped = stackctl.stop(state)
@@ -82,6 +92,8 @@ def down() -> None:
 
 def status() -> None:
     """Show each process of the stack: its status, pid, restarts and uptime (exit code 1 unless all run)."""
+    from core import settings, stackctl
+
     record = stackctl.read(settings.state().root)
     if record is None:
         fail("devart is not running here (start it with devart up)")
@@ -92,7 +104,7 @@ def status() -> None:
 
 def supervise(lock_fd: int = typer.Option(None, help="Descriptor of the held supervisor lock.")) -> None:
     """Run the stack's supervisor (started by devart up)."""
-    from core import daemon
+    from core import daemon, settings
 
     raise typer.Exit(daemon.main(settings.state().root, lock_fd))
 
@@ -123,6 +135,9 @@ def _print_status(record: StackRecord) -> None:
 
 
 def _print_addresses(api_url: str, state: object) -> None:
+    from core import settings
+    from core.stackplan import DEFAULT_POOL
+
     table = Table(title="devart is up", show_header=False)
     table.add_row("API", f"{api_url}  (OpenAPI: {api_url}/docs)")
     table.add_row("Temporal Web UI", settings.temporal().ui_url)
@@ -138,7 +153,11 @@ def _print_addresses(api_url: str, state: object) -> None:
 
 
 def doctor() -> None:
-    """Check every service devart needs and say exactly how to fix what is wrong."""
+    """Check every service devart needs and say exactly how to fix what is wrong (it starts nothing)."""
+    from core import services, settings
+    from core.errors import DevartError
+    from core.stackplan import temporal_host_port
+
     checks: list[tuple[str, bool, str]] = []
     try:
         checks.append(("temporal CLI", True, services.temporal_binary()))
@@ -188,17 +207,27 @@ def doctor() -> None:
 
 
 def _check_postgres() -> tuple[str, bool, str]:
+    """Whether the database serves now: the configured server, or the embedded one only if it already runs.
+
+    Resolving the URL through ``core.db`` would start the embedded server, and then report it healthy while the
+    stack is down.
+    """
     from sqlalchemy import create_engine, text
+
+    from core import settings
 
     configured = settings.DatabaseSettings().database_url
     try:
-        url = db.database_url()
+        url = configured or _running_embedded(settings.state().root)
+        if url is None:
+            return ("PostgreSQL", False, f"the embedded server is not running (state folder {settings.state().root}): "
+                                         "start the stack with `devart up`, or set DATABASE_URL")
         with create_engine(url).connect() as conn:
             has_vector = conn.execute(
                 text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")
             ).scalar_one()
     except Exception as exc:  # any driver error is reported, not raised
-        hint = "check DATABASE_URL" if configured else "the embedded server failed to start; see its log"
+        hint = "check DATABASE_URL" if configured else "it runs but refuses: see .devart/logs/postgres.log"
         return ("PostgreSQL", False, f"{type(exc).__name__}: {str(exc)[:200]} ({hint})")
     if not has_vector:
         return (
@@ -208,3 +237,10 @@ def _check_postgres() -> tuple[str, bool, str]:
             "or unset DATABASE_URL to use the embedded one",
         )
     return ("PostgreSQL", True, "configured server" if configured else "embedded server (pgvector available)")
+
+
+def _running_embedded(state: Path) -> str | None:
+    """The URL of this state folder's embedded server if it runs; None when it does not."""
+    from core import embedded
+
+    return embedded.url(state) if embedded.running(state) is not None else None

@@ -84,7 +84,7 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def pool(stack: Stack) -> dict[str, Child]:
     """The default agent pool of ``devart up``, serving the built-in pipelines."""
-    from cli.stack import DEFAULT_POOL
+    from core.stackplan import DEFAULT_POOL
 
     # Started outside ``stack.agents``: the pool lives for the whole session, not just the first test using it.
     agents = {}

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import embedded
 from core.services import free_port
-from tests.stack import SAMPLE_REPO, Stack
+from tests.stack import ROOT, SAMPLE_REPO, Stack
 
 
 def devart(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -60,3 +61,27 @@ def test_doctor_names_the_broken_service(stack: Stack) -> None:
     broken = devart("doctor", env={**stack.env, "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/"})
     assert broken.returncode == 1
     assert "rabbitmq-server -detached" in broken.stdout
+
+
+def test_doctor_reports_the_embedded_postgres_down_and_starts_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli", "doctor"], capture_output=True, text=True, timeout=120,
+                              env={**env, "DEVART_HOME": str(state), "COLUMNS": "300"})
+        row = next(line for line in done.stdout.splitlines() if "PostgreSQL" in line)
+        assert done.returncode == 1 and "FAIL" in row and "not running" in row and "devart up" in row, done.stdout
+        assert embedded.running(state) is None, "doctor started the embedded PostgreSQL"
+    finally:
+        embedded.stop_postgres(state)
+
+
+def test_agent_module_is_found_from_the_current_directory(stack: Stack, tmp_path: Path) -> None:
+    # Given the README's example, run as the README says: the installed `devart` command, from the repository root
+    devart_command = Path(sys.executable).parent / "devart"
+    done = subprocess.run([str(devart_command), "agent", "--name", "auditor", "--key", "dvt_not-a-key",
+                           "--module", "examples.agents.dependency_audit"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **stack.env, "COLUMNS": "200"})
+    # Then the module loads, and the agent goes on to the next step: the API refuses the made-up key
+    assert "cannot load agent module" not in done.stderr, done.stderr
+    assert done.returncode == 1 and "the API refused agent auditor" in done.stderr, done.stderr
