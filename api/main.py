@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -43,7 +44,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's files served by the API itself (from the fastapi-offline
+    # wheel, under /static-offline-docs) rather than from a CDN, so the docs work on a machine with no internet.
+    app = FastAPIOffline(
         title="devart",
         version="0.1.0",
         lifespan=lifespan,
