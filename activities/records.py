@@ -49,7 +49,8 @@ async def record_run(rec: RunRecord) -> None:
             add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)
     if finished and first:
         _observe(rec)
-    await github_reporter.run_recorded(rec)  # GitHub hook: check runs and the review (bounded, never raises)
+    if rec.report_github:  # engines before 6: from 6 on the workflow reports to GitHub from activities of its own
+        await github_reporter.run_recorded(rec)  # check runs and the review (bounded, never raises)
 
 
 def _observe(rec: RunRecord) -> None:

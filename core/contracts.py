@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Skills an agent knows how to run; a pipeline naming another skill is refused before it starts.
 BUILTIN_SKILLS: frozenset[str] = frozenset({"build", "test", "lint", "review", "shell", "noop"})
@@ -133,8 +133,22 @@ class Source(Strict):
 #: The version of PipelineWorkflow's behaviour a new run gets (see ``RunInput.engine``): 2 checks budgets before
 #: each dispatch, 3 runs the housekeeping steps as local activities, 4 records the run's start while its first
 #: stages prepare, 5 gives every stage a verdict (any error fails it), bounds the wait for an approval and ends a
-#: failed run as a failed workflow.
-ENGINE = 5
+#: failed run as a failed workflow, 6 provisions and tears sandboxes down as regular activities with heartbeats,
+#: reports to GitHub from activities of its own and names each activity's stage in its summary.
+ENGINE = 6
+
+
+#: ``RunInput.trigger`` of the runs a GitHub webhook starts: only they report to GitHub.
+GITHUB_TRIGGER = "github"
+
+
+class EngineUnknown(Exception):
+    """A run started with an engine newer than this worker knows: it must fail, not be run the wrong way.
+
+    Not a ``ValueError``, so pydantic lets it through instead of folding it into a ``ValidationError``: the
+    workflow declares it a failure exception, so the run fails at once (naming both versions) instead of its
+    workflow task failing again and again on a worker that cannot read the input.
+    """
 
 
 class RunInput(Strict):
@@ -156,6 +170,17 @@ class RunInput(Strict):
         default=timedelta(hours=24),
         description="How long a stage paused on a soft budget waits for an approval before it fails (engine 5).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_engine(cls, data: Any) -> Any:
+        """Refuse a newer engine before any field is read: its input may carry fields this version lacks."""
+        engine = data.get("engine") if isinstance(data, dict) else None
+        if isinstance(engine, int) and engine > ENGINE:
+            raise EngineUnknown(f"run {data.get('run_id', '?')} was started with engine {engine}, but this worker "
+                                f"knows engines up to {ENGINE} only: upgrade the worker (or start the run from an "
+                                f"API of the worker's version)")
+        return data
 
 
 class StageStatus(StrEnum):
@@ -287,6 +312,19 @@ class RunRecord(Strict):
     status: RunStatus
     stages: list[StageState]
     error: str | None = None
+    report_github: bool = Field(
+        default=True,
+        description="Whether the records activity reports to GitHub itself (engines before 6, whose histories "
+        "replay with it); from engine 6 the workflow sends each report as an activity of its own.",
+    )
+
+
+class GitHubReport(Strict):
+    """Input of the GitHub report activity (engine 6): a run's start or end, or one stage's start or end."""
+
+    event: Literal["run_started", "run_finished", "stage_started", "stage_finished"]
+    record: RunRecord = Field(description="The run as the workflow sees it; a stage's report holds that stage only.")
+    stage: str | None = Field(default=None, description="The stage of a stage_* event.")
 
 
 class BudgetCheck(Strict):

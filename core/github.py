@@ -1,6 +1,6 @@
 """GitHub: settings, the githubkit client (App installation or token auth), webhook signatures, and errors.
 
-Shared by the API (webhooks, task reports) and the pipeline worker (run records), which both report to GitHub.
+Shared by the API (webhooks) and the pipeline worker, whose workflow sends every report to GitHub as an activity.
 ``DEVART_GITHUB_API_URL`` points at GitHub Enterprise (``https://ghe.example.com/api/v3``) or, in the tests, at a
 local double of GitHub's REST API.
 """
@@ -17,10 +17,11 @@ from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.contracts import GITHUB_TRIGGER
 from core.errors import DevartError
 
 #: The ``trigger`` of runs started by a webhook; only those are reported back to GitHub.
-TRIGGER = "github"
+TRIGGER = GITHUB_TRIGGER
 #: Who may ask for a re-run with a ``/devart rerun`` comment (GitHub's ``author_association``).
 PERMITTED_ASSOCIATIONS = frozenset({"OWNER", "MEMBER", "COLLABORATOR"})
 #: What the GitHub App needs, for ``devart github setup``'s manifest.

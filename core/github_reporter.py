@@ -1,11 +1,12 @@
 """Reporting runs back to GitHub: one check run per stage, and a pull-request review from the review stage.
 
-Called by the records activity (run start: a queued check run per stage; run end: conclusions of what the agents
-did not report, and the review) and by the API's task service (claim: in progress; complete / fail: completed
-with figures and annotations). Only runs started by a webhook have a ``GitHubRun`` row, so every other run costs
-one primary-key lookup per process (remembered: the row is written before the run starts, so a miss stays one).
-GitHub never breaks the pipeline: every report is bounded in time, and a failure is
-logged and written to the activity feed as ``github.report_failed``, never raised.
+From engine 6 the workflow sends every report as a regular activity (``activities.github``): queued check runs at
+the run's start, in progress when a stage starts, completed with figures and annotations when it ends, and at the
+run's end the conclusions still missing and the review. ``report`` raises, so Temporal retries a report until
+GitHub takes it, whichever process restarts meanwhile. Runs of older engines are still reported by the records
+activity at their start and end (``run_recorded``: bounded, a failure only logged and written to the feed as
+``github.report_failed``). Only runs started by a webhook have a ``GitHubRun`` row, so every other run costs one
+primary-key lookup per process (remembered: the row is written before the run starts, so a miss stays one).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
@@ -27,7 +26,7 @@ from sqlmodel import col, select
 from core import db
 from core import github_format as fmt
 from core import settings as core_settings
-from core.contracts import RunRecord, RunStatus, StageResult, StageStatus
+from core.contracts import GitHubReport, RunRecord, RunStatus, StageResult, StageState, StageStatus
 from core.events import add_event
 from core.github import TRIGGER, check_name, client, external_id, settings, split_repo
 from core.github_review import post_review
@@ -48,7 +47,8 @@ _ENDED = {StageStatus.SUCCEEDED, StageStatus.FAILED, StageStatus.SKIPPED, StageS
 
 
 async def run_recorded(rec: RunRecord) -> None:
-    """The workflow recorded the run: create the queued check runs at its start, conclude the rest at its end."""
+    """The records activity recorded a run of an engine before 6: queued check runs at its start, the rest at its
+    end. Bounded, and never raises: those engines had no retry for a report."""
     if rec.trigger != TRIGGER:
         return
     what = "run start" if rec.status == RunStatus.RUNNING else "run end"
@@ -56,40 +56,30 @@ async def run_recorded(rec: RunRecord) -> None:
     await _guarded(rec.run_id, None, what, _report_run(rec, reports))
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """What a report needs of a task attempt (a snapshot: the report outlives the request's session)."""
+#: What each of the workflow's reports sends, and how the feed names it.
+_REPORTS: dict[str, tuple[str, RunReports]] = {}
 
-    run_id: str
-    stage: str
-    attempt: int
-    agent: str | None
-    claimed_at: datetime | None
-    finished_at: datetime | None
 
-    @classmethod
-    def of(cls, row: TaskAttempt) -> Attempt:
-        return cls(row.run_id, row.stage, row.attempt, row.claimed_by, row.claimed_at, row.finished_at)
+async def report(rep: GitHubReport) -> None:
+    """Send one of the workflow's reports (engine 6); raises whatever went wrong, for the activity to retry."""
+    if rep.record.trigger == TRIGGER:
+        await _report_run(rep.record, _REPORTS[rep.event][1])
+
+
+def what(rep: GitHubReport) -> str:
+    """The report as the feed names it: ``run start``, ``stage end``…"""
+    return _REPORTS[rep.event][0]
 
 
 def stage_claimed(row: TaskAttempt) -> None:
-    """An agent claimed an attempt: the check run goes in progress (in the background)."""
-    attempt = Attempt.of(row)
-    note = f"attempt {attempt.attempt} claimed by {attempt.agent}"
-    fields = {"status": "in_progress", "started_at": attempt.claimed_at or utcnow()}
-    _spawn(attempt, "claim", lambda: _stage(attempt, fields, note))
+    """Nothing any more: the workflow reports a stage's progress (engine 6). Kept while the task service calls it."""
 
 
 def stage_finished(row: TaskAttempt, result: StageResult | None, error_type: str | None = None,
                    error: str | None = None, non_retryable: bool = False) -> None:
-    """An agent completed or failed an attempt (reported in the background); a failure Temporal will retry keeps
-    the check run in progress."""
-    attempt = Attempt.of(row)
-    _spawn(attempt, "stage report", lambda: _finished(attempt, result, error_type, error, non_retryable))
+    """Nothing any more: the workflow reports a stage's end (engine 6). Kept while the task service calls it."""
 
 
-#: The latest background report of each stage: the next one waits for it, so claim → complete keep their order.
-_chains: dict[tuple[str, str], asyncio.Task[None]] = {}
 #: Runs known not to come from GitHub (most recent last), so their stage reports skip the lookup entirely.
 _not_github: OrderedDict[str, None] = OrderedDict()
 _NOT_GITHUB_KEPT = 4096
@@ -100,27 +90,6 @@ def _remember_not_github(run_id: str) -> None:
     _not_github.move_to_end(run_id)
     while len(_not_github) > _NOT_GITHUB_KEPT:
         _not_github.popitem(last=False)
-
-
-def _spawn(attempt: Attempt, what: str, report: Callable[[], Awaitable[None]]) -> None:
-    """Report without holding up the agent's call (a slow GitHub must not eat its heartbeat timeout)."""
-    if attempt.run_id in _not_github:
-        return
-    key = (attempt.run_id, attempt.stage)
-    previous = _chains.get(key)
-
-    async def chained() -> None:
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
-        await _guarded(attempt.run_id, attempt.stage, what, report())
-
-    try:
-        task = asyncio.get_running_loop().create_task(chained())
-    except RuntimeError:  # no event loop (a synchronous caller): nothing to report with
-        log.warning("GitHub report (%s) for run %s skipped: no event loop", what, attempt.run_id)
-        return
-    _chains[key] = task
-    task.add_done_callback(lambda done: _chains.pop(key) if _chains.get(key) is done else None)
 
 
 @lru_cache
@@ -140,19 +109,30 @@ async def _guarded(run_id: str, stage: str | None, what: str, report: Awaitable[
     try:
         await asyncio.wait_for(report, REPORT_TIMEOUT)
     except Exception as exc:  # GitHub, the network or our own bug: the pipeline goes on, the feed says why
-        why = _describe(exc)
-        log.warning("GitHub report (%s) for run %s failed: %s", what, run_id, why)
-        try:
-            async with db.session() as s:
-                add_event(s, "github.report_failed", f"GitHub {what}: {why}", run_id=run_id, stage=stage)
-        except Exception:  # the database is down too; the log line above stays
-            log.exception("could not record the failed GitHub report")
+        await report_failed(run_id, stage, what, describe(exc, REPORT_TIMEOUT))
 
 
-def _describe(exc: BaseException) -> str:
+async def report_failed(run_id: str, stage: str | None, what: str, why: str) -> None:
+    """Log a report GitHub never got, and put it in the run's feed (``github.report_failed``)."""
+    log.warning("GitHub report (%s) for run %s failed: %s", what, run_id, why)
+    try:
+        async with db.session() as s:
+            add_event(s, "github.report_failed", f"GitHub {what}: {why}", run_id=run_id, stage=stage)
+    except Exception:  # the database is down too; the log line above stays
+        log.exception("could not record the failed GitHub report")
+
+
+def describe(exc: BaseException, timeout: float) -> str:
+    """Why a report failed, in a line."""
     if isinstance(exc, RequestFailed):
         return f"GitHub answered {exc.response.status_code}: {exc.response.raw_response.text[:300]}"
-    return f"no answer within {REPORT_TIMEOUT:g}s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+    return f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether GitHub refused the report for good (a 4xx but a timeout or a rate limit): retrying cannot help."""
+    return isinstance(exc, RequestFailed) and 400 <= exc.response.status_code < 500 and \
+        exc.response.status_code not in (408, 429)
 
 
 async def _context(run_id: str) -> tuple[GitHubRun, dict[str, GitHubCheck]] | None:
@@ -238,43 +218,6 @@ async def _store(row: GitHubCheck, status: str | None, conclusion: str | None) -
             stored.conclusion = conclusion
 
 
-async def _stage(attempt: Attempt, fields: dict[str, Any], note: str) -> None:
-    found = await _context(attempt.run_id)
-    row = found[1].get(attempt.stage) if found else None
-    if found is None or row is None or row.status in _FINAL:
-        return
-    ctx = found[0]
-    fields.setdefault("output", fmt.check_output(attempt.stage, "running", None, None, None, _links(ctx), note))
-    async with client(ctx.installation_id) as gh:
-        await _send(gh, ctx, row, fields)
-
-
-async def _finished(attempt: Attempt, result: StageResult | None, error_type: str | None, error: str | None,
-                    non_retryable: bool) -> None:
-    found = await _context(attempt.run_id)
-    row = found[1].get(attempt.stage) if found else None
-    if found is None or row is None or row.status in _FINAL:
-        return
-    ctx, links = found[0], _links(found[0])
-    seconds = fmt.seconds_between(attempt.claimed_at, attempt.finished_at)
-    failed = error_type is not None
-    final = (not failed or non_retryable or error_type in row.non_retryable
-             or attempt.attempt >= row.max_attempts)
-    if not final:
-        note = f"attempt {attempt.attempt} failed ({error_type}: {error}); Temporal retries it"
-        fields: dict[str, Any] = {"status": "in_progress", "output": fmt.check_output(
-            attempt.stage, "retrying", result, error, seconds, links, note)}
-        notes: list[dict[str, Any]] = []
-    else:
-        status = StageStatus.FAILED if failed else StageStatus.SUCCEEDED
-        message = f"{error_type}: {error}" if failed else None
-        fields = {"conclusion": fmt.conclusion(status, error), "completed_at": attempt.finished_at or utcnow(),
-                  "output": fmt.check_output(attempt.stage, status, result, message, seconds, links)}
-        notes = fmt.finding_annotations(result)
-    async with client(ctx.installation_id) as gh:
-        await _send(gh, ctx, row, fields, notes)
-
-
 async def _together(reports: Sequence[Awaitable[None]]) -> None:
     """The stages' reports side by side (the records activity waits for them); the first failure is raised once
     all are done, so one refused check run does not stop the others."""
@@ -297,36 +240,59 @@ async def _report_run(rec: RunRecord, reports: RunReports) -> None:
         await _together(reports(rec, gh, ctx, rows, _links(ctx)))
 
 
+def _open_rows(rec: RunRecord, rows: dict[str, GitHubCheck],
+               past: tuple[str | None, ...]) -> list[tuple[StageState, GitHubCheck]]:
+    """The stages of ``rec`` with a check run whose status is not in ``past``: a retried or late report must not
+    move a check run back, nor send the same update twice."""
+    return [(stage, rows[stage.name]) for stage in rec.stages
+            if stage.name in rows and rows[stage.name].status not in past]
+
+
 def _started_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
                      links: fmt.Links) -> list[Awaitable[None]]:
     """A queued check run for every stage that has none in progress or done yet."""
     out: list[Awaitable[None]] = []
-    for stage in rec.stages:
-        row = rows.get(stage.name)
-        if row is None or row.status in (*_FINAL, "in_progress"):
-            continue  # a retried record must not move a check run back
+    for stage, row in _open_rows(rec, rows, (*_FINAL, "in_progress")):
         waits = f"waits for {', '.join(stage.depends_on)}" if stage.depends_on else "waits for an agent"
         output = fmt.check_output(stage.name, "queued", None, None, None, links, waits)
         out.append(_send(gh, ctx, row, {"status": "queued", "output": output}))
     return out
 
 
-def _finished_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
-                      links: fmt.Links) -> list[Awaitable[None]]:
-    """The conclusion of every stage the agents did not report, and the review of a successful review stage."""
+def _in_progress_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
+                         links: fmt.Links) -> list[Awaitable[None]]:
+    """The check run of each stage of ``rec`` goes in progress: the stage started (its sandbox, then an agent)."""
+    note = "the stage started: its sandbox is prepared, then an agent takes its task"
+    return [_send(gh, ctx, row, {"status": "in_progress", "started_at": stage.started_at or utcnow(),
+                                 "output": fmt.check_output(stage.name, "running", None, None, None, links, note)})
+            for stage, row in _open_rows(rec, rows, (*_FINAL, "in_progress"))]
+
+
+def _conclusion_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
+                        links: fmt.Links) -> list[Awaitable[None]]:
+    """The conclusion of every stage of ``rec`` whose check run has none yet (a stage never started: cancelled)."""
     out: list[Awaitable[None]] = []
-    for stage in rec.stages:
-        row = rows.get(stage.name)
-        if row is None or row.status in _FINAL:
-            continue
-        status = stage.status if stage.status in _ENDED else StageStatus.CANCELLED  # never started: cancelled
+    for stage, row in _open_rows(rec, rows, _FINAL):
+        status = stage.status if stage.status in _ENDED else StageStatus.CANCELLED
+        note = f"{stage.attempts} attempts of its task (Temporal retried it)" if stage.attempts > 1 else ""
         fields = {"conclusion": fmt.conclusion(status, stage.error), "completed_at": stage.finished_at or utcnow(),
                   "output": fmt.check_output(stage.name, status, stage.result, stage.error,
-                                             fmt.seconds_between(stage.started_at, stage.finished_at), links)}
+                                             fmt.seconds_between(stage.started_at, stage.finished_at), links, note)}
         out.append(_send(gh, ctx, row, fields, fmt.finding_annotations(stage.result)))
+    return out
+
+
+def _finished_reports(rec: RunRecord, gh: GitHub[Any], ctx: GitHubRun, rows: dict[str, GitHubCheck],
+                      links: fmt.Links) -> list[Awaitable[None]]:
+    """The conclusion of every stage not reported yet, and the review of a successful review stage."""
+    out = _conclusion_reports(rec, gh, ctx, rows, links)
     for stage in rec.stages:
         row = rows.get(stage.name)
         if row is not None and row.skill == "review" and stage.status == StageStatus.SUCCEEDED and stage.result:
             out.append(post_review(gh, ctx, stage, links))
     return out
 
+
+_REPORTS.update({"run_started": ("run start", _started_reports), "run_finished": ("run end", _finished_reports),
+                 "stage_started": ("stage start", _in_progress_reports),
+                 "stage_finished": ("stage end", _conclusion_reports)})

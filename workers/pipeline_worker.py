@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.budgets import check_budget
 from activities.dispatch import Dispatcher
+from activities.github import report_github
 from activities.records import record_run
 from activities.sandbox import provision_sandbox, teardown_sandbox
 from core import db, settings, telemetry
@@ -55,7 +56,8 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         client,
         task_queue=task_queue or settings.temporal().task_queue,
         workflows=[PipelineWorkflow],
-        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget],
+        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget,
+                    report_github],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )

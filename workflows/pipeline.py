@@ -7,20 +7,19 @@ dependents and fails the run with the reason.
 From engine 5 on the verdict is the truth: any error in a stage (a local step's failure, an approval never given,
 an unexpected exception) fails that stage with its reason, a run succeeds only when every stage did, and a failed
 run ends as a *failed workflow* (``RunFailed``) once its record is written, so Temporal and its Web UI agree with
-the API. Older engines keep their behaviour, so their histories replay unchanged.
+the API. From engine 6 the sandbox steps are regular activities with heartbeats (``steps``), GitHub hears of the
+run from activities of the workflow's own (``reports``), and every activity's summary names its stage. Older
+engines keep their behaviour, so their histories replay unchanged; a newer one than this worker knows fails the
+run at once (``EngineUnknown``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
-from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -28,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
         AgentTaskInput,
         BudgetCheck,
         BudgetDecision,
+        EngineUnknown,
         ProvisionInput,
         RunInput,
         RunRecord,
@@ -42,38 +42,20 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.pipelines import substitute
     from workflows import policies
+    from workflows.failures import describe_failure, failed_result, raise_escaped, stage_retry_policy
+    from workflows.reports import GitHubReports
+    from workflows.steps import Steps, summary
 
 
-def stage_retry_policy(stage: StageSpec) -> RetryPolicy:
-    """The template's retry settings as a Temporal ``RetryPolicy``."""
-    r = stage.retry
-    return RetryPolicy(
-        initial_interval=r.initial_interval,
-        backoff_coefficient=r.backoff_coefficient,
-        maximum_interval=r.maximum_interval,
-        maximum_attempts=r.maximum_attempts,
-        non_retryable_error_types=r.non_retryable_error_types,
-    )
-
-
-def describe_failure(err: BaseException) -> str:
-    """A one-line reason for a failed activity, from the innermost cause Temporal gives us."""
-    cause = err.cause if isinstance(err, ActivityError) and err.cause else err
-    if isinstance(cause, ActivityTimeoutError):
-        return f"timed out ({cause.type.name.lower().replace('_', '-')})" if cause.type else "timed out"
-    if isinstance(cause, ApplicationError):
-        return f"{cause.type}: {cause.message}" if cause.type else cause.message
-    if not isinstance(cause, ActivityError) and type(cause).__module__ == "builtins":
-        return f"{type(cause).__name__}: {cause}"  # an unexpected error in the workflow's own code
-    return str(cause)
-
-
-@workflow.defn
+# A run from a newer engine fails at once instead of its first workflow task failing forever (RunInput).
+@workflow.defn(failure_exception_types=[EngineUnknown])
 class PipelineWorkflow:
     def __init__(self) -> None:
         self._states: dict[str, StageState] = {}
         self._approved = False
-        self._local_steps = False
+        self._engine = 1
+        self._steps = Steps(1)
+        self._github = GitHubReports(1, "api")
         self._verdicts = False
         #: Set once the run is being cancelled: whatever ends a stage's task from then on ends it as cancelled.
         self._cancelling = False
@@ -90,11 +72,13 @@ class PipelineWorkflow:
 
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:
-        # Runs started before the housekeeping steps became local activities replay with regular ones.
-        self._local_steps = inp.engine >= 3
+        self._steps = Steps(inp.engine)
+        self._github = GitHubReports(inp.engine, inp.trigger)
         self._verdicts = inp.engine >= 5
+        self._engine = inp.engine
         specs = {s.name: s for s in inp.pipeline.stages}
         self._states = {s.name: StageState(name=s.name, depends_on=s.depends_on) for s in inp.pipeline.stages}
+        self._github.run_started(self._record_of(inp, RunStatus.RUNNING))
         tasks: dict[str, asyncio.Task[None]] = {}
         started: asyncio.Task[None] | None = None
         try:
@@ -112,7 +96,7 @@ class PipelineWorkflow:
                     break
                 done, _ = await workflow.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 if self._verdicts:
-                    _raise_escaped(done)
+                    raise_escaped(done)
         except asyncio.CancelledError:
             self._cancelling = True
             for task in tasks.values():
@@ -123,6 +107,7 @@ class PipelineWorkflow:
                 if state.status in (StageStatus.PENDING, StageStatus.RUNNING, StageStatus.AWAITING_APPROVAL):
                     state.status = StageStatus.CANCELLED
             await self._record(inp, RunStatus.CANCELLED, "cancelled")
+            await self._github.run_finished(self._record_of(inp, RunStatus.CANCELLED, "cancelled"))
             raise
         if started is not None:
             await started  # the start is on record before the end is
@@ -151,6 +136,7 @@ class PipelineWorkflow:
             status = RunStatus.FAILED
             error = "; ".join(f"stage '{s.name}' failed: {s.error}" for s in failed) or "not every stage succeeded"
         await self._record(inp, status, error)
+        await self._github.run_finished(self._record_of(inp, status, error))
         result = RunResult(run_id=inp.run_id, status=status, stages=self.stages(), error=error)
         if status == RunStatus.FAILED:
             raise ApplicationError(error or "run failed", result, type="RunFailed", non_retryable=True)
@@ -185,6 +171,7 @@ class PipelineWorkflow:
         state = self._states[spec.name]
         try:
             await self._stage(inp, spec, state)
+            self._stage_report(inp, "stage_finished", state)
         except Exception as err:
             # Before engine 5 the error escaped the stage's task (and the stage stayed running): replay it so.
             if not self._verdicts or state.status == StageStatus.CANCELLED:
@@ -197,6 +184,7 @@ class PipelineWorkflow:
             if isinstance(err, workflow.NondeterminismError):
                 raise  # a workflow bug: fail the workflow task, so a fixed worker can take the run on
             workflow.logger.warning("stage %s failed: %s", spec.name, state.error)
+            self._stage_report(inp, "stage_finished", state)
 
     async def _stage(self, inp: RunInput, spec: StageSpec, state: StageState) -> None:
         # Runs recorded before budgets existed replay without the check; runs started in between (no engine in
@@ -205,14 +193,14 @@ class PipelineWorkflow:
             return
         state.status = StageStatus.RUNNING
         state.started_at = workflow.now()
+        self._stage_report(inp, "stage_started", state)
         handle: SandboxHandle | None = None
         try:
-            handle = await self._step(
+            handle = await self._steps.networked(
                 "provision_sandbox",
                 ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
-                SandboxHandle,
-                policies.PROVISION_TIMEOUT,
-                policies.PROVISION_RETRY,
+                SandboxHandle, policies.PROVISION_TIMEOUT, policies.PROVISION_RETRY, policies.SANDBOX_HEARTBEAT,
+                summary(spec.name, f"provision the sandbox ({spec.sandbox.network} network)"),
             )
             task = AgentTaskInput(
                 run_id=inp.run_id,
@@ -236,6 +224,8 @@ class PipelineWorkflow:
                 # On cancel, wait for the agent to stop (it learns on its next heartbeat, or the heartbeat times
                 # out) so the sandbox is torn down only once nothing runs in it.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=self._steps.name(summary(spec.name, f"agent task: {spec.skill} on {', '.join(spec.requires)} "
+                                                 f"(up to {spec.retry.maximum_attempts} attempts)")),
             )
             state.result = result
             state.attempts = result.attempt
@@ -249,7 +239,7 @@ class PipelineWorkflow:
                 raise
             state.status = StageStatus.FAILED
             state.error = describe_failure(err)
-            state.result = _failed_result(err)
+            state.result = failed_result(err)
             if state.result is not None:
                 state.attempts = state.result.attempt
         except asyncio.CancelledError:
@@ -259,9 +249,9 @@ class PipelineWorkflow:
         finally:
             state.finished_at = workflow.now()
             if handle is not None:
-                await self._step(
+                await self._steps.networked(
                     "teardown_sandbox", TeardownInput(handle=handle), None, policies.TEARDOWN_TIMEOUT,
-                    policies.TEARDOWN_RETRY,
+                    policies.TEARDOWN_RETRY, policies.SANDBOX_HEARTBEAT, summary(spec.name, "tear the sandbox down"),
                 )
 
     async def _within_budget(self, inp: RunInput, state: StageState) -> bool:
@@ -269,9 +259,12 @@ class PipelineWorkflow:
         check = BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo,
                             stage=state.name)
         deadline: datetime | None = None
+        checks = 0
         while True:
-            decision = await self._step(
-                "check_budget", check, BudgetDecision, policies.RECORD_TIMEOUT, policies.RECORD_RETRY
+            checks += 1
+            decision = await self._steps.short(
+                "check_budget", check, BudgetDecision, policies.RECORD_TIMEOUT, policies.RECORD_RETRY,
+                summary(state.name, f"budget check {checks}"),
             )
             if decision.state == "ok" or (decision.state == "soft" and self._approved):
                 state.status, state.error = StageStatus.PENDING, None
@@ -297,51 +290,20 @@ class PipelineWorkflow:
                     raise  # before engine 5 this escaped the stage: replay it so
                 # look again: the budget may have been raised, or the deadline passed
 
+    def _record_of(self, inp: RunInput, status: RunStatus, error: str | None = None,
+                   stages: list[StageState] | None = None) -> RunRecord:
+        """The run as it stands; from engine 6 its records leave GitHub to the workflow's own reports."""
+        return RunRecord(
+            run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo, ref=inp.source.ref,
+            trigger=inp.trigger, params=inp.params, status=status, stages=self.stages() if stages is None else stages,
+            error=error, report_github=self._engine < 6,
+        )
+
     async def _record(self, inp: RunInput, status: RunStatus, error: str | None = None) -> None:
-        record = RunRecord(
-            run_id=inp.run_id,
-            pipeline=inp.pipeline.name,
-            repository=inp.source.repo,
-            ref=inp.source.ref,
-            trigger=inp.trigger,
-            params=inp.params,
-            status=status,
-            stages=self.stages(),
-            error=error,
-        )
-        await self._step("record_run", record, None, policies.RECORD_TIMEOUT, policies.RECORD_RETRY)
+        await self._steps.short("record_run", self._record_of(inp, status, error), None, policies.RECORD_TIMEOUT,
+                                policies.RECORD_RETRY, summary("run", f"record: {status.value}"))
 
-    async def _step(
-        self, name: str, arg: Any, result_type: type | None, timeout: timedelta, retry: RetryPolicy
-    ) -> Any:
-        """Run a housekeeping activity: recording, the budget check, sandbox provision and teardown.
-
-        They are short, run on this worker and need no heartbeat, so they run as local activities: no round
-        trip through the server's activity task queue, and a one-stage run costs two workflow tasks instead of
-        seven. Only the agent task, which waits on another process, stays a regular activity.
-        """
-        if self._local_steps:
-            return await workflow.execute_local_activity(
-                name, arg, result_type=result_type, start_to_close_timeout=timeout, retry_policy=retry
-            )
-        return await workflow.execute_activity(
-            name, arg, result_type=result_type, start_to_close_timeout=timeout, retry_policy=retry
-        )
-
-
-def _raise_escaped(done: Iterable[asyncio.Task[None]]) -> None:
-    """Re-raise what escaped a finished stage's task: only a workflow bug may, and it must not go unnoticed."""
-    for task in done:
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            raise exc
-
-
-def _failed_result(err: ActivityError) -> StageResult | None:
-    """The agent's structured report attached to a failure (test counts, log tail), when it sent one."""
-    cause = err.cause
-    if isinstance(cause, ApplicationError) and cause.details:
-        try:
-            return StageResult.model_validate(cause.details[0])
-        except Exception:  # details from an older agent version: keep the failure, drop the report
-            return None
-    return None
+    def _stage_report(self, inp: RunInput, event: str, state: StageState) -> None:
+        """Tell GitHub of a stage's start or end (engine 6, runs a webhook started), beside the run's progress."""
+        stage = state.model_copy(deep=True)  # as it is now: the state goes on changing while the report waits
+        self._github.stage(event, self._record_of(inp, RunStatus.RUNNING, stages=[stage]), state.name)

@@ -37,3 +37,19 @@ RECORD_RETRY = RetryPolicy(
 
 #: A run paused on a soft budget limit looks again this often, in case the budget was raised.
 BUDGET_RECHECK = timedelta(seconds=10)
+
+#: One report to GitHub: a few requests (a check run, its annotations in pages of 50, the review), each bounded
+#: by ``DEVART_GITHUB_TIMEOUT``.
+GITHUB_REPORT_TIMEOUT = timedelta(seconds=60)
+#: GitHub has outages and rate limits: keep a report trying for about five minutes; a refusal (a 4xx other than
+#: 408 and 429, e.g. an App that lost access) will not change on retry.
+GITHUB_REPORT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=10,
+    non_retryable_error_types=["GitHubRefused"],
+)
+#: A sandbox step that waits on the network (clone, pod start or deletion) heartbeats every third of this; a
+#: worker that dies mid-step is noticed this soon, not when the step's whole timeout runs out.
+SANDBOX_HEARTBEAT = timedelta(seconds=30)

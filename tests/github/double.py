@@ -98,6 +98,7 @@ class GitHubDouble:
         self.rejected: list[tuple[str, str, int, str]] = []
         self.requests: list[tuple[str, str, int]] = []
         self.refused: set[str] = set()
+        self.down: set[str] = set()
         self.installation_tokens: set[str] = set()
         self._ids = iter(range(7_000_000_001, 8_000_000_000))  # GitHub's ids are past 2**31 by now
         self._server: uvicorn.Server | None = None
@@ -115,6 +116,11 @@ class GitHubDouble:
         """Answer 403 to every call on ``repo`` (an App that lost access)."""
         with self.lock:
             self.refused.add(repo)
+
+    def outage(self, repo: str, down: bool = True) -> None:
+        """Answer 503 to every call on ``repo`` (GitHub down for it) until called again with ``down=False``."""
+        with self.lock:
+            (self.down.add if down else self.down.discard)(repo)
 
     def checks_for(self, repo: str, head_sha: str) -> dict[str, CheckRun]:
         with self.lock:
@@ -180,6 +186,8 @@ class GitHubDouble:
             raise Refused(401, "Bad credentials")
         if repo is not None and repo in self.refused:
             raise Refused(403, "Resource not accessible by integration")
+        if repo is not None and repo in self.down:
+            raise Refused(503, "Service Unavailable")
 
     # --- App installation tokens ---
 

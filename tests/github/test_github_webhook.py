@@ -152,7 +152,7 @@ async def test_a_retried_stage_reports_into_one_check_run(hooks: Webhooks, api: 
 
     check = await poll(concluded, deadline=30, what="the check run to complete")
     assert list(github.checks_for(pr.full_name, pr.head_sha)) == ["devart / slow"]
+    # the workflow reports the stage's start and end; Temporal's retry of its task happens in between
     steps = [h.get("status") or h.get("conclusion") for h in check.history]
-    assert steps == ["queued", "in_progress", "in_progress", "in_progress", "success"]
-    assert "Temporal retries it" in check.history[2]["output"]["summary"]
-    assert "attempt 2" in check.data["output"]["summary"]
+    assert steps == ["queued", "in_progress", "success"]
+    assert "2 attempts" in check.data["output"]["summary"]

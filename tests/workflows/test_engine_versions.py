@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
 from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source
@@ -27,7 +28,7 @@ async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], Work
     return [e.event_type for e in history.events], history
 
 
-@pytest.mark.parametrize("engine", [1, 2, 3, 4, ENGINE])
+@pytest.mark.parametrize("engine", [1, 2, 3, 4, 5, ENGINE])
 async def test_each_engine_runs_and_replays(
     engine: int, stack: Stack, api: httpx.AsyncClient, temporal: Client, tmp_path: Path
 ) -> None:
@@ -50,8 +51,17 @@ async def test_each_engine_runs_and_replays(
     kinds, history = await _history_kinds(temporal, run_id)
     scheduled = kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
     # budget check, record, provision, task, teardown, record; as local activities only the task is left (engine 1
-    # started now takes the budget check's patched path, as runs in flight when it was added did not)
-    assert scheduled == (1 if engine >= 3 else 6)
+    # started now takes the budget check's patched path, as runs in flight when it was added did not); from engine
+    # 6 provision and teardown are regular activities again, with heartbeats and a summary naming the stage
+    assert scheduled == {1: 6, 2: 6, 3: 1, 4: 1, 5: 1}.get(engine, 3)
+    if engine >= 6:
+        summaries = [e.user_metadata.summary.data for e in history.events
+                     if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+        assert [b"s \xc2\xb7 provision" in d or b"s \xc2\xb7 agent task" in d or b"s \xc2\xb7 tear" in d
+                for d in summaries] == [True] * 3, summaries
+        heartbeats = [e.activity_task_scheduled_event_attributes.heartbeat_timeout.seconds for e in history.events
+                      if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+        assert heartbeats[0] > 0 and heartbeats[2] > 0  # provision and teardown heartbeat
     upserts = kinds.count(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
     assert upserts == (1 if engine == 1 else 0)  # engine 1 records the budget check's patch marker
     replayer = Replayer(workflows=[PipelineWorkflow], data_converter=pydantic_data_converter)
@@ -70,4 +80,33 @@ async def test_the_api_starts_runs_with_the_current_engine(
     kinds, _ = await _history_kinds(temporal, run_id)
     assert EventType.EVENT_TYPE_MARKER_RECORDED in kinds  # the local activities
     assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in kinds
-    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 2
+    # the first record and the budget check, then provision, the task and teardown each need a workflow task
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 4
+
+
+@pytest.mark.parametrize("newer_field", [False, True])
+async def test_a_run_from_a_newer_engine_fails_at_once_naming_both_versions(
+    newer_field: bool, stack: Stack, api: httpx.AsyncClient, temporal: Client, tmp_path: Path
+) -> None:
+    # Given a run started by a newer API: a higher engine, and maybe a field this worker's contracts lack
+    name = unique("newer")
+    await publish(api, {"name": name, "stages": [noop_stage("s", unique("nobody"))]})
+    definition = PipelineDefinition.model_validate((await api.get(f"/v1/pipelines/{name}")).json())
+    run_id = f"{name}-e{ENGINE + 1}"
+    newer = RunInput(run_id=run_id, pipeline=definition, source=Source(repo=str(tmp_path))).model_dump(mode="json")
+    newer["engine"] = ENGINE + 1
+    if newer_field:
+        newer["rollout"] = {"canary": True}
+    # When this worker gets it
+    with pytest.raises(WorkflowFailureError) as failed:
+        await temporal.execute_workflow("PipelineWorkflow", newer, id=run_id,
+                                        task_queue=stack.env["TEMPORAL_TASK_QUEUE"])
+    # Then the run fails for good in its first workflow task, naming both versions, and nothing ran
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "EngineUnknown", cause
+    assert f"engine {ENGINE + 1}" in cause.message and f"up to {ENGINE}" in cause.message
+    kinds, _ = await _history_kinds(temporal, run_id)
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED) == 0
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in kinds
+    assert EventType.EVENT_TYPE_MARKER_RECORDED not in kinds
