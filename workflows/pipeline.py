@@ -200,7 +200,7 @@ class PipelineWorkflow:
                 "provision_sandbox",
                 ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
                 SandboxHandle, policies.PROVISION_TIMEOUT, policies.PROVISION_RETRY, policies.SANDBOX_HEARTBEAT,
-                summary(spec.name, f"provision the sandbox ({spec.sandbox.network} network)"),
+                summary(spec.name, f"provision the sandbox (network: {spec.sandbox.network})"),
             )
             task = AgentTaskInput(
                 run_id=inp.run_id,
