@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sse_starlette import ServerSentEvent
 
 from api.services import listener
 from api.services.listener import EVENT_COLUMNS, FeedEvent
 from api.services.stream_caps import Slot
+from api.sse import SEP
 from core import db
 
-#: A comment line is sent this often so proxies and clients keep an idle stream open.
-KEEPALIVE = 15.0
 #: Events read per query.
 BATCH = 500
 #: What an EventSource waits before it reconnects (sent once, as the stream's first line), in milliseconds.
@@ -85,9 +85,9 @@ class FeedStream:
         self._last = after
         self._filters = filters
 
-    async def frames(self) -> AsyncIterator[str]:
-        """Server-sent events, forever: matching events in id order, then live ones as they are committed."""
-        yield f"retry: {RECONNECT_MS}\n\n"
+    async def frames(self) -> AsyncIterator[ServerSentEvent | bytes]:
+        """Server-Sent Events, forever: matching events in id order, then live ones as the listener hands them out."""
+        yield ServerSentEvent(retry=RECONNECT_MS, sep=SEP)
         while True:
             if self._subscription.behind:  # first, and whenever the queue overflowed
                 until = self._subscription.catch_up_point()
@@ -97,11 +97,7 @@ class FeedStream:
                         yield FeedEvent.from_row(row).frame
                     self._last = batch[-1]["id"] if len(batch) == BATCH else until
                 continue
-            events = await self._subscription.next(KEEPALIVE)
-            if events is None:
-                yield ": keepalive\n\n"
-                continue
-            for live in events:
+            for live in await self._subscription.next():
                 if live.id > self._last:  # a client resuming past the listener's cursor has seen it
                     yield live.frame
                     self._last = live.id

@@ -27,7 +27,9 @@ from typing import Any
 import psycopg
 from prometheus_client import Counter
 from psycopg.rows import dict_row
+from sse_starlette import ServerSentEvent
 
+from api.sse import SEP
 from core import db
 from core.errors import ServiceUnavailable
 from core.events import CHANNEL
@@ -67,14 +69,14 @@ class FeedEvent:
     run_id: str | None
     agent: str | None
     pipeline: str | None
-    frame: str
+    frame: bytes
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any], pipeline: str | None = None) -> FeedEvent:
         body = {"id": row["id"], "kind": row["kind"], "run_id": row["run_id"], "stage": row["stage"],
                 "agent": row["agent"], "message": row["message"], "data": row["data"],
                 "created_at": row["created_at"].isoformat()}
-        frame = f"id: {row['id']}\nevent: {row['kind']}\ndata: {json.dumps(body)}\n\n"
+        frame = ServerSentEvent(json.dumps(body), id=str(row["id"]), event=row["kind"], sep=SEP).encode()
         return cls(row["id"], row["kind"], row["run_id"], row["agent"], pipeline, frame)
 
 
@@ -121,14 +123,14 @@ class Subscription:
         self._events.clear()
         return self._listener.cursor or 0
 
-    async def next(self, timeout: float) -> list[FeedEvent] | None:
-        """The events queued so far (empty when the stream fell behind), or None after ``timeout`` without any."""
+    async def next(self) -> list[FeedEvent]:
+        """The events queued so far, once there is one (empty when the stream fell behind).
+
+        Waits as long as it takes: the response keeps an idle connection open with its own pings (``api.sse``).
+        """
         if not self._events and not self.behind:
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-            except TimeoutError:
-                return None
+            await self._arrived.wait()
         events = list(self._events)
         self._events.clear()
         return events
