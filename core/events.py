@@ -33,9 +33,11 @@ async def reserve_id(session: AsyncSession) -> int:
 
     The feed is read in id order. An agent's report is committed only after Temporal accepted it, and by then the
     workflow may already have moved on and written later events (the run's end); an id taken before the call keeps
-    the report ahead of them. The live feed waits for the id, as for any transaction still committing.
+    the report ahead of them. The live feed waits for the id until this transaction has ended, however long it
+    stays open: ``devart_event_id()`` (migration 0007) gives the transaction its xid before drawing the id, so the
+    feed's snapshots show the id may still come (``api.services.feed_order``).
     """
-    return int((await session.execute(text("SELECT nextval(pg_get_serial_sequence('events', 'id'))"))).scalar_one())
+    return int((await session.execute(text("SELECT devart_event_id()"))).scalar_one())
 
 
 #: The PostgreSQL channel the live feed listens on; a notification means "new events were committed". A trigger on

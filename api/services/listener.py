@@ -1,4 +1,5 @@
-"""One LISTEN connection per API process, shared by every live event stream.
+"""One LISTEN connection per API process, shared by every live event stream; it hands out events in id order and
+never skips one that commits late.
 
 A stream used to hold a PostgreSQL connection of its own, so a few hundred anonymous streams exhausted the server's
 connections. Now the first stream starts a listener that reads what was committed (one query per notification for
@@ -6,10 +7,10 @@ the whole process, on its own connection) and offers each event to every stream,
 stream. The listener never waits on a stream: a stream whose queue is full is marked behind and catches up from the
 table by id on its own (``feed.FeedStream``), so a client that stops reading costs the others nothing.
 
-Event ids come from a sequence, so a transaction that started earlier can commit a smaller id after a larger one
-was read. The listener never moves past a missing id at once: it hands out events up to the gap and waits for the
-missing one (up to ``GAP_WAIT``) before taking it for a rolled-back transaction. Its cursor outlives a lost
-connection: it reconnects with backoff and reads everything committed after the cursor, so no event is lost.
+Events are handed out in id order, and never past a missing id that a transaction still open may commit: an event
+committed late (a report holding its task's lock across a Temporal call) reaches every stream in its place, once
+(``feed_order`` says how PostgreSQL snapshots tell such a hole from a rolled-back one). The cursor outlives a lost
+connection: the listener reconnects with backoff and reads everything committed after the cursor.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prometheus_client import Counter
 from psycopg.rows import dict_row
 from sse_starlette import ServerSentEvent
 
+from api.services.feed_order import Horizon, contiguous_until, in_progress
 from api.sse import SEP
 from core import db
 from core.errors import ServiceUnavailable
@@ -36,13 +38,18 @@ from core.events import CHANNEL
 
 log = logging.getLogger(__name__)
 
-#: How long a gap in event ids is waited for before it is taken as a rolled-back transaction.
-GAP_WAIT = 2.0
+#: How often the listener looks whether the transactions a hole waits on have ended (a rolled-back transaction
+#: sends no notification).
+BARRIER_POLL = 0.25
 #: Longest wait for a notification: the listener then reads the table anyway, which also finds out that a silently
 #: dropped connection is gone, and stops once no stream has been open for ``IDLE_LINGER``.
 POLL_EVERY = 5.0
 #: Events read per query.
 BATCH = 500
+#: A listener starting while transactions are open starts before the first hole among this many recent ids: one of
+#: those transactions may still commit it. (Further back, a transaction would have stayed open while that many later
+#: events committed.)
+START_WINDOW = 10_000
 #: Reconnection backoff after PostgreSQL dropped the connection: doubles from the first to the last.
 RECONNECT_FIRST = 0.5
 RECONNECT_LAST = 30.0
@@ -56,8 +63,13 @@ RESYNCS = Counter("devart_feed_resyncs", "Streams whose queue overflowed, caught
 
 #: Everything a stream sends and filters on, read once for every stream.
 EVENT_COLUMNS = "e.id, e.kind, e.run_id, e.stage, e.agent, e.message, e.data, e.created_at"
-_NEW = (f"SELECT {EVENT_COLUMNS}, r.pipeline FROM events e LEFT JOIN runs r ON r.id = e.run_id "
-        "WHERE e.id > %s ORDER BY e.id LIMIT %s")
+#: Marks the listener's statements in ``pg_stat_activity``.
+MARK = "/* event feed listener */"
+#: The statement's own snapshot comes with every row, so the rows and the in-progress transactions agree.
+_NEW = (f"{MARK} SELECT {EVENT_COLUMNS}, r.pipeline, pg_current_snapshot()::text AS snapshot FROM events e "
+        "LEFT JOIN runs r ON r.id = e.run_id WHERE e.id > %s ORDER BY e.id LIMIT %s")
+_RECENT = f"{MARK} SELECT id, pg_current_snapshot()::text AS snapshot FROM events ORDER BY id DESC LIMIT %s"
+_SNAPSHOT = f"{MARK} SELECT pg_current_snapshot()::text AS snapshot"
 
 
 @dataclass(frozen=True)
@@ -78,16 +90,6 @@ class FeedEvent:
                 "created_at": row["created_at"].isoformat()}
         frame = ServerSentEvent(json.dumps(body), id=str(row["id"]), event=row["kind"], sep=SEP).encode()
         return cls(row["id"], row["kind"], row["run_id"], row["agent"], pipeline, frame)
-
-
-def contiguous_until(after: int, ids: list[int]) -> int:
-    """The largest id up to which every id after ``after`` is committed."""
-    last = after
-    for i in ids:
-        if i != last + 1:
-            break
-        last = i
-    return last
 
 
 class Subscription:
@@ -149,8 +151,10 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._idle_since: float | None = None
-        #: Every event up to this id has been offered to the streams (or was a gap given up on).
+        #: Every event up to this id has been offered to the streams, or is missing for good.
         self.cursor: int | None = None
+        #: What the listener knows of the holes past the cursor.
+        self.horizon = Horizon()
 
     async def subscribe(self, match: Callable[[FeedEvent], bool], size: int) -> Subscription:
         """A new stream's subscription, once the listener knows where the table ends."""
@@ -203,50 +207,54 @@ class Listener:
             delay = min(delay * 2, RECONNECT_LAST)
 
     async def _serve(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
-        gap_since: float | None = None
+        notified = True
         while True:
-            gap_since = await self._drain(conn, gap_since)
+            if notified or self.horizon.barrier is None or await self._barrier_lifted(conn):
+                await self._drain(conn)
             idle = self._idle_since is not None and time.monotonic() - self._idle_since > self._idle_linger
             if not self._subscriptions and idle:
                 # Reset before the connection closes (no await in between), so a stream arriving now starts afresh.
-                self._task, self.cursor, self._ready = None, None, asyncio.Event()
+                self._task, self.cursor, self.horizon, self._ready = None, None, Horizon(), asyncio.Event()
                 return
-            async for _ in conn.notifies(timeout=GAP_WAIT / 4 if gap_since else POLL_EVERY, stop_after=1):
-                pass
+            notified = False
+            async for _ in conn.notifies(timeout=BARRIER_POLL if self.horizon.barrier else POLL_EVERY, stop_after=1):
+                notified = True
 
-    async def _drain(self, conn: psycopg.AsyncConnection[dict[str, Any]], gap_since: float | None) -> float | None:
-        """Offer every event committed after the cursor; returns since when a gap has been waited for, if one is."""
+    async def _barrier_lifted(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
+        """Whether the transactions the holes wait on have all ended (one short query, no rows read)."""
+        row = await (await conn.execute(_SNAPSHOT)).fetchone()
+        assert row is not None
+        return self.horizon.lift(row["snapshot"])
+
+    async def _drain(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        """Offer every event committed after the cursor up to the first hole that may still fill."""
         assert self.cursor is not None
         while True:
             rows = await (await conn.execute(_NEW, (self.cursor, BATCH))).fetchall()
+            if not rows:
+                return
             ids = [r["id"] for r in rows]
-            safe = contiguous_until(self.cursor, ids)
-            if ids and safe < ids[-1]:  # a hole: wait for it, unless it has been open too long
-                gap_since = gap_since or time.monotonic()
-                if time.monotonic() - gap_since > GAP_WAIT:
-                    safe, gap_since = ids[-1], None
-            else:
-                gap_since = None
+            safe = self.horizon.safe(self.cursor, ids, rows[0]["snapshot"])
             for row in rows:  # no await from here to the cursor's move: a stream catching up sees both or neither
                 if row["id"] <= safe:
                     event = FeedEvent.from_row(row, row["pipeline"])
                     for subscription in list(self._subscriptions):
                         subscription.offer(event)
-            self.cursor = max(self.cursor, safe)
+            self.cursor = safe
             if len(ids) < BATCH or safe < ids[-1]:
-                return gap_since
+                return
 
 
 async def _start_point(conn: psycopg.AsyncConnection[dict[str, Any]]) -> int:
-    """Where a fresh listener starts: the end of the recent events, or before the first hole among them.
-
-    A hole among the last ids may be a transaction still committing: starting before it lets the usual gap wait
-    decide, so an event committed just as the first stream connects is not skipped.
-    """
-    rows = await (await conn.execute(
-        "SELECT id FROM (SELECT id FROM events ORDER BY id DESC LIMIT %s) recent ORDER BY id", (BATCH,))).fetchall()
-    ids = [r["id"] for r in rows]
-    return contiguous_until(ids[0] - 1, ids) if ids else 0
+    """Where a fresh listener starts: the last event, or, while transactions are in progress, before the first hole
+    among the recent ids (one of them may still commit it; the barrier then decides)."""
+    rows = await (await conn.execute(_RECENT, (START_WINDOW,))).fetchall()
+    if not rows:
+        return 0
+    ids = sorted(r["id"] for r in rows)
+    if not in_progress(rows[0]["snapshot"]):
+        return ids[-1]
+    return contiguous_until(ids[0] - 1, ids)
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Listener] = weakref.WeakKeyDictionary()

@@ -1,0 +1,49 @@
+"""How far the live feed may hand events out, from the ids it reads and the snapshot it read them in.
+
+Snapshots are written as PostgreSQL prints them: ``xmin:xmax:in-progress transactions``.
+"""
+
+from __future__ import annotations
+
+from api.services.feed_order import Horizon, in_progress
+
+
+def test_a_snapshot_lists_its_transactions_in_progress() -> None:
+    assert in_progress("100:110:101,104") == {101, 104}
+    assert in_progress("100:100:") == frozenset()
+
+
+def test_a_hole_waits_for_its_transaction_and_is_filled_in_place() -> None:
+    horizon = Horizon()
+    assert horizon.safe(10, [11, 13], "100:110:104") == 11
+    # Still open, however long: nothing past the hole
+    assert horizon.safe(11, [13, 14], "100:115:104,112") == 11
+    # Committed: the late id is handed out in its place
+    assert horizon.safe(11, [12, 13, 14], "112:115:112") == 14
+    assert horizon.barrier is None
+
+
+def test_a_hole_whose_transaction_ended_is_passed() -> None:
+    horizon = Horizon()
+    assert horizon.safe(10, [11, 13], "100:110:104") == 11
+    assert horizon.safe(11, [13], "110:110:") == 13
+
+
+def test_a_hole_seen_while_no_transaction_is_open_is_passed_at_once() -> None:
+    assert Horizon().safe(10, [11, 13, 16], "110:110:") == 16
+
+
+def test_a_transaction_begun_after_the_hole_was_seen_does_not_hold_it() -> None:
+    horizon = Horizon()
+    assert horizon.safe(10, [11, 13], "100:110:104") == 11
+    assert horizon.safe(11, [13], "112:120:112") == 13
+
+
+def test_a_later_hole_waits_on_the_transactions_open_when_it_was_seen() -> None:
+    horizon = Horizon()
+    assert horizon.safe(10, [11, 13], "100:200:104") == 11
+    # A second hole (14) appears while the first one's transaction is still open
+    assert horizon.safe(11, [13, 15], "100:200:104,120") == 11
+    # The first one's transaction ends: its hole is passed, the second waits on what was open when it was seen
+    assert horizon.safe(11, [13, 15], "120:200:120") == 13
+    assert horizon.safe(13, [15], "200:200:") == 15
