@@ -23,6 +23,7 @@ from core.contracts import (
     AgentTaskInput,
     BudgetCheck,
     BudgetDecision,
+    GitHubReport,
     ProvisionInput,
     RunRecord,
     RunStatus,
@@ -35,6 +36,8 @@ from core.contracts import (
 Behaviour = Callable[[AgentTaskInput, int], Awaitable[StageResult]]
 #: What the stand-in budget check answers for a stage, each time it is asked.
 BudgetRule = Callable[[BudgetCheck], BudgetDecision]
+#: A check the stand-in GitHub report runs first: it raises to make the report fail as the real one would.
+ReportRule = Callable[[GitHubReport], None]
 #: A check the stand-in provision runs first: it raises to make the provision fail as the real one would.
 ProvisionRule = Callable[[ProvisionInput], None]
 
@@ -74,9 +77,9 @@ class StandIns:
     """The pipeline's activities, scripted per stage, recording every call in order.
 
     ``tasks`` maps a stage to its agent task's behaviour (``succeed`` when absent); ``budget`` answers the budget
-    check (``ok`` when absent); ``provision`` may raise to fail a stage's provision. ``rendezvous`` names stages
-    whose tasks each wait until all of them have started: they can only succeed if the workflow runs them at the
-    same time.
+    check (``ok`` when absent); ``provision`` and ``github`` may raise to fail a stage's provision or a report to
+    GitHub. ``rendezvous`` names stages whose tasks each wait until all of them have started: they can only succeed
+    if the workflow runs them at the same time.
     """
 
     def __init__(
@@ -84,12 +87,14 @@ class StandIns:
         tasks: dict[str, Behaviour] | None = None,
         budget: BudgetRule | None = None,
         provision: ProvisionRule | None = None,
+        github: ReportRule | None = None,
         rendezvous: Sequence[str] = (),
         rendezvous_timeout: float = 10.0,
     ) -> None:
         self.tasks = tasks or {}
         self.budget = budget or (lambda _check: BudgetDecision(state="ok"))
         self.provision = provision or (lambda _inp: None)
+        self.github = github or (lambda _rep: None)
         self.calls: list[Call] = []
         self.records: list[RunRecord] = []
         self._rendezvous = set(rendezvous)
@@ -101,7 +106,7 @@ class StandIns:
     def activities(self) -> list[Callable[..., Any]]:
         """The stand-ins, one per activity name the workflow calls."""
         return [self.record_run, self.check_budget, self.provision_sandbox, self.run_agent_task,
-                self.teardown_sandbox]
+                self.teardown_sandbox, self.report_github]
 
     def _note(self, what: str, stage: str | None, detail: Any = None) -> None:
         self.calls.append(Call(what, stage, activity.info().attempt, detail))
@@ -146,6 +151,11 @@ class StandIns:
     @activity.defn(name="teardown_sandbox")
     async def teardown_sandbox(self, inp: TeardownInput) -> None:
         self._note("teardown_sandbox", inp.handle.workspace.rsplit("/", 1)[-1], inp.handle.id)
+
+    @activity.defn(name="report_github")
+    async def report_github(self, rep: GitHubReport) -> None:
+        self._note("report_github", rep.stage, rep.event)
+        self.github(rep)
 
     @activity.defn(name="run_agent_task")
     async def run_agent_task(self, task: AgentTaskInput) -> StageResult:

@@ -23,9 +23,11 @@ from temporalio.worker import Worker
 
 from core.contracts import (
     ENGINE,
+    GITHUB_TRIGGER,
     AgentTaskInput,
     BudgetCheck,
     BudgetDecision,
+    GitHubReport,
     PipelineDefinition,
     ProvisionInput,
     RetrySpec,
@@ -128,6 +130,7 @@ async def test_stages_run_in_dag_order_and_independent_ones_together(env: Workfl
     assert [r.status for r in standins.records] == [RunStatus.RUNNING, RunStatus.SUCCEEDED]
     assert all(s.result is not None and s.result.summary == f"{s.name} done" for s in standins.final.stages)
     assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    assert standins.called("report_github") == []  # a run GitHub did not start reports nothing to it
 
 
 async def test_a_failed_stage_skips_its_dependents_and_fails_the_run(env: WorkflowEnvironment) -> None:
@@ -289,3 +292,24 @@ async def test_an_exception_in_a_stage_fails_it_with_the_reason(env: WorkflowEnv
     assert all(s.finished_at is not None for s in result.stages if s.status == StageStatus.FAILED)
     assert result.error == ("stage 'checked' failed: BudgetCheckFailed: the budget check failed: relation \"budgets\" "
                             "does not exist; stage 'broken' failed: OSError: disk on fire")
+
+
+async def test_reports_to_github_go_out_in_order_and_never_break_the_run(env: WorkflowEnvironment) -> None:
+    # Given a run GitHub started, two stages in a row, and GitHub refusing the first stage's completion for good
+    def github(rep: GitHubReport) -> None:
+        if (rep.event, rep.stage) == ("stage_finished", "a"):
+            raise ApplicationError("403: resource not accessible by integration", type="GitHubRefused",
+                                   non_retryable=True)
+
+    standins = StandIns(github=github)
+    async with pipeline(env, standins, stage("a"), stage("b", "a"), trigger=GITHUB_TRIGGER) as handle:
+        result = await handle.result()
+    # Then the run succeeded all the same, each stage was reported started then finished after the run's start,
+    # and the run's end went last
+    assert result.status == RunStatus.SUCCEEDED
+    reports = [(c.detail, c.stage) for c in standins.called("report_github")]
+    assert reports[0] == ("run_started", None) and reports[-1] == ("run_finished", None), reports
+    for name in ("a", "b"):
+        assert reports.index(("stage_started", name)) < reports.index(("stage_finished", name)), reports
+    assert sorted(reports) == sorted([("run_started", None), ("stage_started", "a"), ("stage_finished", "a"),
+                                      ("stage_started", "b"), ("stage_finished", "b"), ("run_finished", None)])
