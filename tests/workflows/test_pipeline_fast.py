@@ -61,6 +61,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 def stage(name: str, *depends_on: str, **fields: Any) -> StageSpec:
+    """A stage as a template declares it; retries are quick unless the test sets its own policy."""
     fields.setdefault("retry", QUICK_RETRY)
     return StageSpec(name=name, skill="noop", requires=["standin"], depends_on=list(depends_on), **fields)
 
