@@ -24,6 +24,7 @@ def _fresh_table() -> Iterator[None]:
 def test_inline_json_wins_over_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     table = tmp_path / "prices.json"
     table.write_text(json.dumps({"models": {"m": 1.0}}))
+    monkeypatch.delenv("DEVART_PRICES", raising=False)  # the session's stack sets one
     monkeypatch.setenv("DEVART_PRICES_FILE", str(table))
     assert costs.prices().cost_micros(Usage(model_tokens={"m": 1000})) == 1_000_000
     settings.price_source.cache_clear()
