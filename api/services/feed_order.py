@@ -71,16 +71,21 @@ class Horizon:
         self.barrier = narrowed
         return narrowed is None
 
-    def safe(self, cursor: int, ids: list[int], snapshot: str) -> int:
-        """How far past ``cursor`` the committed ``ids`` (ascending, read in ``snapshot``) may be handed out."""
+    def safe(self, cursor: int, ids: list[int], snapshot: str, newest: int | None = None) -> int:
+        """How far past ``cursor`` the committed ``ids`` (ascending, read in ``snapshot``, whose largest visible id is
+        ``newest``) may be handed out."""
         if not ids:
             return cursor
         if self.lift(snapshot):
-            # A hole below the last id seen now was drawn before this snapshot: it waits on the snapshot's
+            # Every hole below the newest id seen now was drawn before this snapshot: it waits on the snapshot's
             # in-progress transactions (and is settled at once when there is none).
-            self.barrier = Barrier(in_progress(snapshot), ids[-1])
-            self.lift(snapshot)
+            self.wait(Barrier(in_progress(snapshot), max(ids[-1], newest or 0)), snapshot)
         safe = contiguous_until(cursor, ids, self.settled)
-        if safe == ids[-1]:  # no hole among these ids: nothing to wait for
-            self.barrier = None
+        if safe == ids[-1] and (self.barrier is None or self.barrier.upto <= safe):
+            self.barrier = None  # no hole left that it covers
         return safe
+
+    def wait(self, barrier: Barrier, snapshot: str) -> None:
+        """Hold the holes ``barrier`` covers until its transactions end (at once if none is in ``snapshot``)."""
+        self.barrier = barrier
+        self.lift(snapshot)

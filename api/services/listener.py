@@ -30,7 +30,7 @@ from prometheus_client import Counter
 from psycopg.rows import dict_row
 from sse_starlette import ServerSentEvent
 
-from api.services.feed_order import Horizon, contiguous_until, in_progress
+from api.services.feed_order import Barrier, Horizon, contiguous_until, in_progress
 from api.sse import SEP
 from core import db
 from core.errors import ServiceUnavailable
@@ -66,7 +66,8 @@ EVENT_COLUMNS = "e.id, e.kind, e.run_id, e.stage, e.agent, e.message, e.data, e.
 #: Marks the listener's statements in ``pg_stat_activity``.
 MARK = "/* event feed listener */"
 #: The statement's own snapshot comes with every row, so the rows and the in-progress transactions agree.
-_NEW = (f"{MARK} SELECT {EVENT_COLUMNS}, r.pipeline, pg_current_snapshot()::text AS snapshot FROM events e "
+_NEW = (f"{MARK} SELECT {EVENT_COLUMNS}, r.pipeline, pg_current_snapshot()::text AS snapshot, "
+        "(SELECT max(id) FROM events) AS newest FROM events e "
         "LEFT JOIN runs r ON r.id = e.run_id WHERE e.id > %s ORDER BY e.id LIMIT %s")
 _RECENT = f"{MARK} SELECT id, pg_current_snapshot()::text AS snapshot FROM events ORDER BY id DESC LIMIT %s"
 _SNAPSHOT = f"{MARK} SELECT pg_current_snapshot()::text AS snapshot"
@@ -191,7 +192,7 @@ class Listener:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     CONNECTS.inc()
                     if self.cursor is None:
-                        self.cursor = await _start_point(conn)
+                        self.cursor = await _start_point(conn, self.horizon)
                         self._ready.set()
                     else:
                         log.info("event feed: listening again from event %s", self.cursor)
@@ -234,7 +235,7 @@ class Listener:
             if not rows:
                 return
             ids = [r["id"] for r in rows]
-            safe = self.horizon.safe(self.cursor, ids, rows[0]["snapshot"])
+            safe = self.horizon.safe(self.cursor, ids, rows[0]["snapshot"], rows[0]["newest"])
             for row in rows:  # no await from here to the cursor's move: a stream catching up sees both or neither
                 if row["id"] <= safe:
                     event = FeedEvent.from_row(row, row["pipeline"])
@@ -245,16 +246,15 @@ class Listener:
                 return
 
 
-async def _start_point(conn: psycopg.AsyncConnection[dict[str, Any]]) -> int:
-    """Where a fresh listener starts: the last event, or, while transactions are in progress, before the first hole
-    among the recent ids (one of them may still commit it; the barrier then decides)."""
+async def _start_point(conn: psycopg.AsyncConnection[dict[str, Any]], horizon: Horizon) -> int:
+    """Where a fresh listener starts: after the last event, or, while transactions are in progress, before the first
+    hole among the recent ids, with every hole up to the last id waiting on those transactions."""
     rows = await (await conn.execute(_RECENT, (START_WINDOW,))).fetchall()
     if not rows:
         return 0
-    ids = sorted(r["id"] for r in rows)
-    if not in_progress(rows[0]["snapshot"]):
-        return ids[-1]
-    return contiguous_until(ids[0] - 1, ids)
+    ids, snapshot = sorted(r["id"] for r in rows), rows[0]["snapshot"]
+    horizon.wait(Barrier(in_progress(snapshot), ids[-1]), snapshot)
+    return contiguous_until(ids[0] - 1, ids, horizon.settled)
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Listener] = weakref.WeakKeyDictionary()

@@ -47,3 +47,11 @@ def test_a_later_hole_waits_on_the_transactions_open_when_it_was_seen() -> None:
     # The first one's transaction ends: its hole is passed, the second waits on what was open when it was seen
     assert horizon.safe(11, [13, 15], "120:200:120") == 13
     assert horizon.safe(13, [15], "200:200:") == 15
+
+
+def test_holes_past_the_rows_read_wait_on_the_same_transactions() -> None:
+    horizon = Horizon()
+    # The first batch ends at 13 while the table already holds 20
+    assert horizon.safe(10, [11, 13], "100:200:104", newest=20) == 11
+    # 104 ends and 150 begins: the holes up to 20 were drawn before 150 had an id, so it holds none of them
+    assert horizon.safe(11, [13, 15, 20], "150:200:150", newest=20) == 20
