@@ -1,13 +1,15 @@
 """The agent side of a task: claim, heartbeat, complete, fail, report cancellation.
 
-Each call locks the attempt's row, checks that the caller holds the claim of the *current* attempt, forwards
-the call to Temporal through the activity's task token, and commits only once Temporal accepted it. A report
-on an attempt that is no longer current is refused, counted on the attempt and written to the feed.
+Each call first passes the claim fence (``api.services.claims``: the caller holds the claim of the *current*
+attempt), forwards the call to Temporal through the activity's task token, and commits only once Temporal
+accepted it. A result is measured as Temporal encodes it before anything is stored (``core.reports``): one
+Temporal would refuse is a 413, the task stays claimed, and the agent reports a smaller result or the stage's
+failure.
 
-An agent writes only to tasks it claimed: a call on another agent's task (or one nobody claimed) is refused with
-nothing written, not even the refusal, so no key can add late-report counts or feed events to a task not its own.
-A result is measured as Temporal encodes it before anything is stored (``core.reports``): one Temporal would
-refuse is a 413, the task stays claimed, and the agent reports a smaller result or the stage's failure.
+A result or failure that Temporal applied but the API never recorded (it stopped before its commit, so the agent
+got no reply and sends it again) is answered as the first time and recorded then, once: Temporal's NOT_FOUND is
+checked against the run's history (``api.services.applied``) before the attempt is called superseded. A report
+sent again after it was recorded is a late report, refused and counted like any other.
 """
 
 from __future__ import annotations
@@ -16,33 +18,24 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
-from core import agents, db, github_reporter, metrics, reports, settings
+from api.services import applied
+
+# TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
+from api.services.claims import TaskNotFound as TaskNotFound
+from api.services.claims import TaskRefused, check_claim, gone, locked
+from core import agents, github_reporter, metrics, reports, settings
 from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
-from core.errors import DevartError
 from core.events import add_event, reserve_id
-from core.models import Agent, Run, TaskAttempt, utcnow
+from core.models import Agent, TaskAttempt, utcnow
 from core.topology import can_serve
-
-
-class TaskRefused(DevartError):
-    """The caller may not act on this task (not its claim, not the current attempt, already finished)."""
-
-    def __init__(self, message: str, status_code: int = 409) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class TaskNotFound(DevartError):
-    """No task with that id."""
 
 
 class ReportTooLarge(TaskRefused):
@@ -52,60 +45,8 @@ class ReportTooLarge(TaskRefused):
         super().__init__(message, 413)
 
 
-async def _locked(session: AsyncSession, task_id: str) -> TaskAttempt:
-    row = (await session.exec(select(TaskAttempt).where(TaskAttempt.id == task_id).with_for_update())).first()
-    if row is None:
-        raise TaskNotFound(f"task '{task_id}' not found")
-    return row
-
-
-async def _refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, status_code: int = 409) -> TaskRefused:
-    """Record a refused report in its own transaction and build the error.
-
-    The caller's transaction is rolled back first: it holds the row lock the record needs.
-    """
-    name = agent.name  # read before the rollback expires every loaded object
-    await session.rollback()
-    async with db.session() as s:
-        row = await s.get(TaskAttempt, task_id)
-        if row is not None:
-            row.late_reports += 1
-            add_event(
-                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
-            )
-    return TaskRefused(why, status_code)
-
-
-async def _check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
-    row = await _locked(session, task_id)
-    if row.claimed_by != agent.name:
-        # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
-        why = (f"task {task_id} is held by {f'agent {row.claimed_by}' if row.claimed_by else 'no agent'}, not by "
-               f"agent {agent.name}: an agent reports only on tasks it claimed")
-        await session.rollback()  # releases the row's lock; expires the loaded objects, so read above
-        raise TaskRefused(why, 403)
-    if row.claim_id != claim_id:
-        why = f"agent {agent.name} does not hold the claim on task {task_id}"
-        raise await _refuse(session, task_id, agent, why, 403)
-    if row.status != "claimed":
-        why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
-        raise await _refuse(session, task_id, agent, why)
-    return row
-
-
-async def _gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused:
-    """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
-    if exc.status != RPCStatusCode.NOT_FOUND:
-        raise exc
-    run = await session.get(Run, row.run_id)
-    row.status, row.finished_at = ("cancelled" if run and run.status == "cancelled" else "superseded"), utcnow()
-    await session.commit()
-    why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
-    return await _refuse(session, row.id, agent, why)
-
-
 async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agent) -> TaskDetail:
-    row = await _locked(session, task_id)
+    row = await locked(session, task_id)
     if not can_serve(agent.capabilities, row.lane):
         raise TaskRefused(f"agent {agent.name} lacks capabilities for lane {row.lane}", 403)
     if row.status != "queued":
@@ -120,7 +61,7 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         await session.commit()
         raise TaskRefused(f"task {task_id} was cancelled") from None
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        raise await gone(session, row, agent, exc) from None
     row.status, row.claimed_by, row.claim_id = "claimed", agent.name, uuid.uuid4().hex
     row.claimed_at = row.heartbeat_at = utcnow()
     row.waiting_reason = None
@@ -149,7 +90,7 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
 async def heartbeat(
     session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str, details: dict[str, Any]
 ) -> HeartbeatReply:
-    row = await _check_claim(session, task_id, agent, claim_id)
+    row = await check_claim(session, task_id, agent, claim_id)
     if (found := reports.encoded_size(details)) > MAX_HEARTBEAT_BYTES:
         await session.rollback()
         raise ReportTooLarge(f"heartbeat details of {found} bytes exceed the limit of {MAX_HEARTBEAT_BYTES} bytes "
@@ -159,32 +100,37 @@ async def heartbeat(
     except AsyncActivityCancelledError:
         return HeartbeatReply(cancel_requested=True)
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        raise await gone(session, row, agent, exc) from None
     row.heartbeat_at = utcnow()
     await session.commit()
     return HeartbeatReply(cancel_requested=False)
 
 
+def _stamped(row: TaskAttempt, agent: Agent, report: StageResult, **update: Any) -> StageResult:
+    """The report as the API forwards and records it: with its attempt, agent and cost."""
+    return report.model_copy(update={"attempt": row.attempt, "agent": agent.name,
+                                     "cost": to_money(prices().cost_micros(report.usage)), **update})
+
+
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
-    row = await _check_claim(session, task_id, agent, req.claim_id)
-    result = req.result.model_copy(update={"attempt": row.attempt, "agent": agent.name,
-                                           "cost": to_money(prices().cost_micros(req.result.usage))})
+    row = await check_claim(session, task_id, agent, req.claim_id)
+    result = _stamped(row, agent, req.result)
     await _check_size(session, row, result)
     event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).complete(result)
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        if exc.status != RPCStatusCode.NOT_FOUND or not await applied.completed(client, row, result):
+            raise await gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "succeeded", result, None, event_id)
     await session.commit()
     github_reporter.stage_finished(row, result)  # GitHub hook: check run completed (background, never raises)
 
 
 async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
-    row = await _check_claim(session, task_id, agent, req.claim_id)
     report = req.result or StageResult(status="failed", summary=req.message)
-    result = report.model_copy(update={"attempt": row.attempt, "agent": agent.name, "status": "failed",
-                                       "cost": to_money(prices().cost_micros(report.usage))})
+    row = await check_claim(session, task_id, agent, req.claim_id)
+    result = _stamped(row, agent, report, status="failed")
     # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
     await _check_size(session, row, result, req.message, whole_run=req.result is not None)
     error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
@@ -192,7 +138,8 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     try:
         await client.get_async_activity_handle(task_token=row.task_token).fail(error)
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        if exc.status != RPCStatusCode.NOT_FOUND or not await applied.failed(client, row, error):
+            raise await gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}", event_id)
     await session.commit()
     github_reporter.stage_finished(row, result, req.error_type, req.message, req.non_retryable)  # GitHub hook
@@ -221,12 +168,12 @@ async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResu
 
 
 async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
-    row = await _check_claim(session, task_id, agent, claim_id)
+    row = await check_claim(session, task_id, agent, claim_id)
     event_id = await reserve_id(session)
     try:
         await client.get_async_activity_handle(task_token=row.task_token).report_cancellation()
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        raise await gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "cancelled", None, "cancelled", event_id)
     await session.commit()
 
@@ -241,7 +188,7 @@ async def release(session: AsyncSession, client: Client, task_id: str, agent: Ag
     from then on the queue keeper keeps the attempt alive while it waits, and the agent returns its message to the
     lane once this call succeeded.
     """
-    row = await _check_claim(session, task_id, agent, claim_id)
+    row = await check_claim(session, task_id, agent, claim_id)
     event_id = await reserve_id(session)
     handle = client.get_async_activity_handle(task_token=row.task_token)
     try:
@@ -252,7 +199,7 @@ async def release(session: AsyncSession, client: Client, task_id: str, agent: Ag
         await session.commit()
         return
     except RPCError as exc:
-        raise await _gone(session, row, agent, exc) from None
+        raise await gone(session, row, agent, exc) from None
     row.status, row.claimed_by, row.claim_id, row.claimed_at = "queued", None, None, None
     row.heartbeat_at, row.waiting_reason = utcnow(), None
     _free(session, row, agent)

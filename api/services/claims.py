@@ -1,0 +1,83 @@
+"""Who may act on a task: the claim fence every agent call on a task passes first.
+
+A call locks the attempt's row and goes on only if the caller holds the claim of the *current* attempt. A call on
+another agent's task (or one nobody claimed) is refused with nothing written, not even the refusal, so no key can
+add late-report counts or feed events to a task not its own; a report on an attempt that is no longer current is
+refused, counted on the attempt and written to the feed.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.service import RPCError, RPCStatusCode
+
+from core import db
+from core.errors import DevartError
+from core.events import add_event
+from core.models import Agent, Run, TaskAttempt, utcnow
+
+
+class TaskRefused(DevartError):
+    """The caller may not act on this task (not its claim, not the current attempt, already finished)."""
+
+    def __init__(self, message: str, status_code: int = 409) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TaskNotFound(DevartError):
+    """No task with that id."""
+
+
+async def locked(session: AsyncSession, task_id: str) -> TaskAttempt:
+    row = (await session.exec(select(TaskAttempt).where(TaskAttempt.id == task_id).with_for_update())).first()
+    if row is None:
+        raise TaskNotFound(f"task '{task_id}' not found")
+    return row
+
+
+async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, status_code: int = 409) -> TaskRefused:
+    """Record a refused report in its own transaction and build the error.
+
+    The caller's transaction is rolled back first: it holds the row lock the record needs.
+    """
+    name = agent.name  # read before the rollback expires every loaded object
+    await session.rollback()
+    async with db.session() as s:
+        row = await s.get(TaskAttempt, task_id)
+        if row is not None:
+            row.late_reports += 1
+            add_event(
+                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
+            )
+    return TaskRefused(why, status_code)
+
+
+async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
+    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``."""
+    row = await locked(session, task_id)
+    if row.claimed_by != agent.name:
+        # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
+        why = (f"task {task_id} is held by {f'agent {row.claimed_by}' if row.claimed_by else 'no agent'}, not by "
+               f"agent {agent.name}: an agent reports only on tasks it claimed")
+        await session.rollback()  # releases the row's lock; expires the loaded objects, so read above
+        raise TaskRefused(why, 403)
+    if row.claim_id != claim_id:
+        why = f"agent {agent.name} does not hold the claim on task {task_id}"
+        raise await refuse(session, task_id, agent, why, 403)
+    if row.status != "claimed":
+        why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
+        raise await refuse(session, task_id, agent, why)
+    return row
+
+
+async def gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused:
+    """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
+    if exc.status != RPCStatusCode.NOT_FOUND:
+        raise exc
+    run = await session.get(Run, row.run_id)
+    row.status, row.finished_at = ("cancelled" if run and run.status == "cancelled" else "superseded"), utcnow()
+    await session.commit()
+    why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
+    return await refuse(session, row.id, agent, why)

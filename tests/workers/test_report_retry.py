@@ -1,0 +1,83 @@
+"""A report Temporal applied but the API never recorded, sent again: answered as the first time, recorded once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from core.contracts import StageResult
+from core.costs import prices, to_money
+from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
+from tests.stack import register_agent, sql
+
+
+async def _claimed_task(api: httpx.AsyncClient, tmp_path: Path, **stage: Any) -> tuple[str, dict[str, Any], str, str]:
+    """Start a one-stage run and claim its task through the API as a new agent (no agent process: the test is the
+    agent); returns the run's id, the attempt's row, the agent's name and its claim id."""
+    cap, name = unique("retried"), unique("reporter")
+    auth = {"Authorization": f"Bearer {register_agent(name, [cap])}"}
+    pipeline = unique("retried")
+    await publish(api, {"name": pipeline, "stages": [{**noop_stage("work", cap), "heartbeat_timeout": 60, **stage}]})
+    run_id = await start(api, pipeline, tmp_path)
+
+    async def published() -> list[dict[str, Any]]:
+        return sql("SELECT id, task_token FROM task_attempts WHERE run_id = :r AND heartbeat_at IS NOT NULL",
+                   r=run_id)
+
+    row = (await poll(published, deadline=60, what="the task to be published"))[0]
+    claimed = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=auth, json={})
+    assert claimed.status_code == 200, claimed.text
+    return run_id, {**row, "auth": auth}, name, claimed.json()["claim_id"]
+
+
+@pytest.mark.parametrize("outcome", ["complete", "fail"])
+async def test_a_report_temporal_applied_but_the_api_never_recorded_is_taken_when_sent_again(
+    api: httpx.AsyncClient, temporal: Client, tmp_path: Path, outcome: str
+) -> None:
+    # Given a task claimed by an agent
+    run_id, row, name, claim_id = await _claimed_task(api, tmp_path)
+    # And Temporal took the agent's report, as the API forwarded it, but the API never recorded it (it restarted
+    # before its commit, so the agent's call got no reply)
+    report = StageResult(status="succeeded" if outcome == "complete" else "failed", summary="done", output={"n": 1})
+    forwarded = report.model_copy(update={"attempt": 1, "agent": name,
+                                          "cost": to_money(prices().cost_micros(report.usage))})
+    handle = temporal.get_async_activity_handle(task_token=bytes(row["task_token"]))
+    if outcome == "complete":
+        body: dict[str, Any] = {"claim_id": claim_id, "result": report.model_dump(mode="json")}
+        await handle.complete(forwarded)
+    else:
+        body = {"claim_id": claim_id, "error_type": "Broken", "message": "it broke", "non_retryable": True,
+                "result": report.model_dump(mode="json")}
+        await handle.fail(ApplicationError("it broke", forwarded, type="Broken", non_retryable=True))
+    # When the agent sends the same report again
+    again = await api.post(f"/v1/agent/tasks/{row['id']}/{outcome}", headers=row["auth"], json=body)
+    assert again.status_code == 204, again.text
+    # Then the attempt is recorded once, with the report, and nothing counts as a late report
+    status = "succeeded" if outcome == "complete" else "failed"
+    recorded = sql("SELECT status, late_reports, result->>'summary' AS summary FROM task_attempts WHERE id = :i",
+                   i=row["id"])
+    assert recorded == [{"status": status, "late_reports": 0, "summary": "done"}]
+    kinds = [e["kind"] for e in sql("SELECT kind FROM events WHERE run_id = :r ORDER BY id", r=run_id)]
+    assert kinds.count(f"stage.attempt.{status}") == 1 and "task.report_refused" not in kinds, kinds
+    run = await wait_run(api, run_id, deadline=60)
+    assert run["status"] == status and run["stages"][0]["result"]["summary"] == "done", run
+
+
+async def test_a_report_on_an_attempt_that_timed_out_is_still_refused(
+    api: httpx.AsyncClient, temporal: Client, tmp_path: Path
+) -> None:
+    # Given a claimed task whose activity closed without this report (here: failed for another reason)
+    _, row, _, claim_id = await _claimed_task(api, tmp_path, retry={"maximum_attempts": 1})
+    await temporal.get_async_activity_handle(task_token=bytes(row["task_token"])).fail(
+        ApplicationError("something else ended it", type="Elsewhere", non_retryable=True))
+    # When the agent reports a result Temporal never took
+    body = {"claim_id": claim_id, "result": {"status": "succeeded", "summary": "late"}}
+    late = await api.post(f"/v1/agent/tasks/{row['id']}/complete", headers=row["auth"], json=body)
+    # Then it is refused, as before
+    assert late.status_code == 409, late.text
+    assert sql("SELECT status FROM task_attempts WHERE id = :i", i=row["id"]) == [{"status": "superseded"}]
