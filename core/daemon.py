@@ -274,6 +274,8 @@ class Daemon:
             delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (child.streak - 1))
             record.status, record.message, child.due = "backoff", how, time.monotonic() + delay
             log.warning("%s %s after %.1fs; starting it again in %.1fs", child.spec.name, how, ran, delay)
+        if self.up:  # in the same write as the exit: no reader sees a failed child under a "running" stack
+            self.record.status = "degraded"
         self.save()
 
     # -- stopping ----------------------------------------------------------------------------------------------
