@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core import db
 from tests.stack import sql
 
 
@@ -64,3 +68,18 @@ async def open_streams(stack: AsyncExitStack, url: str, count: int, kind: str, s
         stack.callback(reader.task.cancel)
     await asyncio.wait_for(asyncio.gather(*(r.connected.wait() for r in readers)), 60)
     return readers
+
+
+#: How long the late transaction stays open: past the 2 s after which the feed used to give up on a missing id.
+HOLD = 5.0
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[AsyncSession]:
+    """A session of its own engine (the suite's cached one belongs to another event loop)."""
+    engine = create_async_engine(db.database_url())
+    try:
+        async with AsyncSession(engine, expire_on_commit=False) as session:
+            yield session
+    finally:
+        await engine.dispose()

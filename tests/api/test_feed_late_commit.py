@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from core import db
 from core.events import add_event, reserve_id
-from tests.api.feed_streams import open_streams, publish_events
+from tests.api.feed_streams import HOLD, open_streams, publish_events, transaction
 from tests.stack import Stack
-
-#: How long the late transaction stays open: past the 2 s after which the feed used to give up on a missing id.
-HOLD = 5.0
-
-
-@asynccontextmanager
-async def transaction() -> AsyncIterator[AsyncSession]:
-    """A session of its own engine (the suite's cached one belongs to another event loop)."""
-    engine = create_async_engine(db.database_url())
-    try:
-        async with AsyncSession(engine, expire_on_commit=False) as session:
-            yield session
-    finally:
-        await engine.dispose()
 
 
 async def test_an_event_committed_late_reaches_every_stream_once_in_its_place(stack: Stack) -> None:

@@ -1,5 +1,6 @@
 """The live feed at scale: hundreds of streams share one PostgreSQL connection, past the caps a stream is refused
-with a 429, a client that stops reading stalls nobody, and a lost listener connection loses no event.
+with a 429, a client that stops reading stalls nobody, and neither a lost listener connection nor a listener that
+starts while an event is held back loses an event.
 
 Each test talks to an API of its own, started with small feed limits and a PostgreSQL application name, so the
 connections it holds can be counted in ``pg_stat_activity``.
@@ -20,8 +21,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from api.services import listener
+from core.events import add_event, reserve_id
 from core.services import free_port
-from tests.api.feed_streams import open_streams, publish_events
+from tests.api.feed_streams import HOLD, open_streams, publish_events, transaction
 from tests.helpers import poll
 from tests.stack import Stack, sql
 
@@ -153,3 +155,20 @@ async def test_no_event_is_lost_while_the_listener_reconnects(feed_api: FeedApi)
         assert all(r.ids == ids for r in readers)
         assert await feed_api.metric("devart_feed_listener_connects_total") == connects + 1
         assert feed_api.connections() <= BOUND
+
+
+async def test_a_listener_starting_while_an_event_is_held_back_waits_for_it(feed_api: FeedApi) -> None:
+    kind = f"test.cold-{uuid.uuid4().hex[:6]}"
+    async with transaction() as late, AsyncExitStack() as streams:
+        # Given a transaction that took an event id and stays open while a later event commits
+        late_id = await reserve_id(late)
+        (after,) = publish_events(kind)
+        # When the API's first stream starts its listener
+        (reader,) = await open_streams(streams, feed_api.url, 1, kind)
+        await asyncio.sleep(HOLD)  # the scenario itself: the transaction is held open, nothing is awaited
+        assert reader.ids == []
+        add_event(late, kind, "committed late", event_id=late_id)
+        await late.commit()
+        # Then the stream receives the late event in its place
+        await reader.wait_for(after, deadline=30)
+        assert reader.ids == [late_id, after]
