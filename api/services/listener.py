@@ -50,6 +50,9 @@ BATCH = 500
 #: those transactions may still commit it. (Further back, a transaction would have stayed open while that many later
 #: events committed.)
 START_WINDOW = 10_000
+#: A hole waited on this long is logged once, with the transactions it waits on: one left open by mistake would hold
+#: the live feed back until it ends.
+STALL_WARNING = 60.0
 #: Reconnection backoff after PostgreSQL dropped the connection: doubles from the first to the last.
 RECONNECT_FIRST = 0.5
 RECONNECT_LAST = 30.0
@@ -152,6 +155,9 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._idle_since: float | None = None
+        #: Since when the horizon has had a barrier, and whether that was logged.
+        self._held_since: float | None = None
+        self._held_logged = False
         #: Every event up to this id has been offered to the streams, or is missing for good.
         self.cursor: int | None = None
         #: What the listener knows of the holes past the cursor.
@@ -212,6 +218,7 @@ class Listener:
         while True:
             if notified or self.horizon.barrier is None or await self._barrier_lifted(conn):
                 await self._drain(conn)
+            self._note_hold()
             idle = self._idle_since is not None and time.monotonic() - self._idle_since > self._idle_linger
             if not self._subscriptions and idle:
                 # Reset before the connection closes (no await in between), so a stream arriving now starts afresh.
@@ -220,6 +227,18 @@ class Listener:
             notified = False
             async for _ in conn.notifies(timeout=BARRIER_POLL if self.horizon.barrier else POLL_EVERY, stop_after=1):
                 notified = True
+
+    def _note_hold(self) -> None:
+        barrier = self.horizon.barrier
+        if barrier is None:
+            self._held_since, self._held_logged = None, False
+        elif self._held_since is None:
+            self._held_since = time.monotonic()
+        elif not self._held_logged and time.monotonic() - self._held_since > STALL_WARNING:
+            self._held_logged = True
+            log.warning("event feed: events after %s wait for transactions %s to end (xid8; pg_stat_activity's "
+                        "backend_xid is the low 32 bits): one of them may still commit a missing event id",
+                        self.cursor, sorted(barrier.waits_on))
 
     async def _barrier_lifted(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
         """Whether the transactions the holes wait on have all ended (one short query, no rows read)."""

@@ -5,7 +5,10 @@ Snapshots are written as PostgreSQL prints them: ``xmin:xmax:in-progress transac
 
 from __future__ import annotations
 
-from api.services.feed_order import Horizon, in_progress
+import pytest
+
+from api.services import listener
+from api.services.feed_order import Barrier, Horizon, in_progress
 
 
 def test_a_snapshot_lists_its_transactions_in_progress() -> None:
@@ -55,3 +58,14 @@ def test_holes_past_the_rows_read_wait_on_the_same_transactions() -> None:
     assert horizon.safe(10, [11, 13], "100:200:104", newest=20) == 11
     # 104 ends and 150 begins: the holes up to 20 were drawn before 150 had an id, so it holds none of them
     assert horizon.safe(11, [13, 15, 20], "150:200:150", newest=20) == 20
+
+
+def test_a_long_hold_is_logged_once_naming_its_transactions(caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener, "STALL_WARNING", -1.0)  # any hold counts as long
+    feed = listener.Listener("postgresql://unused")
+    feed.horizon.wait(Barrier(frozenset({104}), 13), "100:200:104")
+    for _ in range(3):
+        feed._note_hold()
+    (record,) = caplog.records
+    assert "wait for transactions [104] to end" in record.getMessage()
