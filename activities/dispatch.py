@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -36,9 +37,11 @@ OPEN_STATES = ("queued", "claimed")
 class Dispatcher:
     """Holds the worker's AMQP connection (one per process) and the lane bands it has already declared."""
 
-    def __init__(self, amqp_url: str, topology: Topology) -> None:
+    def __init__(self, amqp_url: str, topology: Topology, on_published: Callable[[str], None] | None = None) -> None:
         self._url = amqp_url
         self._topology = topology
+        #: Told each attempt's id once it waits in its lane: this worker's queue keeper keeps it alive from then on.
+        self._on_published = on_published
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -156,8 +159,10 @@ class Dispatcher:
                 ),
                 routing_key=band_key(lane, inp.priority),
             )
-        # From now on the queue keeper keeps the attempt alive while it waits. Not before: an attempt whose
+        # From now on this worker's queue keeper keeps the attempt alive while it waits. Not before: an attempt whose
         # worker died between recording and publishing has no message, so it must time out and be retried.
         async with db.session() as s:
             await s.execute(_PUBLISHED, {"id": task_id})
+        if self._on_published is not None:
+            self._on_published(task_id)
         activity.raise_complete_async()

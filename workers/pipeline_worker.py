@@ -21,7 +21,7 @@ from core import db, settings, telemetry
 from core.temporal import connect
 from core.topology import Topology
 from workers.dead_letters import collect
-from workers.queue_keeper import keep_queued_tasks_alive, sample_gauges
+from workers.queue_keeper import Leases, keep_queued_tasks_alive, sample_gauges
 from workers.sweeper import keep_sweeping, retire_schedule
 from workflows.pipeline import PipelineWorkflow
 
@@ -69,14 +69,15 @@ async def serve(task_queue: str | None = None) -> None:
     await asyncio.to_thread(db.require_current_schema)  # `devart db upgrade` migrates, before the services start
     runtime = _metrics_runtime(settings.worker())
     client = await connect(runtime=runtime)
-    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings())
+    leases = Leases()  # the queued attempts this worker keeps alive (workers.queue_keeper)
+    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, dispatcher, task_queue)
     await retire_schedule(client, task_queue or settings.temporal().task_queue)
-    keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop))
+    keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop, leases))
     sweeper = asyncio.create_task(keep_sweeping(client, stop))
     sampler = asyncio.create_task(sample_gauges(stop))
     collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))

@@ -5,15 +5,27 @@ holds it, so the pipeline worker heartbeats it instead; waiting never counts as 
 online agent has the lane's capabilities, the attempt shows "waiting for an agent with capabilities …" (on the
 run and in the feed), and fails with that reason once it has waited longer than the stage's ``wait_timeout``.
 A run cancelled before any agent claimed its task learns it here, and the attempt is closed as cancelled.
+
+**Who keeps which attempt.** Each worker's keeper keeps only the attempts it holds a lease on (``Leases``): the
+ones its own dispatcher published, and the ones it adopted. So N workers share the work instead of each polling
+every queued attempt. The lease is the attempt's ``heartbeat_at``, which its keeper moves at every heartbeat
+(every third of the attempt's heartbeat timeout); the holder itself lives only in the keeper's memory, so no
+column is added for it. An attempt whose ``heartbeat_at`` is older than two thirds of its heartbeat timeout has
+lost its keeper (the worker died or restarted and forgot its leases): any keeper adopts it by moving
+``heartbeat_at`` only if it still holds the value it read (a compare-and-set, so one keeper wins, without an
+advisory lock), then heartbeats it before Temporal's timeout would retry the stage. A handed-back attempt is
+queued again under the lease it had, which its keeper keeps while an agent holds the claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -28,20 +40,55 @@ log = logging.getLogger(__name__)
 
 #: How often the keeper looks for queued tasks; each task is heartbeated at a third of its own timeout.
 TICK = 0.5
+#: After this share of its heartbeat timeout without a heartbeat, a queued attempt has lost its keeper: another
+#: adopts it. Its own keeper heartbeats at a third, so a third is left for adopting before Temporal's timeout.
+ORPHANED_AFTER = 2 / 3
 
-_DUE = text(
-    "SELECT id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason FROM task_attempts "
-    "WHERE status = 'queued' AND heartbeat_at IS NOT NULL "  # NULL: recorded, not published yet (or never)
-    "AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) LIMIT 500"
+_COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason"
+_MINE = text(
+    f"SELECT status, heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) AS due, {_COLUMNS} "
+    "FROM task_attempts WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_ORPHANED = text(
+    f"SELECT heartbeat_at, {_COLUMNS} FROM task_attempts WHERE status = 'queued' AND heartbeat_at IS NOT NULL "
+    "AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout * :share) LIMIT 100"
+)
+_ADOPT = text(
+    "UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND status = 'queued' AND heartbeat_at = :seen "
+    "RETURNING id"
 )
 _ONLINE = text("SELECT capabilities FROM agents WHERE active AND last_seen_at > :since")
+#: Statuses in which an attempt still needs its keeper: waiting, or claimed (a hand-back queues it again).
+_KEPT = ("queued", "claimed")
 
 
-async def keep_queued_tasks_alive(client: Client, stop: asyncio.Event) -> None:
+class Leases:
+    """The attempts one worker's keeper keeps alive: those its dispatcher published and those it adopted."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+
+    def take(self, task_id: str) -> None:
+        self._ids.add(task_id)
+
+    def drop(self, task_id: str) -> None:
+        self._ids.discard(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self) -> list[str]:
+        return sorted(self._ids)
+
+
+async def keep_queued_tasks_alive(client: Client, stop: asyncio.Event, leases: Leases) -> None:
     """Run until ``stop`` is set."""
     while not stop.is_set():
         try:
-            await _tick(client)
+            await tick(client, leases)
         except Exception:  # the database or Temporal may be restarting; the next tick tries again
             log.warning("queue keeper tick failed", exc_info=True)
         try:
@@ -54,30 +101,58 @@ def waiting_reason(lane: str) -> str:
     return f"waiting for an agent with capabilities {', '.join(sorted(lane_requirements(lane))) or '(any)'}"
 
 
-async def _tick(client: Client) -> None:
+async def tick(client: Client, leases: Leases) -> None:
+    """Heartbeat the leased attempts that are due, after adopting those whose keeper is gone."""
     async with db.session() as s:
-        rows = (await s.execute(_DUE)).all()
-        if not rows:
+        due = await _adopt(s, leases)
+        if leases:
+            for row in (await s.execute(_MINE, {"ids": leases.ids()})).all():
+                if row.status not in _KEPT:
+                    leases.drop(row.id)  # finished: nothing more to keep
+                elif row.status == "queued" and row.due and row.id not in {d.id for d in due}:
+                    due.append(row)
+        if not due:
             return
         online = [set(r[0]) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
-    for task_id, run_id, stage, lane, token, created_at, wait_timeout, reason in rows:
-        handle = client.get_async_activity_handle(task_token=bytes(token))
-        servable = any(can_serve(caps, lane) for caps in online)
-        new_reason = None if servable else waiting_reason(lane)
-        state, error = "queued", None
-        try:
-            if new_reason and utcnow() - created_at > timedelta(seconds=wait_timeout):
-                error = f"no active agent with capabilities {lane} came within {wait_timeout:.0f}s"
-                await handle.fail(ApplicationError(error, type="NoAgentAvailable", non_retryable=True))
-                state = "failed"
-            else:
-                await handle.heartbeat(new_reason or "waiting for a free agent")
-        except AsyncActivityCancelledError:
-            await handle.report_cancellation()
-            state = "cancelled"
-        except RPCError:
-            state = "superseded"  # the activity timed out or finished: this attempt is over
-        await _store(task_id, run_id, stage, state, error, reason, new_reason)
+    for row in due:
+        await _keep(client, row, online)
+
+
+async def _adopt(s: AsyncSession, leases: Leases) -> list[Any]:
+    """Take the lease of every attempt whose keeper is gone; returns them, all due for a heartbeat now."""
+    adopted = []
+    for row in (await s.execute(_ORPHANED, {"share": ORPHANED_AFTER})).all():
+        if row.id in leases:
+            continue  # ours, and late: it is due anyway
+        won = (await s.execute(_ADOPT, {"id": row.id, "seen": row.heartbeat_at})).first()
+        await s.commit()
+        if won is not None:
+            log.info("adopted queued attempt %s of %s/%s: its keeper is gone", row.id, row.run_id, row.stage)
+            leases.take(row.id)
+            adopted.append(row)
+    return adopted
+
+
+async def _keep(client: Client, row: Any, online: list[set[str]]) -> None:
+    task_id, run_id, stage, lane, token = row.id, row.run_id, row.stage, row.lane, row.task_token
+    created_at: datetime = row.created_at
+    handle = client.get_async_activity_handle(task_token=bytes(token))
+    servable = any(can_serve(caps, lane) for caps in online)
+    new_reason = None if servable else waiting_reason(lane)
+    state, error = "queued", None
+    try:
+        if new_reason and utcnow() - created_at > timedelta(seconds=row.wait_timeout):
+            error = f"no active agent with capabilities {lane} came within {row.wait_timeout:.0f}s"
+            await handle.fail(ApplicationError(error, type="NoAgentAvailable", non_retryable=True))
+            state = "failed"
+        else:
+            await handle.heartbeat(new_reason or "waiting for a free agent")
+    except AsyncActivityCancelledError:
+        await handle.report_cancellation()
+        state = "cancelled"
+    except RPCError:
+        state = "superseded"  # the activity timed out or finished: this attempt is over
+    await _store(task_id, run_id, stage, state, error, row.waiting_reason, new_reason)
 
 
 async def _store(
