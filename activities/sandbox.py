@@ -32,9 +32,9 @@ async def heartbeating(step: str) -> AsyncIterator[None]:
         return
 
     async def beat(every: float) -> None:
-        while True:
-            activity.heartbeat(step)
+        while True:  # the first beat after a while: a quick step (most of them) costs no heartbeat call at all
             await asyncio.sleep(every)
+            activity.heartbeat(step)
 
     beats = asyncio.create_task(beat(info.heartbeat_timeout.total_seconds() / 3))
     try:
