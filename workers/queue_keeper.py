@@ -24,7 +24,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
@@ -47,8 +47,8 @@ ORPHANED_AFTER = 2 / 3
 _COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason"
 _MINE = text(
     f"SELECT status, heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) AS due, {_COLUMNS} "
-    "FROM task_attempts WHERE id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
+    "FROM task_attempts WHERE id = ANY(:ids)"
+)
 _ORPHANED = text(
     f"SELECT heartbeat_at, {_COLUMNS} FROM task_attempts WHERE status = 'queued' AND heartbeat_at IS NOT NULL "
     "AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout * :share) LIMIT 100"
@@ -106,11 +106,12 @@ async def tick(client: Client, leases: Leases) -> None:
     async with db.session() as s:
         due = await _adopt(s, leases)
         if leases:
-            for row in (await s.execute(_MINE, {"ids": leases.ids()})).all():
-                if row.status not in _KEPT:
-                    leases.drop(row.id)  # finished: nothing more to keep
-                elif row.status == "queued" and row.due and row.id not in {d.id for d in due}:
-                    due.append(row)
+            mine = (await s.execute(_MINE, {"ids": leases.ids()})).all()
+            kept = {row.id for row in mine if row.status in _KEPT}
+            for task_id in set(leases.ids()) - kept:
+                leases.drop(task_id)  # finished (or gone): nothing more to keep
+            adopted = {row.id for row in due}
+            due += [row for row in mine if row.status == "queued" and row.due and row.id not in adopted]
         if not due:
             return
         online = [set(r[0]) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
