@@ -45,6 +45,7 @@ def fuzz_api(stack: Stack) -> Iterator[str]:
     env = {"DATABASE_URL": make_url(db.database_url()).set(database=name).render_as_string(hide_password=False),
            "TEMPORAL_TASK_QUEUE": f"fuzz-{uuid.uuid4().hex[:8]}", "DEVART_API_PORT": str(port),
            "DEVART_API_URL": url, "DEVART_LOG_LEVEL": "WARNING"}
+    db.upgrade(url=env["DATABASE_URL"])  # the API checks the schema, it no longer migrates
     child = stack.supervisor.spawn("api-fuzz", "api", "--host", "127.0.0.1", "--port", str(port), env=env)
     try:
         stack.supervisor.wait_healthy(url, child)
