@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from cli.output import api_call, console, fail
+from cli.output import api_call, console, err_console, fail
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -42,6 +42,9 @@ def events(
     while True:
         try:
             with httpx.stream("GET", url, params=params, headers={"Last-Event-ID": str(last)}, timeout=None) as r:
+                if r.status_code != 200:
+                    _wait_or_fail(r)
+                    continue
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
@@ -51,3 +54,27 @@ def events(
             fail(f"the devart API is not reachable at {settings.api().url} (resume with --after {last})", 2)
         except KeyboardInterrupt:
             raise typer.Exit(0) from None
+
+
+#: Seconds to wait before asking for a stream again when the API is busy and says nothing of when to come back.
+BUSY_WAIT = 5.0
+
+
+def _wait_or_fail(response: Any) -> None:
+    """A refused stream: wait as long as the API asks (429 past the stream caps, 503 while the feed is
+    unavailable) and try again, rather than asking again at once; any other answer is an error line."""
+    import time
+
+    response.read()
+    if response.status_code in (429, 503):
+        retry_after = response.headers.get("Retry-After", "")
+        wait = float(retry_after) if retry_after.isdigit() else BUSY_WAIT
+        err_console.print(f"[yellow]the API refused the stream ({response.status_code}): "
+                          f"trying again in {wait:.0f} s[/]")
+        time.sleep(wait)
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    fail(f"the event stream was refused ({response.status_code}): {detail}", 1)
