@@ -134,8 +134,9 @@ class Source(Strict):
 #: each dispatch, 3 runs the housekeeping steps as local activities, 4 records the run's start while its first
 #: stages prepare, 5 gives every stage a verdict (any error fails it), bounds the wait for an approval and ends a
 #: failed run as a failed workflow, 6 provisions and tears sandboxes down as regular activities with heartbeats,
-#: reports to GitHub from activities of its own and names each activity's stage in its summary.
-ENGINE = 6
+#: reports to GitHub from activities of its own and names each activity's stage in its summary, 7 keeps the
+#: sandbox steps that do not go over the network (a local folder's copy, a local sandbox's removal) local.
+ENGINE = 7
 
 
 #: ``RunInput.trigger`` of the runs a GitHub webhook starts: only they report to GitHub.

@@ -7,8 +7,9 @@ dependents and fails the run with the reason.
 From engine 5 on the verdict is the truth: any error in a stage (a local step's failure, an approval never given,
 an unexpected exception) fails that stage with its reason, a run succeeds only when every stage did, and a failed
 run ends as a *failed workflow* (``RunFailed``) once its record is written, so Temporal and its Web UI agree with
-the API. From engine 6 the sandbox steps are regular activities with heartbeats (``steps``), GitHub hears of the
-run from activities of the workflow's own (``reports``), and every activity's summary names its stage. Older
+the API. From engine 6 the sandbox steps are regular activities with heartbeats (``steps``; from 7 only those
+that go over the network), GitHub hears of the run from activities of the workflow's own (``reports``), and
+every activity's summary names its stage. Older
 engines keep their behaviour, so their histories replay unchanged; a newer one than this worker knows fails the
 run at once (``EngineUnknown``).
 """
@@ -41,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         TeardownInput,
     )
     from core.pipelines import substitute
+    from sandboxes.source_hosts import is_remote
     from workflows import policies
     from workflows.failures import describe_failure, failed_result, raise_escaped, stage_retry_policy
     from workflows.reports import GitHubReports
@@ -196,11 +198,12 @@ class PipelineWorkflow:
         self._stage_report(inp, "stage_started", state)
         handle: SandboxHandle | None = None
         try:
-            handle = await self._steps.networked(
+            handle = await self._steps.sandbox(
                 "provision_sandbox",
                 ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
                 SandboxHandle, policies.PROVISION_TIMEOUT, policies.PROVISION_RETRY, policies.SANDBOX_HEARTBEAT,
                 summary(spec.name, f"provision the sandbox (network: {spec.sandbox.network})"),
+                networked=is_remote(inp.source.repo),
             )
             task = AgentTaskInput(
                 run_id=inp.run_id,
@@ -249,9 +252,10 @@ class PipelineWorkflow:
         finally:
             state.finished_at = workflow.now()
             if handle is not None:
-                await self._steps.networked(
+                await self._steps.sandbox(
                     "teardown_sandbox", TeardownInput(handle=handle), None, policies.TEARDOWN_TIMEOUT,
                     policies.TEARDOWN_RETRY, policies.SANDBOX_HEARTBEAT, summary(spec.name, "tear the sandbox down"),
+                    networked=handle.backend != "local",
                 )
 
     async def _within_budget(self, inp: RunInput, state: StageState) -> bool:

@@ -28,7 +28,7 @@ async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], Work
     return [e.event_type for e in history.events], history
 
 
-@pytest.mark.parametrize("engine", [1, 2, 3, 4, 5, ENGINE])
+@pytest.mark.parametrize("engine", [1, 2, 3, 4, 5, 6, ENGINE])
 async def test_each_engine_runs_and_replays(
     engine: int, stack: Stack, api: httpx.AsyncClient, temporal: Client, tmp_path: Path
 ) -> None:
@@ -51,14 +51,15 @@ async def test_each_engine_runs_and_replays(
     kinds, history = await _history_kinds(temporal, run_id)
     scheduled = kinds.count(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
     # budget check, record, provision, task, teardown, record; as local activities only the task is left (engine 1
-    # started now takes the budget check's patched path, as runs in flight when it was added did not); from engine
-    # 6 provision and teardown are regular activities again, with heartbeats and a summary naming the stage
-    assert scheduled == {1: 6, 2: 6, 3: 1, 4: 1, 5: 1}.get(engine, 3)
-    if engine >= 6:
-        summaries = [e.user_metadata.summary.data for e in history.events
-                     if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-        assert [b"s \xc2\xb7 provision" in d or b"s \xc2\xb7 agent task" in d or b"s \xc2\xb7 tear" in d
-                for d in summaries] == [True] * 3, summaries
+    # started now takes the budget check's patched path, as runs in flight when it was added did not); engine 6
+    # made provision and teardown regular activities again, with heartbeats; 7 keeps them local for a local folder
+    # on the local backend
+    assert scheduled == {1: 6, 2: 6, 6: 3}.get(engine, 1)
+    summaries = [e.user_metadata.summary.data for e in history.events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    if engine >= 6:  # each activity's summary names its stage
+        assert all(d.startswith(b'"s \xc2\xb7 ') for d in summaries), summaries
+    if engine == 6:
         heartbeats = [e.activity_task_scheduled_event_attributes.heartbeat_timeout.seconds for e in history.events
                       if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
         assert heartbeats[0] > 0 and heartbeats[2] > 0  # provision and teardown heartbeat
@@ -80,8 +81,29 @@ async def test_the_api_starts_runs_with_the_current_engine(
     kinds, _ = await _history_kinds(temporal, run_id)
     assert EventType.EVENT_TYPE_MARKER_RECORDED in kinds  # the local activities
     assert EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES not in kinds
-    # the first record and the budget check, then provision, the task and teardown each need a workflow task
-    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 4
+    assert kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 2
+
+
+async def test_a_remote_source_is_provisioned_by_a_regular_activity_that_heartbeats(
+    stack: Stack, api: httpx.AsyncClient, temporal: Client
+) -> None:
+    # Given a run of the current engine on a remote repository (a name that never resolves, RFC 2606)
+    name = unique("remote")
+    await publish(api, {"name": name, "stages": [noop_stage("s", unique("nobody"))]})
+    definition = PipelineDefinition.model_validate((await api.get(f"/v1/pipelines/{name}")).json())
+    run_id = f"{name}-remote"
+    source = Source(repo=f"https://{unique('nowhere')}.invalid/x.git")
+    # When it runs (and its provision fails: the host is unknown)
+    with pytest.raises(WorkflowFailureError):
+        await temporal.execute_workflow(PipelineWorkflow.run, RunInput(run_id=run_id, pipeline=definition,
+                                        source=source, engine=ENGINE), id=run_id,
+                                        task_queue=stack.env["TEMPORAL_TASK_QUEUE"])
+    # Then the clone was a regular activity with a heartbeat timeout, named after its stage
+    _, history = await _history_kinds(temporal, run_id)
+    scheduled = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == ["provision_sandbox"]
+    assert scheduled[0].activity_task_scheduled_event_attributes.heartbeat_timeout.seconds > 0
+    assert b"s \xc2\xb7 provision the sandbox" in scheduled[0].user_metadata.summary.data
 
 
 @pytest.mark.parametrize("newer_field", [False, True])
