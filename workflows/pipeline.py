@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from core.pipelines import substitute
     from sandboxes.source_hosts import is_remote
     from workflows import policies
+    from workflows.dag import ready, skip_blocked
     from workflows.failures import describe_failure, failed_result, raise_escaped, stage_retry_policy
     from workflows.reports import GitHubReports
     from workflows.steps import Steps, summary
@@ -90,8 +91,8 @@ class PipelineWorkflow:
             else:
                 await self._record(inp, RunStatus.RUNNING)
             while True:
-                self._skip_blocked()
-                for name in self._ready(tasks):
+                skip_blocked(self._states)
+                for name in ready(self._states, tasks):
                     tasks[name] = asyncio.create_task(self._run_stage(inp, specs[name]))
                 running = [t for t in tasks.values() if not t.done()]
                 if not running:
@@ -143,30 +144,6 @@ class PipelineWorkflow:
         if status == RunStatus.FAILED:
             raise ApplicationError(error or "run failed", result, type="RunFailed", non_retryable=True)
         return result
-
-    def _ready(self, started: dict[str, asyncio.Task[None]]) -> list[str]:
-        return [
-            name
-            for name, st in self._states.items()
-            if st.status == StageStatus.PENDING
-            and name not in started
-            and all(self._states[d].status == StageStatus.SUCCEEDED for d in st.depends_on)
-        ]
-
-    def _skip_blocked(self) -> None:
-        """Mark pending stages whose dependency failed or was skipped; repeat until nothing changes."""
-        changed = True
-        while changed:
-            changed = False
-            for st in self._states.values():
-                if st.status != StageStatus.PENDING:
-                    continue
-                done_badly = (StageStatus.FAILED, StageStatus.SKIPPED)
-                blocked = [d for d in st.depends_on if self._states[d].status in done_badly]
-                if blocked:
-                    st.status = StageStatus.SKIPPED
-                    st.error = f"skipped because '{blocked[0]}' did not succeed"
-                    changed = True
 
     async def _run_stage(self, inp: RunInput, spec: StageSpec) -> None:
         """Run one stage; from engine 5 on, whatever goes wrong in it becomes the stage's failure and reason."""
