@@ -53,7 +53,8 @@ QUICK = {"runs": 20, "kills": 6, "window": 45.0, "agents": 3, "concurrency": 3, 
 SUPERVISED = {"runs": 40, "kills": 12, "window": 150.0, "agents": 3, "concurrency": 1, "cancels": 2,
               "outage": (0.0, 0.0)}
 #: Settings the API and agents get: heartbeats often enough for the stages' short heartbeat timeout.
-AGENT_ENV = {"DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5", "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0"}
+AGENT_ENV = {"DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5", "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0",
+             "DEVART_AGENT_MODULES": "tests.plugins.noop"}
 
 
 @dataclass

@@ -98,7 +98,9 @@ def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
         raise ServiceUnavailable(f"RabbitMQ is not reachable at {amqp_url} (start it: rabbitmq-server -detached)")
     state = Path(tempfile.mkdtemp(prefix="devart-bench-"))
     env = {**services.isolated_env(state, "devart-bench", amqp_url),
-           "DEVART_LOG_LEVEL": os.environ.get("DEVART_LOG_LEVEL", "WARNING")}
+           "DEVART_LOG_LEVEL": os.environ.get("DEVART_LOG_LEVEL", "WARNING"),
+           # Fault injection is not built in: the benchmark's agents load the noop plugin of the tests.
+           "DEVART_AGENT_MODULES": "tests.plugins.noop"}
     tag = env["AMQP_PREFIX"].rsplit("-", 1)[1]
     api_port = int(env["DEVART_API_PORT"])
     temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])

@@ -60,7 +60,9 @@ def agent(
     ),
     concurrency: int = typer.Option(1, min=1, help="Tasks run at once."),
     module: list[str] = typer.Option(
-        [], "--module", help="Python module with an AgentApp of custom skills (found from the current directory too)."
+        [], "--module", envvar="DEVART_AGENT_MODULES",
+        help="Python module with an AgentApp of custom skills (found from the current directory too); "
+        "DEVART_AGENT_MODULES lists them separated by spaces.",
     ),
 ) -> None:
     """Run an agent that consumes every lane its capabilities can serve."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Skills an agent knows how to run; a pipeline naming another skill is refused before it starts.
-BUILTIN_SKILLS: frozenset[str] = frozenset({"build", "test", "lint", "review", "shell", "noop"})
+BUILTIN_SKILLS: frozenset[str] = frozenset({"build", "test", "lint", "review", "shell"})
 
 
 class Strict(BaseModel):

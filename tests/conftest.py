@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +26,21 @@ from core.services import free_port
 from core.supervisor import Child, Supervisor, stop_child
 from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require
+from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require, sql
+
+#: The agent plugins of the test suite (``tests/plugins``), loaded by every agent it starts.
+PLUGINS = "tests.plugins.noop"
+
+
+def announce_plugins(sup: Supervisor) -> None:
+    """One agent of a lane no stage requires announces the plugins' skills for the whole session, so a pipeline
+    naming ``noop`` validates before the test that publishes it has started agents of its own."""
+    name = f"plugins-{uuid.uuid4().hex[:4]}"
+    child = sup.agent(name, ["plugins"], register_agent(name, ["plugins"]))
+    deadline = time.monotonic() + 60
+    while not sql("SELECT 1 FROM agents WHERE name = :name AND CAST(skills AS jsonb) @> '[\"noop\"]'", name=name):
+        assert child.proc.poll() is None and time.monotonic() < deadline, f"{name} did not announce its skills"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +65,8 @@ def stack() -> Iterator[Stack]:
         "DEVART_GITHUB_TOKEN": f"ghs_test{uuid.uuid4().hex}",
         "DEVART_GITHUB_WEBHOOK_SECRET": f"whsec-{uuid.uuid4().hex}",
         "DEVART_LOG_LEVEL": "INFO",
+        # Fault injection is not built in: every agent the suite starts loads the noop plugin.
+        "DEVART_AGENT_MODULES": PLUGINS,
         # The agents' package proxy keeps its files between sessions: repeated sessions download nothing again.
         "DEVART_PACKAGE_INDEX_CACHE": str(download_cache("packages")),
     }
@@ -67,6 +84,7 @@ def stack() -> Iterator[Stack]:
         api_child = sup.api("127.0.0.1", int(env["DEVART_API_PORT"]))
         sup.wait_healthy(s.api_url, api_child)
         s.worker = sup.worker()
+        announce_plugins(sup)
         yield s
     finally:
         sup.stop_all(grace=5)

@@ -19,7 +19,7 @@ def devart(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 def test_validate_reports_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nstages:\n  - {name: a, skill: noop, depends_on: [b]}\n  - {name: c, skill: tset}\n")
+    bad.write_text("name: bad\nstages:\n  - {name: a, skill: shell, depends_on: [b]}\n  - {name: c, skill: tset}\n")
     done = devart("pipelines", "validate", str(bad))
     assert done.returncode == 1
     assert "depends on unknown stage 'b'" in done.stderr and "did you mean 'test'" in done.stderr

@@ -72,18 +72,18 @@ def test_a_file_past_the_size_limit_is_refused_before_parsing(tmp_path: Path) ->
 
 
 def test_a_pipeline_past_the_limits_is_invalid(tmp_path: Path) -> None:
-    stage = "  - {name: s, skill: noop, inputs: {script: 'x'}}\n"
+    stage = "  - {name: s, skill: shell, inputs: {script: 'x'}}\n"
     path = _file(tmp_path, "name: many\nstages:\n" + stage * (bounds.MAX_STAGES + 1))
     done = devart("pipelines", "validate", str(path))
     assert done.returncode == 1 and f"at most {bounds.MAX_STAGES}" in done.stderr, done.stderr
-    path = _file(tmp_path, "name: nul\nstages:\n  - {name: s, skill: noop, inputs: {script: \"a\\0b\"}}\n")
+    path = _file(tmp_path, "name: nul\nstages:\n  - {name: s, skill: shell, inputs: {script: \"a\\0b\"}}\n")
     done = devart("pipelines", "validate", str(path))
     assert done.returncode == 1 and "stages[0].inputs.script contains a NUL byte" in done.stderr, done.stderr
 
 
 def test_anchors_within_the_limits_still_load(tmp_path: Path) -> None:
     retry = "retry: &retry {initial_interval: 1, maximum_interval: 5, maximum_attempts: 2}"
-    text = f"name: shared\nstages:\n  - {{name: s0, skill: noop, {retry}}}\n" + "".join(
-        f"  - {{name: s{i}, skill: noop, retry: *retry}}\n" for i in range(1, 20))
+    text = f"name: shared\nstages:\n  - {{name: s0, skill: shell, {retry}}}\n" + "".join(
+        f"  - {{name: s{i}, skill: shell, retry: *retry}}\n" for i in range(1, 20))
     done = devart("pipelines", "validate", str(_file(tmp_path, text)))
     assert done.returncode == 0, done.stderr

@@ -21,10 +21,14 @@ import pytest
 
 from core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
 from core.errors import SkillError
+from devart_sdk import load
 from sandboxes.base import Sandbox
 from tests.helpers import download_cache
 from workers.skills.base import SkillContext
 from workers.skills.registry import SKILLS, get_skill
+
+#: The test suite's plugin skills (``noop``), run as the agent runs them: through the SDK's wrapper.
+PLUGIN_SKILLS = load("tests.plugins.noop").runners()
 
 SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample-app"
 XFAIL_TEST = "tests/test_slug.py::test_slugify_transliterates_accented_letters"
@@ -80,7 +84,8 @@ def task(handle: SandboxHandle, skill: str, inputs: dict[str, Any] | None = None
 async def run_skill(sandbox: Sandbox, handle: SandboxHandle, skill: str, inputs: dict[str, Any] | None = None,
                     attempt: int = 1) -> StageResult:
     ctx = SkillContext(task(handle, skill, inputs, attempt), sandbox, python=sys.executable)
-    return await get_skill(skill)(ctx)
+    runner = PLUGIN_SKILLS.get(skill) or get_skill(skill)
+    return await runner(ctx)
 
 
 def git(repo: Path, *args: str) -> None:
@@ -115,6 +120,7 @@ def git_sample(tmp_path: Path) -> Path:
 
 async def test_registry_matches_the_builtin_skills() -> None:
     assert set(SKILLS) == BUILTIN_SKILLS
+    assert "noop" not in SKILLS  # fault injection is a plugin of the tests and benchmarks, not a product skill
     with pytest.raises(SkillError) as caught:
         get_skill("deploy")
     assert caught.value.error_type == "SkillNotFound" and caught.value.non_retryable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.contracts import BUILTIN_SKILLS
 from core.errors import SkillError
-from workers.skills import build, lint, noop, review, shell, test
+from workers.skills import build, lint, review, shell, test
 from workers.skills.base import Skill
 
 SKILLS: dict[str, Skill] = {
@@ -13,7 +13,6 @@ SKILLS: dict[str, Skill] = {
     "lint": lint.run,
     "review": review.run,
     "shell": shell.run,
-    "noop": noop.run,
 }
 assert set(SKILLS) == BUILTIN_SKILLS, "core.contracts.BUILTIN_SKILLS and the registry disagree"
 
