@@ -26,11 +26,11 @@ from sqlmodel import col, select
 from core import db
 from core import github_format as fmt
 from core import settings as core_settings
-from core.contracts import GitHubReport, RunRecord, RunStatus, StageResult, StageState, StageStatus
+from core.contracts import GitHubReport, RunRecord, RunStatus, StageState, StageStatus
 from core.events import add_event
 from core.github import TRIGGER, check_name, client, external_id, settings, split_repo
 from core.github_review import post_review
-from core.models import GitHubCheck, GitHubRun, TaskAttempt, utcnow
+from core.models import GitHubCheck, GitHubRun, utcnow
 from core.temporal import ui_link
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ async def report(rep: GitHubReport) -> None:
 def what(rep: GitHubReport) -> str:
     """The report as the feed names it: ``run start``, ``stage end``…"""
     return _REPORTS[rep.event][0]
-
-
-def stage_claimed(row: TaskAttempt) -> None:
-    """Nothing any more: the workflow reports a stage's progress (engine 6). Kept while the task service calls it."""
-
-
-def stage_finished(row: TaskAttempt, result: StageResult | None, error_type: str | None = None,
-                   error: str | None = None, non_retryable: bool = False) -> None:
-    """Nothing any more: the workflow reports a stage's end (engine 6). Kept while the task service calls it."""
 
 
 #: Runs known not to come from GitHub (most recent last), so their stage reports skip the lookup entirely.

@@ -29,7 +29,7 @@ from api.services import applied
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
 from api.services.claims import TaskNotFound as TaskNotFound
 from api.services.claims import TaskRefused, check_claim, gone, locked
-from core import agents, github_reporter, metrics, reports, settings
+from core import agents, metrics, reports, settings
 from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
@@ -77,7 +77,6 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         attempt=row.attempt,
     )
     await session.commit()
-    github_reporter.stage_claimed(row)  # GitHub hook: check run in progress (background, never raises)
     return TaskDetail(
         **AgentTaskInput.model_validate(row.input).model_dump(),
         task_id=row.id,
@@ -124,7 +123,6 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
             raise await gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "succeeded", result, None, event_id)
     await session.commit()
-    github_reporter.stage_finished(row, result)  # GitHub hook: check run completed (background, never raises)
 
 
 async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
@@ -142,7 +140,6 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
             raise await gone(session, row, agent, exc) from None
     await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}", event_id)
     await session.commit()
-    github_reporter.stage_finished(row, result, req.error_type, req.message, req.non_retryable)  # GitHub hook
 
 
 async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResult, message: str = "", *,

@@ -240,12 +240,19 @@ async def test_cancel(api: httpx.AsyncClient, temporal: Client, stack: Stack, tm
 
 
 async def _provision_attempts(temporal: Client, run_id: str) -> int:
-    """Attempts of the run's first provision, from its local-activity marker."""
+    """Attempts of the run's first provision: a regular activity's started event holds its last attempt (a remote
+    source is fetched over the network), a local activity's marker its own."""
     history = await temporal.get_workflow_handle(run_id).fetch_history()
+    scheduled: set[int] = set()
     for event in history.events:
-        if event.event_type != EventType.EVENT_TYPE_MARKER_RECORDED:
-            continue
-        data = json.loads(event.marker_recorded_event_attributes.details["data"].payloads[0].data)
-        if data.get("activity_type") == "provision_sandbox":
-            return int(data["attempt"])
-    raise AssertionError(f"no provision marker in {run_id}'s history")
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            if event.activity_task_scheduled_event_attributes.activity_type.name == "provision_sandbox":
+                scheduled.add(event.event_id)
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            if event.activity_task_started_event_attributes.scheduled_event_id in scheduled:
+                return int(event.activity_task_started_event_attributes.attempt)
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            data = json.loads(event.marker_recorded_event_attributes.details["data"].payloads[0].data)
+            if data.get("activity_type") == "provision_sandbox":
+                return int(data["attempt"])
+    raise AssertionError(f"no provision in {run_id}'s history")
