@@ -17,8 +17,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
-from api.services.tasks import TaskNotFound, TaskRefused
-from core.agents import AgentExists, AgentNotFound
 from core.bounds import MAX_DEPTH
 from core.errors import (
     Conflict,
@@ -33,7 +31,6 @@ from core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from core.github import MappingNotFound, WebhookDisabled, WebhookInvalid, WebhookSignatureInvalid
 
 log = logging.getLogger(__name__)
 
@@ -131,30 +128,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DevartError)
     async def _domain(_: Request, exc: DevartError) -> JSONResponse:
         return error_response(exc)
-
-    @app.exception_handler(TaskNotFound)
-    @app.exception_handler(AgentNotFound)
-    @app.exception_handler(MappingNotFound)
-    async def _missing(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
-    @app.exception_handler(AgentExists)
-    async def _conflict(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(TaskRefused)
-    async def _refused(_: Request, exc: TaskRefused) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
-
-    # GitHub webhook (issue 6): a delivery that is not signed with our secret starts nothing
-    @app.exception_handler(WebhookSignatureInvalid)
-    async def _unsigned(_: Request, exc: WebhookSignatureInvalid) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=401)
-
-    @app.exception_handler(WebhookInvalid)
-    async def _malformed(_: Request, exc: WebhookInvalid) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    @app.exception_handler(WebhookDisabled)
-    async def _webhook_off(_: Request, exc: WebhookDisabled) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)

@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.bounds import MAX_AGENT_CAPABILITIES, skills_problem
-from core.errors import DevartError
+from core.errors import Conflict, Invalid, NotFound
 from core.events import add_event
 from core.models import Agent, AgentSkillStat, utcnow
 from core.security import generate_key
@@ -26,15 +26,15 @@ OFFLINE_AFTER = timedelta(seconds=30)
 SEEN_EVERY = timedelta(seconds=1)
 
 
-class AgentNotFound(DevartError):
+class AgentNotFound(NotFound):
     """No agent of that name is registered."""
 
 
-class AgentExists(DevartError):
+class AgentExists(Conflict):
     """An agent of that name is already registered."""
 
 
-class AnnouncementInvalid(DevartError):
+class AnnouncementInvalid(Invalid):
     """An agent's skills or capabilities are past a limit or badly named."""
 
 

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.contracts import GITHUB_TRIGGER
-from core.errors import DevartError
+from core.errors import DevartError, Malformed, NotFound, Unauthenticated, Unavailable
 
 #: The ``trigger`` of runs started by a webhook; only those are reported back to GitHub.
 TRIGGER = GITHUB_TRIGGER
@@ -37,19 +37,19 @@ class GitHubNotConfigured(GitHubError):
     """No credentials to call GitHub with (or none that fit this call)."""
 
 
-class WebhookDisabled(GitHubError):
+class WebhookDisabled(GitHubError, Unavailable):
     """The webhook secret is not set, so no delivery can be trusted."""
 
 
-class WebhookSignatureInvalid(GitHubError):
+class WebhookSignatureInvalid(GitHubError, Unauthenticated):
     """``X-Hub-Signature-256`` is missing or does not match the body."""
 
 
-class WebhookInvalid(GitHubError):
+class WebhookInvalid(GitHubError, Malformed):
     """A signed delivery that is not a well-formed GitHub event (missing headers, unparseable payload)."""
 
 
-class MappingNotFound(GitHubError):
+class MappingNotFound(GitHubError, NotFound):
     """No pipeline is mapped to that repository."""
 
 

@@ -13,20 +13,20 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import db
-from core.errors import DevartError
+from core.errors import Conflict, Forbidden, NotFound
 from core.events import add_event
 from core.models import Agent, Run, TaskAttempt, utcnow
 
 
-class TaskRefused(DevartError):
-    """The caller may not act on this task (not its claim, not the current attempt, already finished)."""
-
-    def __init__(self, message: str, status_code: int = 409) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+class TaskRefused(Conflict):
+    """The task's state does not allow the call (not the current attempt, already finished or taken)."""
 
 
-class TaskNotFound(DevartError):
+class TaskForbidden(Forbidden):
+    """The caller may not act on this task at all (another agent's claim, a lane it cannot serve)."""
+
+
+class TaskNotFound(NotFound):
     """No task with that id."""
 
 
@@ -37,7 +37,8 @@ async def locked(session: AsyncSession, task_id: str) -> TaskAttempt:
     return row
 
 
-async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, status_code: int = 409) -> TaskRefused:
+async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str,
+                 *, forbidden: bool = False) -> TaskRefused | TaskForbidden:
     """Record a refused report in its own transaction and build the error.
 
     The caller's transaction is rolled back first: it holds the row lock the record needs.
@@ -51,7 +52,7 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, st
             add_event(
                 s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
             )
-    return TaskRefused(why, status_code)
+    return TaskForbidden(why) if forbidden else TaskRefused(why)
 
 
 async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
@@ -62,17 +63,17 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
         why = (f"task {task_id} is held by {f'agent {row.claimed_by}' if row.claimed_by else 'no agent'}, not by "
                f"agent {agent.name}: an agent reports only on tasks it claimed")
         await session.rollback()  # releases the row's lock; expires the loaded objects, so read above
-        raise TaskRefused(why, 403)
+        raise TaskForbidden(why)
     if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
-        raise await refuse(session, task_id, agent, why, 403)
+        raise await refuse(session, task_id, agent, why, forbidden=True)
     if row.status != "claimed":
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
         raise await refuse(session, task_id, agent, why)
     return row
 
 
-async def gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused:
+async def gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused | TaskForbidden:
     """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
     if exc.status != RPCStatusCode.NOT_FOUND:
         raise exc

@@ -60,7 +60,7 @@ def _ignored(message: str) -> WebhookReply:
 
 async def receive(session: AsyncSession, client: Client, *, event: str | None, delivery: str | None,
                   signature: str | None, body: bytes) -> WebhookReply:
-    """Handle one delivery; raises ``WebhookSignatureInvalid`` (401) before reading anything unsigned."""
+    """Handle one delivery; raises ``WebhookSignatureInvalid`` before reading anything unsigned."""
     try:
         secret = settings().webhook_secret
     except ValidationError as exc:

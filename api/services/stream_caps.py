@@ -12,17 +12,17 @@ from collections import Counter
 from prometheus_client import Gauge
 
 from core import settings
-from core.errors import DevartError
+from core.errors import TooMany
 
 STREAMS = Gauge("devart_feed_streams", "Live event streams open in this API process")
 
 
-class StreamRefused(DevartError):
+class StreamRefused(TooMany):
     """A new stream would pass a cap; the client should retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after: int = retry_after
 
 
 class Slot:

@@ -25,30 +25,28 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.schemas import CompleteRequest, FailRequest, HeartbeatReply
 from api.services import applied
+from api.services.claims import TaskForbidden, TaskRefused, check_claim, gone, locked
 
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
 from api.services.claims import TaskNotFound as TaskNotFound
-from api.services.claims import TaskRefused, check_claim, gone, locked
 from core import agents, metrics, reports, settings
 from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
+from core.errors import TooLarge
 from core.events import add_event, reserve_id
 from core.models import Agent, TaskAttempt, utcnow
 from core.topology import can_serve
 
 
-class ReportTooLarge(TaskRefused):
+class ReportTooLarge(TooLarge):
     """A report past a size limit; nothing was stored and the task is still claimed."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 413)
 
 
 async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agent) -> TaskDetail:
     row = await locked(session, task_id)
     if not can_serve(agent.capabilities, row.lane):
-        raise TaskRefused(f"agent {agent.name} lacks capabilities for lane {row.lane}", 403)
+        raise TaskForbidden(f"agent {agent.name} lacks capabilities for lane {row.lane}")
     if row.status != "queued":
         holder = f" by {row.claimed_by}" if row.claimed_by else ""
         raise TaskRefused(f"task {task_id} is already {row.status}{holder}")
