@@ -17,8 +17,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from core.bounds import MAX_AGENT_CAPABILITIES, skills_problem
 from core.errors import Conflict, Invalid, NotFound
 from core.events import add_event
-from core.models import Agent, AgentSkillStat, utcnow
+from core.models import Agent, AgentSkillStat, Lane, utcnow
 from core.security import generate_key
+from core.topology import band_key, can_serve
 
 #: An agent that has not called the API for this long is shown offline, whatever it last said.
 OFFLINE_AFTER = timedelta(seconds=30)
@@ -154,3 +155,38 @@ async def record_outcome(session: AsyncSession, agent: str, skill: str, succeede
               "total_seconds": AgentSkillStat.total_seconds + seconds, "cost": AgentSkillStat.cost + cost},
     )
     await session.exec(stmt)  # type: ignore[call-overload]
+
+
+async def keepalive(session: AsyncSession, agent: Agent, status: str, skills: list[str],
+                    previous_seen: datetime | None) -> bool:
+    """An agent's liveness call: store its status and announced skills, write its coming online or going offline
+    to the feed; returns whether it must hand its tasks back. ``AnnouncementInvalid`` (nothing stored) when the
+    skills are past a limit.
+
+    ``set_active(handback=True)`` marks the agent draining; that mark is kept until the agent goes offline.
+    """
+    announced = check_skills(skills)
+    handback = not agent.active and agent.status == "draining"
+    was_online = effective_status(agent, previous_seen) != "offline"
+    if not handback or status == "offline":
+        agent.status = status
+    if status == "offline" and was_online:
+        add_event(session, "agent.offline", f"agent {agent.name} went offline", agent=agent.name)
+    elif status != "offline" and not was_online:
+        add_event(session, "agent.online", f"agent {agent.name} is online ({status})", agent=agent.name,
+                  capabilities=agent.capabilities)
+    agent.skills = announced
+    agent.last_seen_at = utcnow()  # the liveness signal itself: always written, not throttled
+    session.add(agent)
+    await session.commit()
+    return handback
+
+
+async def lanes(session: AsyncSession, agent: Agent) -> list[str]:
+    """The band keys of every known lane the agent can serve (its requirements are a subset of its capabilities).
+
+    A lane's default band is its plain name, as before priorities; other bands are ``lane,pN`` (core.topology),
+    which an older agent's capability check never matches, so it keeps consuming just the default bands.
+    """
+    rows = (await session.exec(select(Lane))).all()
+    return sorted(band_key(r.name, p) for r in rows if can_serve(agent.capabilities, r.name) for p in r.priorities)

@@ -10,6 +10,8 @@ import json
 from functools import lru_cache
 
 from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import settings
 from core.contracts import Usage
@@ -42,3 +44,17 @@ def prices() -> PriceTable:
 
 def to_money(micros: int) -> float:
     return micros / MICROS
+
+
+#: What cost totals may be grouped by, and the column each groups on.
+GROUPS = {"pipeline": "r.pipeline", "repository": "r.repository", "run": "r.id", "stage": "a.stage"}
+
+
+async def totals(session: AsyncSession, group: str, run_id: str | None = None) -> list[dict[str, object]]:
+    """Cost totals grouped by pipeline, repository, run or stage (of one run with ``run_id``), in exact micros."""
+    where = "WHERE r.id = :run_id" if run_id else ""
+    rows = (await session.execute(text(
+        f"SELECT {GROUPS[group]} AS key, sum(a.cost_micros) AS micros, count(DISTINCT r.id) AS runs "
+        f"FROM task_attempts a JOIN runs r ON r.id = a.run_id {where} GROUP BY 1 ORDER BY 1"),
+        {"run_id": run_id} if run_id else {})).all()
+    return [{"key": key, "cost": to_money(int(micros)), "micros": int(micros), "runs": n} for key, micros, n in rows]

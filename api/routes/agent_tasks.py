@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from sqlmodel import select
+from fastapi import APIRouter
 
 from api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
 from api.schemas import (
@@ -17,11 +16,8 @@ from api.schemas import (
     ReleaseRequest,
 )
 from api.services import tasks
-from core.agents import AnnouncementInvalid, check_skills, effective_status
+from core import agents
 from core.contracts import TaskDetail
-from core.events import add_event
-from core.models import Lane, utcnow
-from core.topology import band_key, can_serve
 
 router = APIRouter(prefix="/v1/agent", tags=["agents"])
 
@@ -39,36 +35,14 @@ async def keepalive(
 
     422 naming the limit when the announced skills are too many or badly named (``core.bounds``); nothing is stored.
     """
-    try:
-        skills = check_skills(req.skills)
-    except AnnouncementInvalid as exc:
-        raise HTTPException(422, str(exc)) from None
-    # deactivate(handback=True) marks the agent draining; keep that mark until the agent goes offline.
-    handback = not agent.active and agent.status == "draining"
-    was_online = effective_status(agent, previous_seen) != "offline"
-    if not handback or req.status == "offline":
-        agent.status = req.status
-    if req.status == "offline" and was_online:
-        add_event(session, "agent.offline", f"agent {agent.name} went offline", agent=agent.name)
-    elif req.status != "offline" and not was_online:
-        add_event(session, "agent.online", f"agent {agent.name} is online ({req.status})", agent=agent.name,
-                  capabilities=agent.capabilities)
-    agent.skills = skills
-    agent.last_seen_at = utcnow()  # the liveness signal itself: always written, not throttled
-    session.add(agent)
-    await session.commit()
+    handback = await agents.keepalive(session, agent, req.status, req.skills, previous_seen)
     return KeepaliveReply(active=agent.active, handback=handback)
 
 
 @router.get("/lanes", response_model=list[str])
 async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
-    """The band keys of every known lane this agent can serve (its requirements are a subset of its capabilities).
-
-    A lane's default band is its plain name, as before priorities; other bands are ``lane,pN`` (core.topology),
-    which an older agent's capability check never matches, so it keeps consuming just the default bands.
-    """
-    rows = (await session.exec(select(Lane))).all()
-    return sorted(band_key(r.name, p) for r in rows if can_serve(agent.capabilities, r.name) for p in r.priorities)
+    """The band keys of every known lane this agent can serve."""
+    return await agents.lanes(session, agent)
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskDetail)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
-from sqlalchemy import text
 
 from api.deps import AdminDep, SessionDep
 from api.schemas import BudgetPut, BudgetView
 from core import budgets
 from core.bounds import MAX_KEY_CHARS, MAX_NAME_CHARS
 from core.costs import to_money
+from core.costs import totals as costs_of
 
 router = APIRouter(prefix="/v1", tags=["budgets and costs (admin)"], dependencies=[AdminDep])
 
@@ -50,10 +50,4 @@ async def delete_budget(scope: Literal["pipeline", "repository"], name: BudgetNa
 async def costs(session: SessionDep, group: Literal["pipeline", "repository", "run", "stage"] = "pipeline",
                 run_id: str | None = Query(default=None, max_length=MAX_NAME_CHARS)) -> list[dict[str, object]]:
     """Cost totals grouped by pipeline, repository, run or stage (of one run with run_id)."""
-    keys = {"pipeline": "r.pipeline", "repository": "r.repository", "run": "r.id", "stage": "a.stage"}
-    where = "WHERE r.id = :run_id" if run_id else ""
-    rows = (await session.execute(text(
-        f"SELECT {keys[group]} AS key, sum(a.cost_micros) AS micros, count(DISTINCT r.id) AS runs "
-        f"FROM task_attempts a JOIN runs r ON r.id = a.run_id {where} GROUP BY 1 ORDER BY 1"),
-        {"run_id": run_id} if run_id else {})).all()
-    return [{"key": key, "cost": to_money(int(micros)), "micros": int(micros), "runs": n} for key, micros, n in rows]
+    return await costs_of(session, group, run_id)

@@ -5,16 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import ValidationError
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import AdminDep, SessionDep, TemporalDep
 from api.schemas import RunCreated, RunRequest, RunView
 from api.services import runs
 from core.bounds import MAX_NAME_CHARS
-from core.contracts import StageResult, StageStatus
-from core.models import TaskAttempt
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -54,29 +49,7 @@ async def list_runs(
 @router.get("/{run_id}", response_model=RunView)
 async def get_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> RunView:
     """The run with every stage's state, result, reason, failing tests and log tail."""
-    return await _with_agent_reports(session, await runs.view(session, client, run_id))
-
-
-async def _with_agent_reports(session: AsyncSession, view: RunView) -> RunView:
-    """Give a failed stage that carries no result the report its last attempt's agent sent, if it sent one.
-
-    The workflow takes a failed stage's result from the failure's details; when those were lost or unreadable the
-    agent's report (failing tests, log tail) is still on the attempt's row, and it is what says why the stage failed.
-    """
-    bare = {s.name for s in view.stages if s.status == StageStatus.FAILED and s.result is None}
-    if not bare:
-        return view
-    rows = (await session.exec(select(TaskAttempt).where(TaskAttempt.run_id == view.run_id)
-                                .where(col(TaskAttempt.stage).in_(bare)).order_by(col(TaskAttempt.attempt)))).all()
-    last = {row.stage: row for row in rows}  # the latest attempt of each stage
-    for stage in view.stages:
-        row = last.get(stage.name)
-        if stage.name in bare and row is not None and row.status == "failed" and row.result:
-            try:
-                stage.result = StageResult.model_validate(row.result)
-            except ValidationError:
-                continue  # a report from an older agent: the stage keeps its error alone
-    return view
+    return await runs.view(session, client, run_id)
 
 
 @router.post("/{run_id}/cancel", status_code=202)

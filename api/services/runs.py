@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -17,7 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.schemas import AttemptView, RunCreated, RunRequest, RunView, StageView
 from api.services import catalog
 from core import bounds, metrics, pipelines, settings
-from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source, StageState
+from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source, StageResult, StageState, StageStatus
 from core.costs import to_money
 from core.errors import Conflict, DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from core.events import add_event
@@ -174,6 +175,21 @@ async def list_runs(session: AsyncSession, *, pipeline: str | None, status: str 
     return list((await session.exec(query.order_by(col(Run.created_at).desc()).limit(limit))).all())
 
 
+def _agent_report(attempts: list[TaskAttempt]) -> StageResult | None:
+    """The report the agent of a failed stage's last attempt sent, for a stage that carries no result.
+
+    The workflow takes a failed stage's result from the failure's details; when those were lost or unreadable, the
+    agent's report (failing tests, log tail) is still on the attempt's row, and it is what says why the stage failed.
+    """
+    last = attempts[-1] if attempts else None
+    if last is None or last.status != "failed" or not last.result:
+        return None
+    try:
+        return StageResult.model_validate(last.result)
+    except ValidationError:
+        return None  # a report from an older agent: the stage keeps its error alone
+
+
 async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
     """The run as PostgreSQL records it, with live stage states from the workflow while it runs."""
     run = await session.get(Run, run_id)
@@ -203,6 +219,8 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
     ).all()
     views = []
     for stage in stages:
+        if stage.status == StageStatus.FAILED and stage.result is None:
+            stage = stage.model_copy(update={"result": _agent_report([a for a in attempts if a.stage == stage.name])})
         log = [
             AttemptView(
                 attempt=a.attempt,
