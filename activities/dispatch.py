@@ -23,6 +23,7 @@ from sqlmodel import select
 from temporalio import activity
 
 from core import db, metrics, telemetry
+from core.attempts import AttemptState, movable_from
 from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from core.events import add_event
 from core.models import Lane, TaskAttempt, utcnow
@@ -31,7 +32,7 @@ from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
 _PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 
 #: States in which an attempt may still be reported on; anything else is final.
-OPEN_STATES = ("queued", "claimed")
+OPEN_STATES = tuple(movable_from(AttemptState.SUPERSEDED))
 
 
 class Dispatcher:
@@ -103,7 +104,7 @@ class Dispatcher:
             "lane": lane,
             "skill": inp.skill,
             "task_token": info.task_token,
-            "status": "queued",
+            "status": AttemptState.QUEUED.value,
             "claimed_by": None,
             "claim_id": None,
             "result": None,
@@ -119,7 +120,7 @@ class Dispatcher:
                 update(TaskAttempt)
                 .where(TaskAttempt.run_id == inp.run_id, TaskAttempt.stage == inp.stage)  # type: ignore[arg-type]
                 .where(TaskAttempt.attempt < info.attempt, TaskAttempt.status.in_(OPEN_STATES))  # type: ignore[arg-type,attr-defined]
-                .values(status="superseded", finished_at=utcnow())
+                .values(status=AttemptState.SUPERSEDED.value, finished_at=utcnow())
             )
             stmt = insert(TaskAttempt).values(**row)
             stmt = stmt.on_conflict_do_update(index_elements=["run_id", "stage", "attempt"], set_=row)

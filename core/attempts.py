@@ -1,9 +1,10 @@
 """The life of a task attempt, as a state machine: the one place that says which status may follow which.
 
 An attempt is *queued* when dispatch publishes it, *claimed* when an agent holds it, and ends *succeeded*,
-*failed*, *cancelled* (its run was cancelled) or *superseded* (Temporal gave up on it: timed out, retried or
-finished without it). A claimed attempt may go back to *queued* when its agent hands it back (drain, deactivation
-with hand-back), which keeps it within the same Temporal activity attempt. Ended attempts never move again: a late
+*failed* (reported so, or no agent able to take it came in time), *cancelled* (its run was cancelled) or
+*superseded* (Temporal gave up on it: timed out, retried or finished without it). A claimed attempt may go back
+to *queued* when its agent hands it back (drain, deactivation with hand-back), which keeps it within the same
+Temporal activity attempt. Ended attempts never move again: a late
 report on one is refused, never applied.
 
 Every write of an attempt's status goes through ``move`` (one row) or ``movable_from`` (the WHERE clause of a bulk
@@ -30,7 +31,9 @@ class AttemptState(StrEnum):
 
 #: Which states may follow each state; the ended states have none.
 TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
-    AttemptState.QUEUED: frozenset({AttemptState.CLAIMED, AttemptState.CANCELLED, AttemptState.SUPERSEDED}),
+    # failed while queued: no agent able to take it came within its wait timeout
+    AttemptState.QUEUED: frozenset({AttemptState.CLAIMED, AttemptState.FAILED, AttemptState.CANCELLED,
+                                    AttemptState.SUPERSEDED}),
     AttemptState.CLAIMED: frozenset({AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED,
                                      AttemptState.SUPERSEDED, AttemptState.QUEUED}),
     AttemptState.SUCCEEDED: frozenset(),

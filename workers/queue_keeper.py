@@ -32,6 +32,7 @@ from temporalio.service import RPCError
 
 from core import db, metrics
 from core.agents import OFFLINE_AFTER
+from core.attempts import OPEN, AttemptState, IllegalTransition, can_move
 from core.events import add_event
 from core.models import utcnow
 from core.topology import can_serve, lane_requirements
@@ -59,7 +60,7 @@ _ADOPT = text(
 )
 _ONLINE = text("SELECT capabilities FROM agents WHERE active AND last_seen_at > :since")
 #: Statuses in which an attempt still needs its keeper: waiting, or claimed (a hand-back queues it again).
-_KEPT = ("queued", "claimed")
+_KEPT = tuple(sorted(s.value for s in OPEN))
 
 
 class Leases:
@@ -140,25 +141,26 @@ async def _keep(client: Client, row: Any, online: list[set[str]]) -> None:
     handle = client.get_async_activity_handle(task_token=bytes(token))
     servable = any(can_serve(caps, lane) for caps in online)
     new_reason = None if servable else waiting_reason(lane)
-    state, error = "queued", None
+    state, error = AttemptState.QUEUED, None
     try:
         if new_reason and utcnow() - created_at > timedelta(seconds=row.wait_timeout):
             error = f"no active agent with capabilities {lane} came within {row.wait_timeout:.0f}s"
             await handle.fail(ApplicationError(error, type="NoAgentAvailable", non_retryable=True))
-            state = "failed"
+            state = AttemptState.FAILED
         else:
             await handle.heartbeat(new_reason or "waiting for a free agent")
     except AsyncActivityCancelledError:
         await handle.report_cancellation()
-        state = "cancelled"
+        state = AttemptState.CANCELLED
     except RPCError:
-        state = "superseded"  # the activity timed out or finished: this attempt is over
+        state = AttemptState.SUPERSEDED  # the activity timed out or finished: this attempt is over
     await _store(task_id, run_id, stage, state, error, row.waiting_reason, new_reason)
 
 
-async def _store(
-    task_id: str, run_id: str, stage: str, state: str, error: str | None, old_reason: str | None, new_reason: str | None
-) -> None:
+async def _store(task_id: str, run_id: str, stage: str, state: AttemptState, error: str | None,
+                 old_reason: str | None, new_reason: str | None) -> None:
+    if state != AttemptState.QUEUED and not can_move(AttemptState.QUEUED, state):
+        raise IllegalTransition(task_id, AttemptState.QUEUED, state)
     now = utcnow()
     async with db.session() as s:
         await s.execute(
@@ -168,7 +170,7 @@ async def _store(
             ),
             {
                 "now": now,
-                "state": state,
+                "state": state.value,
                 "id": task_id,
                 "reason": new_reason,
                 "error": error,

@@ -13,9 +13,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import db
+from core.attempts import AttemptState, move
 from core.errors import Conflict, Forbidden, NotFound
 from core.events import add_event
-from core.models import Agent, Run, TaskAttempt, utcnow
+from core.models import Agent, Run, TaskAttempt
 
 
 class TaskRefused(Conflict):
@@ -67,7 +68,7 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
     if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
         raise await refuse(session, task_id, agent, why, forbidden=True)
-    if row.status != "claimed":
+    if row.status != AttemptState.CLAIMED:
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
         raise await refuse(session, task_id, agent, why)
     return row
@@ -78,7 +79,7 @@ async def gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCEr
     if exc.status != RPCStatusCode.NOT_FOUND:
         raise exc
     run = await session.get(Run, row.run_id)
-    row.status, row.finished_at = ("cancelled" if run and run.status == "cancelled" else "superseded"), utcnow()
+    move(row, AttemptState.CANCELLED if run and run.status == "cancelled" else AttemptState.SUPERSEDED)
     await session.commit()
     why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
     return await refuse(session, row.id, agent, why)

@@ -30,6 +30,7 @@ from api.services.claims import TaskForbidden, TaskRefused, check_claim, gone, l
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
 from api.services.claims import TaskNotFound as TaskNotFound
 from core import agents, metrics, reports, settings
+from core.attempts import AttemptState, move
 from core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
 from core.contracts import AgentTaskInput, StageResult, TaskDetail
 from core.costs import prices, to_money
@@ -47,7 +48,7 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
     row = await locked(session, task_id)
     if not can_serve(agent.capabilities, row.lane):
         raise TaskForbidden(f"agent {agent.name} lacks capabilities for lane {row.lane}")
-    if row.status != "queued":
+    if row.status != AttemptState.QUEUED:
         holder = f" by {row.claimed_by}" if row.claimed_by else ""
         raise TaskRefused(f"task {task_id} is already {row.status}{holder}")
     handle = client.get_async_activity_handle(task_token=row.task_token)
@@ -55,12 +56,13 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         await handle.heartbeat({"claimed_by": agent.name})  # the agent's heartbeat clock starts now
     except AsyncActivityCancelledError:
         await handle.report_cancellation()
-        row.status, row.finished_at = "cancelled", utcnow()
+        move(row, AttemptState.CANCELLED)
         await session.commit()
         raise TaskRefused(f"task {task_id} was cancelled") from None
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    row.status, row.claimed_by, row.claim_id = "claimed", agent.name, uuid.uuid4().hex
+    move(row, AttemptState.CLAIMED)
+    row.claimed_by, row.claim_id = agent.name, uuid.uuid4().hex
     row.claimed_at = row.heartbeat_at = utcnow()
     row.waiting_reason = None
     agent.status, agent.current_task = "busy", row.id
@@ -195,7 +197,8 @@ async def release(session: AsyncSession, client: Client, task_id: str, agent: Ag
         return
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    row.status, row.claimed_by, row.claim_id, row.claimed_at = "queued", None, None, None
+    move(row, AttemptState.QUEUED)  # handed back: the same Temporal attempt, for another agent
+    row.claimed_by, row.claim_id, row.claimed_at = None, None, None
     row.heartbeat_at, row.waiting_reason = utcnow(), None
     _free(session, row, agent)
     metrics.TASKS_REPORTED.labels(row.skill, "released").inc()
@@ -216,12 +219,13 @@ async def _finish(
     session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None, error: str | None,
     event_id: int,
 ) -> None:
-    row.status, row.finished_at, row.error = status, utcnow(), error
+    move(row, AttemptState(status))
+    row.error = error
     row.result = result.model_dump(mode="json") if result else None
     row.cost_micros = prices().cost_micros(result.usage) if result else 0
     metrics.TASKS_REPORTED.labels(row.skill, status).inc()
     _free(session, row, agent)
-    if status in ("succeeded", "failed") and row.claimed_at is not None:
+    if status in ("succeeded", "failed") and row.claimed_at is not None and row.finished_at is not None:
         seconds = (row.finished_at - row.claimed_at).total_seconds()
         await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds,
                                     to_money(row.cost_micros))

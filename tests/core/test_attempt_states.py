@@ -13,7 +13,7 @@ from core.errors import Conflict
 
 S = AttemptState
 LEGAL = {
-    (S.QUEUED, S.CLAIMED), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.SUPERSEDED),
+    (S.QUEUED, S.CLAIMED), (S.QUEUED, S.FAILED), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.SUPERSEDED),
     (S.CLAIMED, S.SUCCEEDED), (S.CLAIMED, S.FAILED), (S.CLAIMED, S.CANCELLED), (S.CLAIMED, S.SUPERSEDED),
     (S.CLAIMED, S.QUEUED),  # handed back by its agent, within the same Temporal attempt
 }
@@ -49,3 +49,4 @@ def test_open_and_ended_states_and_bulk_sources() -> None:
     assert movable_from(S.SUPERSEDED) == ["claimed", "queued"]
     assert movable_from(S.QUEUED) == ["claimed"]
     assert movable_from(S.SUCCEEDED) == ["claimed"]
+    assert movable_from(S.FAILED) == ["claimed", "queued"]
