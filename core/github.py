@@ -7,13 +7,11 @@ local double of GitHub's REST API.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
+from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy, webhooks
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -125,15 +123,16 @@ def client(installation_id: int | None = None, cfg: GitHubSettings | None = None
 
 
 def signature(secret: str, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body`` (githubkit's signing)."""
+    return webhooks.sign(secret, body, "sha256")
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """Constant-time check of ``X-Hub-Signature-256``; only SHA-256 signatures are accepted."""
+    """githubkit's constant-time check of ``X-Hub-Signature-256``; only SHA-256 signatures are accepted (githubkit
+    would also take the legacy SHA-1 ``X-Hub-Signature``)."""
     if not header or not header.startswith("sha256="):
         return False
-    return hmac.compare_digest(signature(secret, body).encode(), header.encode())
+    return webhooks.verify(secret, body, header)
 
 
 def split_repo(full_name: str) -> tuple[str, str]:
