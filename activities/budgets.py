@@ -6,9 +6,10 @@ from sqlalchemy.exc import DataError, ProgrammingError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core import budgets, db
-from core.contracts import BudgetCheck, BudgetDecision
-from core.events import add_event
+from devart.core.contracts import BudgetCheck, BudgetDecision
+from devart.core.database import db
+from devart.domain import budgets
+from devart.domain.events import add_event
 
 
 @activity.defn

@@ -22,12 +22,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from temporalio import activity
 
-from core import db, metrics, telemetry
-from core.attempts import AttemptState, movable_from
-from core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
-from core.events import add_event
-from core.models import Lane, TaskAttempt, utcnow
-from core.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
+from devart.core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
+from devart.core.database import db
+from devart.core.database.models import Lane, TaskAttempt, utcnow
+from devart.core.messaging.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
+from devart.core.telemetry import metrics
+from devart.core.telemetry import tracing as telemetry
+from devart.domain.attempt_states import AttemptState, movable_from
+from devart.domain.events import add_event
 
 _PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 

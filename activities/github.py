@@ -12,9 +12,9 @@ import asyncio
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core import github_reporter
-from core.contracts import GitHubReport
-from workflows import policies
+from devart.core.contracts import GitHubReport
+from devart.github import reporter as github_reporter
+from devart.workflows import policies
 
 #: A report's own bound, short of its activity's timeout so that the last attempt still writes why it failed.
 REPORT_BOUND = policies.GITHUB_REPORT_TIMEOUT.total_seconds() - 10

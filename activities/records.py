@@ -6,10 +6,12 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from core import db, github_reporter, metrics
-from core.contracts import RunRecord, RunStatus
-from core.events import add_event
-from core.models import Run, utcnow
+from devart.core.contracts import RunRecord, RunStatus
+from devart.core.database import db
+from devart.core.database.models import Run, utcnow
+from devart.core.telemetry import metrics
+from devart.domain.events import add_event
+from devart.github import reporter as github_reporter
 
 #: Whether the run's start (or end) is in the feed already; the upsert before it holds the run's row lock.
 _IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")

@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager, suppress
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.contracts import ProvisionInput, SandboxHandle, TeardownInput
-from core.errors import SandboxError, SandboxUnavailable
-from sandboxes.factory import get_sandbox
+from devart.core.contracts import ProvisionInput, SandboxHandle, TeardownInput
+from devart.core.errors import SandboxError, SandboxUnavailable
+from devart.sandboxes.factory import get_sandbox
 
 
 @asynccontextmanager

@@ -13,9 +13,11 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from core import agents, db, settings
-from core.models import Agent
-from core.security import key_prefix, verify
+from devart.core import settings
+from devart.core.database import db
+from devart.core.database.models import Agent
+from devart.core.security import key_prefix, verify
+from devart.domain import agents
 
 _bearer = HTTPBearer(auto_error=False, description="The agent's API key")
 

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.bounds import size
+from devart.core.bounds import size
 
 log = logging.getLogger(__name__)
 

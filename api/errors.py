@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
-from core.bounds import MAX_DEPTH
-from core.errors import (
+from devart.core.bounds import MAX_DEPTH
+from devart.core.errors import (
     Conflict,
     DevartError,
     Forbidden,

@@ -12,11 +12,13 @@ from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import errors
-from api.edge import RequestGuard
-from api.routes import agent_tasks, agents, analytics, budgets, dlq, events, github, pipelines, runs
-from core import bounds, db, telemetry
-from core.temporal import connect
+from devart.api import errors
+from devart.api.edge import RequestGuard
+from devart.api.routes import agent_tasks, agents, analytics, budgets, dlq, events, github, pipelines, runs
+from devart.core import bounds
+from devart.core.database import db
+from devart.core.telemetry import tracing as telemetry
+from devart.core.temporal import connect
 
 #: The error answers each router gives beside the app-wide 400, 413 and 422 (api/errors.py has their bodies).
 ROUTER_ERRORS = {

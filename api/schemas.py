@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, computed_field, field_validator
 
-from core import bounds
-from core.contracts import StageResult, StageState, StageStatus, check_capabilities
-from core.topology import DEFAULT_PRIORITY, PRIORITIES
+from devart.core import bounds
+from devart.core.contracts import StageResult, StageState, StageStatus, check_capabilities
+from devart.core.messaging.topology import DEFAULT_PRIORITY, PRIORITIES
 
 
 def _text(value: str) -> str:

@@ -39,8 +39,10 @@ from bench import stack as bench_stack
 from bench.pipeline import noop_pipeline
 from bench.scale import CpuMeter, Sample, baseline_run, baseline_worker, breakdown, closed_loop, devart_run
 from bench.scale import publish as publish_pipeline
-from core import db, services, telemetry
-from core.temporal import connect
+from devart.core.database import db
+from devart.core.devstack import services
+from devart.core.telemetry import tracing as telemetry
+from devart.core.temporal import connect
 
 #: The issue's goals, as ratios to the baseline measured in the same run.
 GOAL_THROUGHPUT_RATIO, GOAL_P50_RATIO, GOAL_DISPATCH_P99_MS = 0.75, 1.5, 25.0

@@ -17,7 +17,7 @@ from temporalio.client import Client
 
 from bench import report
 from bench.scale import RUN_DEADLINE_SECONDS, Sample
-from core.contracts import RunResult, RunStatus
+from devart.core.contracts import RunResult, RunStatus
 
 
 async def load(api_url: str, *, pipeline: str, repo: str, clients: int, seconds: float,

@@ -32,13 +32,14 @@ import aio_pika
 from bench import stack as bench_stack
 from bench.__main__ import machine
 from bench.report import RESULTS, progress
-from core import db, embedded, services, stackctl
-from core.agents import create_or_rotate
-from core.stackplan import DEFAULT_POOL
-from core.supervisor import Child
-from core.topology import Topology
-from sandboxes.factory import get_sandbox
-from sandboxes.local import LocalSandbox
+from devart.core.database import db
+from devart.core.devstack import embedded, services, stackctl
+from devart.core.devstack.stackplan import DEFAULT_POOL
+from devart.core.devstack.supervisor import Child
+from devart.core.messaging.topology import Topology
+from devart.domain.agents import create_or_rotate
+from devart.sandboxes.factory import get_sandbox
+from devart.sandboxes.local import LocalSandbox
 from tests.chaos.checks import Verdict, verify
 from tests.chaos.clients import until
 from tests.chaos.harness import REVIVE_DEADLINE, Harness, Target
@@ -158,7 +159,8 @@ async def soak(cfg: dict[str, Any], seed: int, settle: float) -> tuple[Verdict, 
 
 @dataclass
 class SupervisedTarget:
-    """A ``devart up`` stack (``core/stackctl.py``): parts are killed here and started again by its supervisor."""
+    """A ``devart up`` stack (``core/devstack/stackctl.py``): parts are killed here and started again by its
+    supervisor."""
 
     state: Path
     env: dict[str, str]

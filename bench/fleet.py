@@ -37,7 +37,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from core.topology import Topology, can_serve, lane_name
+from devart.core.messaging.topology import Topology, can_serve, lane_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -29,8 +29,8 @@ from bench import stack as bench_stack
 from bench.pipeline import noop_pipeline
 from bench.scale import closed_loop, devart_run
 from bench.scale import publish as publish_pipeline
-from core import db
-from core.temporal import connect
+from devart.core.database import db
+from devart.core.temporal import connect
 
 PROFILES = report.RESULTS / "profiles"
 #: devart's own packages: their functions are shown with the share of samples spent in them and what they call.

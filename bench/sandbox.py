@@ -21,8 +21,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.contracts import SandboxSpec, Source
-from sandboxes.local import LocalSandbox
+from devart.core.contracts import SandboxSpec, Source
+from devart.sandboxes.local import LocalSandbox
 
 SOURCE = Path(__file__).resolve().parent.parent / "examples" / "sample-app"
 RESULTS = Path(__file__).resolve().parent / "results" / "sandbox.json"

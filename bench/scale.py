@@ -31,8 +31,8 @@ from temporalio.worker import Worker
 from bench import report
 from bench.pipeline import BaselineWorkflow, noop
 from bench.stack import BenchStack
-from core import db
-from core.contracts import RunResult, RunStatus
+from devart.core.contracts import RunResult, RunStatus
+from devart.core.database import db
 
 #: Longest a single benchmarked run may take before it counts as an error.
 RUN_DEADLINE_SECONDS = 300.0

@@ -25,12 +25,13 @@ import aio_pika
 import psutil
 from sqlmodel import col, select
 
-from core import db, services
-from core.agents import create_or_rotate
-from core.errors import ServiceUnavailable
-from core.models import Agent
-from core.supervisor import Child, Supervisor, stop_child, tail
-from core.topology import Topology, lane_name
+from devart.core.database import db
+from devart.core.database.models import Agent
+from devart.core.devstack import services
+from devart.core.devstack.supervisor import Child, Supervisor, stop_child, tail
+from devart.core.errors import ServiceUnavailable
+from devart.core.messaging.topology import Topology, lane_name
+from devart.domain.agents import create_or_rotate
 
 #: Seconds the agents may take to start, reach the API and bind their control queue.
 AGENTS_READY_SECONDS = 60.0

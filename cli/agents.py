@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.output import api_call, console
+from devart.cli.output import api_call, console
 
 app = typer.Typer(no_args_is_help=True, help="The agent registry (administrator).")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered task messages (administrator).")

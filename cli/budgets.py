@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from cli.output import api_call, console
+from devart.cli.output import api_call, console
 
 app = typer.Typer(no_args_is_help=True, help="Budgets per pipeline or repository (administrator).")
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from cli.output import api_call, console, err_console, fail
+from devart.cli.output import api_call, console, err_console, fail
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -29,7 +29,7 @@ def events(
     """Show the activity feed; with --follow, stream it live (resuming after a dropped connection)."""
     import httpx
 
-    from core import settings
+    from devart.core import settings
 
     params = {k: v for k, v in {"run_id": run, "pipeline": pipeline, "agent": agent, "kind": kind}.items() if v}
     show = (lambda e: print(json.dumps(e))) if as_json else (lambda e: console.print(escape(_line(e)), highlight=False))  # noqa: T201

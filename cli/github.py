@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.output import api_call, console, err_console, fail
+from devart.cli.output import api_call, console, err_console, fail
 
 app = typer.Typer(no_args_is_help=True, help="GitHub: pull requests run pipelines, results come back as checks.")
 
@@ -22,7 +22,7 @@ def _path(repository: str) -> str:
 
 def manifest(name: str, url: str, public: bool = False) -> dict[str, object]:
     """The GitHub App manifest: the permissions and events devart needs, and where GitHub delivers webhooks."""
-    from core.github import APP_EVENTS, APP_PERMISSIONS  # with githubkit: loaded only by the command using it
+    from devart.github.client import APP_EVENTS, APP_PERMISSIONS  # with githubkit: loaded only by the command using it
 
     base = url.rstrip("/")
     return {
@@ -40,8 +40,8 @@ def setup(name: str = typer.Option("devart", help="The App's name on GitHub (mus
           url: str = typer.Option("", help="devart's public URL (default: DEVART_GITHUB_PUBLIC_URL or the API's)."),
           public: bool = typer.Option(False, help="Let other accounts install the App.")) -> None:
     """Print the GitHub App manifest (JSON on stdout; the steps to use it on stderr)."""
-    from core import settings
-    from core.github import settings as github_settings
+    from devart.core import settings
+    from devart.github.client import settings as github_settings
 
     base = url or github_settings().public_url or settings.api().url
     console.print_json(json.dumps(manifest(name, base, public)))

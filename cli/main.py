@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
+from devart.cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -41,7 +41,7 @@ def main() -> None:
     # Help is printed while the arguments are parsed, before any command runs, and needs no logging: skipping the
     # settings that logging reads keeps `devart … --help` as quick as the help itself.
     if "--help" not in sys.argv[1:]:
-        from core import logs
+        from devart.core.telemetry import logs
 
         logs.configure()
     app()

@@ -22,7 +22,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def admin_token() -> str:
     """DEVART_ADMIN_TOKEN, or the token ``devart up`` generated in the state folder."""
-    from core import settings
+    from devart.core import settings
 
     token = settings.admin().admin_token
     stored = settings.state().root / "admin-token"
@@ -37,7 +37,7 @@ def api_call(method: str, path: str, *, admin: bool = False, **kwargs: Any) -> A
     """Call the API; any refusal becomes a CLI error line naming the problem, and exit code 1 (2 if unreachable)."""
     import httpx
 
-    from core import settings
+    from devart.core import settings
 
     url = settings.api().url.rstrip("/")
     if admin:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.output import api_call, console, fail
+from devart.cli.output import api_call, console, fail
 
 app = typer.Typer(no_args_is_help=True, help="Pipeline templates.")
 
@@ -31,8 +31,8 @@ def list_pipelines(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command("validate")
 def validate(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> None:
     """Check a template locally, listing every problem (exit 1 when invalid)."""
-    from core import pipelines
-    from core.errors import InvalidPipeline
+    from devart.core import pipelines
+    from devart.core.errors import InvalidPipeline
 
     try:
         definition = pipelines.load_file(file)
@@ -46,7 +46,7 @@ def validate(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> 
 @app.command("publish")
 def publish(file: Path = typer.Argument(..., help="A pipeline YAML file.")) -> None:
     """Publish the file as the pipeline's next version."""
-    from core import yaml_safe
+    from devart.core import yaml_safe
 
     try:
         data = yaml_safe.load_file(file)

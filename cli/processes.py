@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cli.output import console, fail
+from devart.cli.output import console, fail
 
 if TYPE_CHECKING:
-    from workers.skills.base import Skill
+    from devart.workers.skills.base import Skill
 
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
 
@@ -28,7 +28,8 @@ def api(
     """Serve the HTTP API (OpenAPI docs at /docs); refuses to start unless `devart db upgrade` migrated the database."""
     import uvicorn
 
-    from core import db, settings
+    from devart.core import settings
+    from devart.core.database import db
 
     cfg = settings.api()
     db.database_url()  # resolve (and start, if embedded) before uvicorn's workers import the app
@@ -36,14 +37,14 @@ def api(
         db.require_current_schema()  # the app checks again at start; this says it in one line, before uvicorn
     except db.SchemaNotCurrent as exc:
         fail(str(exc))
-    uvicorn.run("api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning")
+    uvicorn.run("devart.api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning")
 
 
 def worker() -> None:
     """Run the pipeline worker (workflows and activities); refuses to start on a database not migrated."""
-    from core import eventloop
-    from core.errors import DevartError
-    from workers.pipeline_worker import serve
+    from devart.core import eventloop
+    from devart.core.errors import DevartError
+    from devart.workers.pipeline_worker import serve
 
     try:
         eventloop.run(serve())
@@ -66,9 +67,9 @@ def agent(
     ),
 ) -> None:
     """Run an agent that consumes every lane its capabilities can serve."""
-    from core import eventloop
-    from core.contracts import check_capabilities
-    from core.errors import DevartError
+    from devart.core import eventloop
+    from devart.core.contracts import check_capabilities
+    from devart.core.errors import DevartError
     from devart_sdk import load
 
     if key_file is not None:
@@ -106,11 +107,12 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     import asyncio
     import signal
 
-    from core import settings, telemetry
-    from core.topology import Topology
-    from sandboxes.factory import get_sandbox
-    from workers.agent import Agent
-    from workers.agent_client import AgentClient, Refused
+    from devart.core import settings
+    from devart.core.messaging.topology import Topology
+    from devart.core.telemetry import tracing as telemetry
+    from devart.sandboxes.factory import get_sandbox
+    from devart.workers.agent import Agent
+    from devart.workers.agent_client import AgentClient, Refused
 
     telemetry.setup("devart-agent")
     client = AgentClient(settings.api().url, key)
@@ -145,7 +147,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
 @db_app.command("upgrade")
 def upgrade() -> None:
     """Apply the schema migrations (run once before the services start; concurrent runs take turns)."""
-    from core import db
+    from devart.core.database import db
 
     applied = db.upgrade()
     if applied:

@@ -13,7 +13,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from cli import stage_details
+from devart.cli import stage_details
 
 STYLE = {
     "succeeded": "green",

@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from cli.output import api_call, console, fail
-from cli.run_view import LOG_LINES, STYLE, print_results, stage_table
+from devart.cli.output import api_call, console, fail
+from devart.cli.run_view import LOG_LINES, STYLE, print_results, stage_table
 
 runs_app = typer.Typer(no_args_is_help=True, help="List, inspect and cancel runs.")
 
@@ -56,7 +56,7 @@ def run(
     """Start a pipeline run; with --wait, follow it and exit non-zero unless it succeeds."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    from core import telemetry
+    from devart.core.telemetry import tracing as telemetry
 
     if priority is not None and not 1 <= priority <= 5:
         fail(f"--priority must be from 1 (lowest) to 5 (highest), got {priority}")

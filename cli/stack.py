@@ -1,6 +1,6 @@
 """``devart up``, ``down``, ``status`` and ``doctor``: run the whole stack on one machine, and say what is wrong.
 
-``devart up`` hands the stack to a supervisor of its own (``core/daemon.py``: the design is written there) and
+``devart up`` hands the stack to a supervisor of its own (``core/devstack/daemon.py``: the design is written there) and
 returns once every process runs, each exactly once; run again, it only reports and asks the supervisor to start
 whatever is missing. ``devart down`` stops everything it started, whatever happened in between.
 
@@ -22,10 +22,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.output import console, fail
+from devart.cli.output import console, fail
 
 if TYPE_CHECKING:
-    from core.stackfile import StackRecord
+    from devart.core.devstack.stackfile import StackRecord
 
 __all__ = ["doctor", "down", "status", "supervise", "up"]
 
@@ -35,9 +35,10 @@ def up(
 ) -> None:
     """Start the stack under a supervisor (RabbitMQ too if it is local and down): PostgreSQL, Temporal, the API,
     the pipeline worker and an agent pool, each once; a process that dies is started again."""
-    from core import services, settings, stackctl
-    from core.errors import DevartError
-    from core.stackplan import is_local, temporal_host_port
+    from devart.core import settings
+    from devart.core.devstack import services, stackctl
+    from devart.core.devstack.stackplan import is_local, temporal_host_port
+    from devart.core.errors import DevartError
 
     state = settings.state().root
     already = stackctl.supervisor_alive(state)
@@ -77,7 +78,8 @@ def up(
 
 def down() -> None:
     """Stop everything ``devart up`` started, also when its supervisor is gone, and the embedded PostgreSQL."""
-    from core import settings, stackctl
+    from devart.core import settings
+    from devart.core.devstack import stackctl
 
     state = settings.state().root
     supervised = stackctl.supervisor_alive(state)
@@ -92,7 +94,8 @@ def down() -> None:
 
 def status() -> None:
     """Show each process of the stack: its status, pid, restarts and uptime (exit code 1 unless all run)."""
-    from core import settings, stackctl
+    from devart.core import settings
+    from devart.core.devstack import stackctl
 
     record = stackctl.read(settings.state().root)
     if record is None:
@@ -104,7 +107,8 @@ def status() -> None:
 
 def supervise(lock_fd: int = typer.Option(None, help="Descriptor of the held supervisor lock.")) -> None:
     """Run the stack's supervisor (started by devart up)."""
-    from core import daemon, settings
+    from devart.core import settings
+    from devart.core.devstack import daemon
 
     raise typer.Exit(daemon.main(settings.state().root, lock_fd))
 
@@ -135,8 +139,8 @@ def _print_status(record: StackRecord) -> None:
 
 
 def _print_addresses(api_url: str, state: object) -> None:
-    from core import settings
-    from core.stackplan import DEFAULT_POOL
+    from devart.core import settings
+    from devart.core.devstack.stackplan import DEFAULT_POOL
 
     table = Table(title="devart is up", show_header=False)
     table.add_row("API", f"{api_url}  (OpenAPI: {api_url}/docs)")
@@ -154,9 +158,10 @@ def _print_addresses(api_url: str, state: object) -> None:
 
 def doctor() -> None:
     """Check every service devart needs and say exactly how to fix what is wrong (it starts nothing)."""
-    from core import services, settings
-    from core.errors import DevartError
-    from core.stackplan import temporal_host_port
+    from devart.core import settings
+    from devart.core.devstack import services
+    from devart.core.devstack.stackplan import temporal_host_port
+    from devart.core.errors import DevartError
 
     checks: list[tuple[str, bool, str]] = []
     try:
@@ -214,7 +219,7 @@ def _check_postgres() -> tuple[str, bool, str]:
     """
     from sqlalchemy import create_engine, text
 
-    from core import settings
+    from devart.core import settings
 
     configured = settings.DatabaseSettings().database_url
     try:
@@ -241,6 +246,6 @@ def _check_postgres() -> tuple[str, bool, str]:
 
 def _running_embedded(state: Path) -> str | None:
     """The URL of this state folder's embedded server if it runs; None when it does not."""
-    from core import embedded
+    from devart.core.devstack import embedded
 
     return embedded.url(state) if embedded.running(state) is not None else None

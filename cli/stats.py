@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from cli.output import api_call, console, fail
+from devart.cli.output import api_call, console, fail
 
 #: Width of the terminal bar chart, in characters.
 BAR_WIDTH = 40

@@ -1,5 +1,12 @@
-"""Shared core of devart: settings, contracts, database models, AMQP topology and errors.
+"""What every devart process shares, each concern in one home.
 
-Everything here is importable from the API, the pipeline worker and the agents alike; the contracts module in
-particular stays free of side effects so that workflows can import it inside Temporal's sandbox.
+- Contracts at this level: ``settings`` (every setting, read only through its class), ``errors`` (the error tree),
+  ``contracts``, ``reports`` and ``pipelines`` (what the API, the workflow, the worker and the agents exchange),
+  ``bounds`` and ``yaml_safe`` (input limits), ``temporal`` (the client), ``security`` (keys).
+- ``database``: PostgreSQL, its models and the migrations' runner.
+- ``messaging``: RabbitMQ's lanes, bands and dead-letter queues.
+- ``telemetry``: traces, metrics and logs.
+- ``devstack``: the local stack ``devart up`` runs (embedded PostgreSQL, Temporal dev server, supervisor).
+
+The contracts stay free of side effects, so workflows can import them inside Temporal's sandbox.
 """

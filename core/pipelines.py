@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core import bounds, yaml_safe
-from core.contracts import BUILTIN_SKILLS, PipelineDefinition
-from core.errors import InvalidPipeline
+from devart.core import bounds, yaml_safe
+from devart.core.contracts import BUILTIN_SKILLS, PipelineDefinition
+from devart.core.errors import InvalidPipeline
 
 PARAM_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -209,7 +209,7 @@ def load_file(path: Path) -> PipelineDefinition:
 
 
 def builtin_dir() -> Path:
-    import pipelines
+    from devart import pipelines
 
     return Path(pipelines.__file__).parent
 

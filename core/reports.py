@@ -12,8 +12,8 @@ from typing import Any
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from core.bounds import MAX_RESULT_BYTES, MAX_RUN_RESULTS_BYTES, TEMPORAL_BLOB_BYTES, size
-from core.contracts import StageResult, Usage
+from devart.core.bounds import MAX_RESULT_BYTES, MAX_RUN_RESULTS_BYTES, TEMPORAL_BLOB_BYTES, size
+from devart.core.contracts import StageResult, Usage
 
 #: Characters of a log tail kept when an oversized result is replaced by its failure (as the built-in skills keep).
 KEPT_LOG_CHARS = 4000

@@ -291,7 +291,7 @@ def source() -> SourceSettings:
 
 
 class LogSettings(BaseSettings):
-    """How devart's processes write their logs (``core/logs.py``)."""
+    """How devart's processes write their logs (``core/telemetry/logs.py``)."""
 
     model_config = _config("DEVART_LOG_")
     format: Literal["text", "json"] = Field(
@@ -308,7 +308,7 @@ def logs() -> LogSettings:
 
 
 class PriceSettings(BaseSettings):
-    """The price table costs are computed with (``core/costs.py``): inline JSON, or a file holding it."""
+    """The price table costs are computed with (``domain/costs.py``): inline JSON, or a file holding it."""
 
     model_config = _config("DEVART_")
     prices: str = Field(default="", description="The price table as JSON (wins over DEVART_PRICES_FILE).")

@@ -7,8 +7,9 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 
-from core import settings, telemetry
-from core.errors import ServiceUnavailable
+from devart.core import settings
+from devart.core.errors import ServiceUnavailable
+from devart.core.telemetry import tracing as telemetry
 
 #: Filter runs in the Web UI with e.g. ``DevartPipeline = "build-test-review"``.
 PIPELINE = SearchAttributeKey.for_keyword("DevartPipeline")

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from core.bounds import MAX_DEPTH, MAX_YAML_ALIASES, MAX_YAML_BYTES, MAX_YAML_NODES, size
-from core.errors import Invalid
+from devart.core.bounds import MAX_DEPTH, MAX_YAML_ALIASES, MAX_YAML_BYTES, MAX_YAML_NODES, size
+from devart.core.errors import Invalid
 
 
 class YamlRefused(Invalid):

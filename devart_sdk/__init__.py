@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import telemetry
-from core.bounds import skills_problem
-from core.contracts import StageResult, Usage
-from core.errors import SkillError
-from sandboxes.base import ExecResult
-from workers.skills.base import SkillContext as _BaseContext
+from devart.core.bounds import skills_problem
+from devart.core.contracts import StageResult, Usage
+from devart.core.errors import SkillError
+from devart.core.telemetry import tracing as telemetry
+from devart.sandboxes.base import ExecResult
+from devart.workers.skills.base import SkillContext as _BaseContext
 
 __all__ = ["AgentApp", "ExecResult", "SkillContext", "SkillError", "StageResult", "Usage", "load"]
 

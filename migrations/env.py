@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import devart.core.database.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def run(connection: Connection) -> None:

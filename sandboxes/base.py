@@ -11,7 +11,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
 
 #: Output kept from one command; the rest is dropped (and ``truncated`` set) so a chatty build can't fill memory.
 DEFAULT_OUTPUT_CAP = 1_000_000

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from core.contracts import SandboxSpec
-from sandboxes import package_forwarder
-from sandboxes.egress import EgressFds, resolv_conf_path
+from devart.core.contracts import SandboxSpec
+from devart.sandboxes import package_forwarder
+from devart.sandboxes.egress import EgressFds, resolv_conf_path
 
 #: The uid and gid commands run as ("nobody").
 SANDBOX_UID = 65534

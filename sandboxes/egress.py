@@ -36,7 +36,7 @@ from pathlib import Path
 
 import psutil
 
-from core.errors import SandboxError
+from devart.core.errors import SandboxError
 
 #: Ranges a ``network: egress`` command never reaches (``ip route add unreachable``).
 #: IPv4 that is not the public internet: this, private, shared, loopback, link-local, multicast and reserved

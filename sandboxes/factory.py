@@ -10,9 +10,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from core import settings
-from sandboxes.base import Sandbox
-from sandboxes.package_index import PackageIndex, Upstream, serve_package_index
+from devart.core import settings
+from devart.sandboxes.base import Sandbox
+from devart.sandboxes.package_index import PackageIndex, Upstream, serve_package_index
 
 #: A unix socket's path must fit in 108 bytes (with its terminating NUL); longer state folders use a temp folder.
 MAX_SOCKET_PATH = 100
@@ -23,10 +23,10 @@ def get_sandbox() -> Sandbox:
     """The configured backend; raises ``SandboxUnavailable`` with a fix when it cannot run here."""
     cfg = settings.sandbox()
     if cfg.backend == "kubernetes":
-        from sandboxes.kubernetes import KubernetesSandbox
+        from devart.sandboxes.kubernetes import KubernetesSandbox
 
         return KubernetesSandbox(settings.k8s())
-    from sandboxes.local import LocalSandbox
+    from devart.sandboxes.local import LocalSandbox
 
     root = cfg.root or settings.state().root / "sandboxes"
     return LocalSandbox(root.expanduser().resolve(), isolation=cfg.isolation)
@@ -42,7 +42,7 @@ async def package_index_for(sandbox: Sandbox, owner: str) -> AsyncIterator[Packa
     (a private temp folder when that path is too long for a socket); the cache is shared by every agent using
     the same state folder.
     """
-    from sandboxes.local import LocalSandbox
+    from devart.sandboxes.local import LocalSandbox
 
     if not isinstance(sandbox, LocalSandbox) or sandbox.package_index is not None:
         yield None

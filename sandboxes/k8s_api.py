@@ -21,12 +21,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 from urllib3.exceptions import HTTPError
 
-from core.contracts import SandboxHandle, SandboxSpec
-from core.errors import SandboxUnavailable
-from core.settings import KubernetesSettings
-from sandboxes import k8s_manifests as m
-from sandboxes.k8s_errors import api_error, exec_refused
-from sandboxes.k8s_exec import Streamed, pump
+from devart.core.contracts import SandboxHandle, SandboxSpec
+from devart.core.errors import SandboxUnavailable
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes import k8s_manifests as m
+from devart.sandboxes.k8s_errors import api_error, exec_refused
+from devart.sandboxes.k8s_exec import Streamed, pump
 
 #: Errors of the API client: HTTP answers, and connections that failed before any answer.
 CLIENT_ERRORS = (ApiException, HTTPError, OSError)

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from core.errors import SandboxError
+from devart.core.errors import SandboxError
 
 #: Waiting reasons meaning the image can't be pulled: the name, tag or registry credentials are wrong.
 IMAGE_PULL = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import SandboxError
+from devart.core.errors import SandboxError
 
 STDOUT, STDERR, ERROR = 1, 2, 3  # the channels of Kubernetes' exec protocol
 #: Seconds between checks for cancellation or the deadline while a command streams output.

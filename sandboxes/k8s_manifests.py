@@ -34,11 +34,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.contracts import SandboxSpec, Source
-from core.errors import SandboxError
-from core.settings import KubernetesSettings
-from sandboxes.egress import NON_PUBLIC_IPV4
-from sandboxes.package_index import package_environment
+from devart.core.contracts import SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes.egress import NON_PUBLIC_IPV4
+from devart.sandboxes.package_index import package_environment
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SANDBOX_LABEL = "devart.dev/sandbox"

@@ -24,16 +24,16 @@ from datetime import UTC, datetime
 
 from kubernetes.client import Configuration
 
-from core import settings as core_settings
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError
-from core.settings import KubernetesSettings
-from sandboxes import k8s_manifests as m
-from sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
-from sandboxes.k8s_api import VALID_ID, SandboxApi
-from sandboxes.k8s_errors import container_failure, is_running, start_failure
-from sandboxes.k8s_exec import STREAM_GRACE, exec_argv, kill_argv, parse_status, parse_usage
-from sandboxes.processes import OutputBuffer
+from devart.core import settings as core_settings
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes import k8s_manifests as m
+from devart.sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
+from devart.sandboxes.k8s_api import VALID_ID, SandboxApi
+from devart.sandboxes.k8s_errors import container_failure, is_running, start_failure
+from devart.sandboxes.k8s_exec import STREAM_GRACE, exec_argv, kill_argv, parse_status, parse_usage
+from devart.sandboxes.processes import OutputBuffer
 
 #: Seconds a kill (after a timeout or cancellation) may take before it is abandoned.
 KILL_TIMEOUT = 15.0

@@ -26,7 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.contracts import SandboxSpec
+from devart.core.contracts import SandboxSpec
 
 #: Folder created in each cgroup hierarchy to hold devart's per-command cgroups.
 CGROUP_PARENT = "devart"

@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from core import settings
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError, SandboxUnavailable
-from sandboxes import artifacts, egress, volumes
-from sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
-from sandboxes.bubblewrap import (
+from devart.core import settings
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError, SandboxUnavailable
+from devart.sandboxes import artifacts, egress, volumes
+from devart.sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
+from devart.sandboxes.bubblewrap import (
     HELPER_PATH,
     INDEX_PORT,
     SANDBOX_UID,
@@ -42,9 +42,16 @@ from sandboxes.bubblewrap import (
     interpreter_paths,
     userns_problem,
 )
-from sandboxes.limits import JOIN_FAILED, JOIN_FAILED_MARK, CommandCgroup, detect, prlimit_argv, remove_sandbox_cgroups
-from sandboxes.package_index import PackageIndex, package_environment
-from sandboxes.processes import (
+from devart.sandboxes.limits import (
+    JOIN_FAILED,
+    JOIN_FAILED_MARK,
+    CommandCgroup,
+    detect,
+    prlimit_argv,
+    remove_sandbox_cgroups,
+)
+from devart.sandboxes.package_index import PackageIndex, package_environment
+from devart.sandboxes.processes import (
     OutputBuffer,
     command_environment,
     create_time,
@@ -53,8 +60,8 @@ from sandboxes.processes import (
     memfd,
     tree_cpu,
 )
-from sandboxes.seccomp import no_user_namespaces
-from sandboxes.workspace import (
+from devart.sandboxes.seccomp import no_user_namespaces
+from devart.sandboxes.workspace import (
     create_layout,
     hand_over,
     materialize,

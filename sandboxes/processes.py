@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from core.contracts import SandboxSpec
-from core.errors import SandboxError
-from sandboxes.base import OutputCallback
+from devart.core.contracts import SandboxSpec
+from devart.core.errors import SandboxError
+from devart.sandboxes.base import OutputCallback
 
 #: Variable names the sandbox's shell can export.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -15,11 +15,11 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from core.errors import SandboxError
-from sandboxes import source_copy
-from sandboxes.bubblewrap import HELPER_PATH, SANDBOX_UID
-from sandboxes.source_hosts import Remote
-from sandboxes.source_sandbox import Jail, JobResult, TooBig, copy_command, placement, run_confined, run_job
+from devart.core.errors import SandboxError
+from devart.sandboxes import source_copy
+from devart.sandboxes.bubblewrap import HELPER_PATH, SANDBOX_UID
+from devart.sandboxes.source_hosts import Remote
+from devart.sandboxes.source_sandbox import Jail, JobResult, TooBig, copy_command, placement, run_confined, run_job
 
 log = logging.getLogger(__name__)
 

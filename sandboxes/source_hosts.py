@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from core.errors import SandboxError
+from devart.core.errors import SandboxError
 
 #: The remote transports a source may use, and their default ports.
 PORTS = {"http": 80, "https": 443, "ssh": 22, "git": 9418}

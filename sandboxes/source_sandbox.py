@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from core.errors import SandboxError
-from sandboxes import source_copy
-from sandboxes.bubblewrap import HELPER_PATH, SANDBOX_UID, Confinement, bubblewrap_available, interpreter_paths
-from sandboxes.processes import create_time, kill_group, memfd
-from sandboxes.seccomp import no_user_namespaces
+from devart.core.errors import SandboxError
+from devart.sandboxes import source_copy
+from devart.sandboxes.bubblewrap import HELPER_PATH, SANDBOX_UID, Confinement, bubblewrap_available, interpreter_paths
+from devart.sandboxes.processes import create_time, kill_group, memfd
+from devart.sandboxes.seccomp import no_user_namespaces
 
 #: Where a confined job sees the source folder (read-only) and the folder its workspace is created in.
 SOURCE_MOUNT = Path("/source")

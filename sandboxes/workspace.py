@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from core import settings
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError
-from sandboxes import source_fetch, source_hosts
-from sandboxes.source_fetch import SOURCE_UNREACHABLE, GitFailed, TooBig, clone_failure
-from sandboxes.source_hosts import Remote
+from devart.core import settings
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.sandboxes import source_fetch, source_hosts
+from devart.sandboxes.source_fetch import SOURCE_UNREACHABLE, GitFailed, TooBig, clone_failure
+from devart.sandboxes.source_hosts import Remote
 
 __all__ = ["COPY_IGNORED", "COPY_IGNORED_TOP", "SOURCE_UNREACHABLE", "CheckoutPlan", "GitFailed", "clone_failure",
            "create_layout", "disk_usage", "hand_over", "materialize", "plan_checkout", "read_handles", "remove_tree",

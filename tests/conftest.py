@@ -20,10 +20,11 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from core import db, services
-from core.embedded import stop_postgres
-from core.services import free_port
-from core.supervisor import Child, Supervisor, stop_child
+from devart.core.database import db
+from devart.core.devstack import services
+from devart.core.devstack.embedded import stop_postgres
+from devart.core.devstack.services import free_port
+from devart.core.devstack.supervisor import Child, Supervisor, stop_child
 from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
 from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require, sql
@@ -102,7 +103,7 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def pool(stack: Stack) -> dict[str, Child]:
     """The default agent pool of ``devart up``, serving the built-in pipelines."""
-    from core.stackplan import DEFAULT_POOL
+    from devart.core.devstack.stackplan import DEFAULT_POOL
 
     # Started outside ``stack.agents``: the pool lives for the whole session, not just the first test using it.
     agents = {}
@@ -120,7 +121,7 @@ async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def temporal(stack: Stack) -> Client:
-    from core.temporal import connect
+    from devart.core.temporal import connect
 
     return await connect(stack.env["TEMPORAL_ADDRESS"])
 

@@ -21,9 +21,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from core import db, services, settings
-from core.supervisor import Child, Supervisor, stop_child
-from core.topology import Topology
+from devart.core import settings
+from devart.core.database import db
+from devart.core.devstack import services
+from devart.core.devstack.supervisor import Child, Supervisor, stop_child
+from devart.core.messaging.topology import Topology
 from tests.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +45,7 @@ def clear_settings_caches() -> None:
                settings.admin, settings.k8s, settings.package_index, settings.run_policy,
                db.database_url, db.engine, db._sessions):
         fn.cache_clear()
-    from sandboxes.factory import get_sandbox
+    from devart.sandboxes.factory import get_sandbox
 
     get_sandbox.cache_clear()
 
@@ -143,7 +145,7 @@ def register_agent(name: str, capabilities: list[str]) -> str:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.agents import create_or_rotate
+    from devart.domain.agents import create_or_rotate
 
     async def _create() -> str:
         db.engine.cache_clear()

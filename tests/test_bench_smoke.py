@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core import services
+from devart.core.devstack import services
 from tests.stack import require
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -245,7 +245,7 @@ def test_allowed_names_are_read_by_settings() -> None:
     """Every allowed name is one core.settings actually reads, so the compose file and the code agree."""
     from pydantic_settings import BaseSettings
 
-    from core import settings
+    from devart.core import settings
 
     known: set[str] = set()
     for value in vars(settings).values():
@@ -281,7 +281,7 @@ def test_dockerfile_basics() -> None:
 
 
 def _exported_metric_names() -> set[str]:
-    """The series names core/metrics.py exports, derived from its Counter/Gauge/Histogram declarations."""
+    """The series names core/telemetry/metrics.py exports, derived from its Counter/Gauge/Histogram declarations."""
     suffixes = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count")}
     names: set[str] = set()
     for node in ast.walk(ast.parse(METRICS_MODULE.read_text())):
@@ -406,7 +406,7 @@ def test_grafana_provisioning() -> None:
 
 
 def test_dashboard_queries_use_exported_metrics() -> None:
-    """The dashboard parses, and each PromQL expression only names metrics core/metrics.py exports."""
+    """The dashboard parses, and each PromQL expression only names metrics core/telemetry/metrics.py exports."""
     exported = _exported_metric_names()
     assert {"devart_runs_started_total", "devart_stage_duration_seconds_bucket", "devart_agents"} <= exported
     dashboard = json.loads(DASHBOARD.read_text())
@@ -418,7 +418,7 @@ def test_dashboard_queries_use_exported_metrics() -> None:
         names = _promql_metric_names(expr)
         assert names, f"{title!r}: no metric in {expr!r}"
         unknown = names - exported
-        assert not unknown, f"{title!r} queries {sorted(unknown)}, not exported by core/metrics.py"
+        assert not unknown, f"{title!r} queries {sorted(unknown)}, not exported by core/telemetry/metrics.py"
         used |= names
     joined = " ".join(expr for _, expr in exprs)
     assert "histogram_quantile(0.5" in joined and "histogram_quantile(0.95" in joined, "stage p50/p95 missing"

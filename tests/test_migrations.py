@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import core.models  # noqa: F401
-from core import db
+import devart.core.database.models  # noqa: F401
+from devart.core.database import db
 from tests.stack import Stack
 
 

@@ -25,18 +25,18 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from core import telemetry
-from core.bounds import skills_problem
-from core.contracts import AgentTaskMessage
-from core.topology import Topology, can_serve, parse_band_key
-from sandboxes.base import Sandbox
-from sandboxes.factory import package_index_for
-from workers.agent_client import AgentClient, Refused
-from workers.dead_letters import dead_letter
-from workers.execution import Execution, Runner
-from workers.intake import Intake, Settle
-from workers.skills.base import Skill
-from workers.skills.registry import SKILLS
+from devart.core.bounds import skills_problem
+from devart.core.contracts import AgentTaskMessage
+from devart.core.messaging.topology import Topology, can_serve, parse_band_key
+from devart.core.telemetry import tracing as telemetry
+from devart.sandboxes.base import Sandbox
+from devart.sandboxes.factory import package_index_for
+from devart.workers.agent_client import AgentClient, Refused
+from devart.workers.dead_letters import dead_letter
+from devart.workers.execution import Execution, Runner
+from devart.workers.intake import Intake, Settle
+from devart.workers.skills.base import Skill
+from devart.workers.skills.registry import SKILLS
 
 log = logging.getLogger("devart.agent")
 

@@ -13,7 +13,7 @@ import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from core.contracts import StageResult, TaskDetail
+from devart.core.contracts import StageResult, TaskDetail
 
 #: How long an agent keeps trying to reach the API before giving up on one call.
 API_RETRY_SECONDS = 120.0

@@ -15,10 +15,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from core import db
-from core.events import add_event
-from core.models import DeadLetter
-from core.topology import Topology
+from devart.core.database import db
+from devart.core.database.models import DeadLetter
+from devart.core.messaging.topology import Topology
+from devart.domain.events import add_event
 
 log = logging.getLogger(__name__)
 

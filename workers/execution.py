@@ -14,13 +14,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core import telemetry
-from core.contracts import StageResult, TaskDetail
-from core.errors import SkillError
-from sandboxes.base import Sandbox
-from workers import outcomes
-from workers.agent_client import AgentClient, Refused
-from workers.skills.base import Skill, SkillContext
+from devart.core.contracts import StageResult, TaskDetail
+from devart.core.errors import SkillError
+from devart.core.telemetry import tracing as telemetry
+from devart.sandboxes.base import Sandbox
+from devart.workers import outcomes
+from devart.workers.agent_client import AgentClient, Refused
+from devart.workers.skills.base import Skill, SkillContext
 
 log = logging.getLogger("devart.agent")
 

@@ -31,7 +31,7 @@ from enum import Enum
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from core.topology import band_key
+from devart.core.messaging.topology import band_key
 
 log = logging.getLogger("devart.agent")
 

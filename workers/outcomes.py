@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from core import reports
-from core.contracts import StageResult, TaskDetail
-from workers.agent_client import AgentClient, Refused, TooLarge
+from devart.core import reports
+from devart.core.contracts import StageResult, TaskDetail
+from devart.workers.agent_client import AgentClient, Refused, TooLarge
 
 log = logging.getLogger("devart.agent")
 

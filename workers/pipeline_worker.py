@@ -12,18 +12,20 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from activities.budgets import check_budget
-from activities.dispatch import Dispatcher
-from activities.github import report_github
-from activities.records import record_run
-from activities.sandbox import provision_sandbox, teardown_sandbox
-from core import db, settings, telemetry
-from core.temporal import connect
-from core.topology import Topology
-from workers.dead_letters import collect
-from workers.queue_keeper import Leases, keep_queued_tasks_alive, sample_gauges
-from workers.sweeper import keep_sweeping, retire_schedule
-from workflows.pipeline import PipelineWorkflow
+from devart.activities.budgets import check_budget
+from devart.activities.dispatch import Dispatcher
+from devart.activities.github import report_github
+from devart.activities.records import record_run
+from devart.activities.sandbox import provision_sandbox, teardown_sandbox
+from devart.core import settings
+from devart.core.database import db
+from devart.core.messaging.topology import Topology
+from devart.core.telemetry import tracing as telemetry
+from devart.core.temporal import connect
+from devart.workers.dead_letters import collect
+from devart.workers.queue_keeper import Leases, keep_queued_tasks_alive, sample_gauges
+from devart.workers.sweeper import keep_sweeping, retire_schedule
+from devart.workflows.pipeline import PipelineWorkflow
 
 log = logging.getLogger(__name__)
 

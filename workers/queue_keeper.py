@@ -30,12 +30,13 @@ from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from core import db, metrics
-from core.agents import OFFLINE_AFTER
-from core.attempts import OPEN, AttemptState, IllegalTransition, can_move
-from core.events import add_event
-from core.models import utcnow
-from core.topology import can_serve, lane_requirements
+from devart.core.database import db
+from devart.core.database.models import utcnow
+from devart.core.messaging.topology import can_serve, lane_requirements
+from devart.core.telemetry import metrics
+from devart.domain.agents import OFFLINE_AFTER
+from devart.domain.attempt_states import OPEN, AttemptState, IllegalTransition, can_move
+from devart.domain.events import add_event
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from sqlmodel import col, select
 from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from core import db
-from core.contracts import SandboxHandle
-from core.events import add_event
-from core.models import Run, utcnow
-from core.settings import SweepSettings
-from sandboxes import artifacts
-from sandboxes.base import Sandbox
-from sandboxes.factory import get_sandbox
+from devart.core.contracts import SandboxHandle
+from devart.core.database import db
+from devart.core.database.models import Run, utcnow
+from devart.core.settings import SweepSettings
+from devart.domain.events import add_event
+from devart.sandboxes import artifacts
+from devart.sandboxes.base import Sandbox
+from devart.sandboxes.factory import get_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
 
 async def _prune_artifacts(client: Client, sandbox: Sandbox) -> list[str]:
     """Drop the files stages handed on (``sandboxes/artifacts.py``) of every run that is no longer going."""
-    from sandboxes.local import LocalSandbox
+    from devart.sandboxes.local import LocalSandbox
 
     if not isinstance(sandbox, LocalSandbox):
         return []

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from core.contracts import StageState, StageStatus
+    from devart.core.contracts import StageState, StageStatus
 
 
 def ready(states: dict[str, StageState], started: Collection[str]) -> list[str]:

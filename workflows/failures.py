@@ -14,7 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from core.contracts import StageResult, StageSpec
+    from devart.core.contracts import StageResult, StageSpec
 
 
 def stage_retry_policy(stage: StageSpec) -> RetryPolicy:

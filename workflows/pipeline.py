@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from core.contracts import (
+    from devart.core.contracts import (
         AgentTaskInput,
         BudgetCheck,
         BudgetDecision,
@@ -41,13 +41,13 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         TeardownInput,
     )
-    from core.pipelines import substitute
-    from sandboxes.source_hosts import is_remote
-    from workflows import policies
-    from workflows.dag import ready, skip_blocked
-    from workflows.failures import describe_failure, failed_result, raise_escaped, stage_retry_policy
-    from workflows.reports import GitHubReports
-    from workflows.steps import Steps, summary
+    from devart.core.pipelines import substitute
+    from devart.sandboxes.source_hosts import is_remote
+    from devart.workflows import policies
+    from devart.workflows.dag import ready, skip_blocked
+    from devart.workflows.failures import describe_failure, failed_result, raise_escaped, stage_retry_policy
+    from devart.workflows.reports import GitHubReports
+    from devart.workflows.steps import Steps, summary
 
 
 # A run from a newer engine fails at once instead of its first workflow task failing forever (RunInput).

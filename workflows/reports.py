@@ -17,9 +17,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from core.contracts import GITHUB_TRIGGER, GitHubReport, RunRecord
-    from workflows import policies
-    from workflows.steps import summary
+    from devart.core.contracts import GITHUB_TRIGGER, GitHubReport, RunRecord
+    from devart.workflows import policies
+    from devart.workflows.steps import summary
 
 #: What each report reads as in the Web UI.
 _WHAT = {"run_started": "GitHub: queued checks", "run_finished": "GitHub: conclusions and review",

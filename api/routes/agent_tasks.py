@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
-from api.schemas import (
+from devart.api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
+from devart.api.schemas import (
     CancelledRequest,
     CompleteRequest,
     FailRequest,
@@ -15,9 +15,8 @@ from api.schemas import (
     KeepaliveRequest,
     ReleaseRequest,
 )
-from api.services import tasks
-from core import agents
-from core.contracts import TaskDetail
+from devart.core.contracts import TaskDetail
+from devart.domain import agents, tasks
 
 router = APIRouter(prefix="/v1/agent", tags=["agents"])
 

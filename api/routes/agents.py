@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query
 
-from api.deps import AdminDep, SessionDep
-from api.schemas import AgentCreate, AgentCreated, AgentView, SkillStats
-from core import agents
-from core.models import Agent
+from devart.api.deps import AdminDep, SessionDep
+from devart.api.schemas import AgentCreate, AgentCreated, AgentView, SkillStats
+from devart.core.database.models import Agent
+from devart.domain import agents
 
 router = APIRouter(prefix="/v1/agents", tags=["agents (admin)"], dependencies=[AdminDep])
 

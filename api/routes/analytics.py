@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep
-from api.services import analytics
-from core.bounds import MAX_NAME_CHARS
+from devart.api.deps import SessionDep
+from devart.core.bounds import MAX_NAME_CHARS
+from devart.domain import analytics
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 

@@ -6,12 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import AdminDep, SessionDep
-from api.schemas import BudgetPut, BudgetView
-from core import budgets
-from core.bounds import MAX_KEY_CHARS, MAX_NAME_CHARS
-from core.costs import to_money
-from core.costs import totals as costs_of
+from devart.api.deps import AdminDep, SessionDep
+from devart.api.schemas import BudgetPut, BudgetView
+from devart.core.bounds import MAX_KEY_CHARS, MAX_NAME_CHARS
+from devart.domain import budgets
+from devart.domain.costs import to_money
+from devart.domain.costs import totals as costs_of
 
 router = APIRouter(prefix="/v1", tags=["budgets and costs (admin)"], dependencies=[AdminDep])
 

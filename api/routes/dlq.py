@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from api.deps import AdminDep, SessionDep
-from api.services import dlq
-from core.bounds import INT8_MAX
+from devart.api.deps import AdminDep, SessionDep
+from devart.core.bounds import INT8_MAX
+from devart.domain import dead_letters as dlq
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters (admin)"], dependencies=[AdminDep])
 

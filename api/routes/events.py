@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 
-from api.errors import ErrorBody
-from api.services import feed, stream_caps
-from api.sse import EventStreamResponse
-from core import settings
+from devart.api.errors import ErrorBody
+from devart.api.feed import feed, stream_caps
+from devart.api.sse import EventStreamResponse
+from devart.core import settings
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 

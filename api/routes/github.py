@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
-from api.deps import AdminDep, SessionDep, TemporalDep
-from api.services import github
-from api.services.github import WebhookReply
-from core.bounds import MAX_LOCATION_CHARS, MAX_NAME_CHARS, text_problem
-from core.models import GitHubRepository
+from devart.api.deps import AdminDep, SessionDep, TemporalDep
+from devart.core.bounds import MAX_LOCATION_CHARS, MAX_NAME_CHARS, text_problem
+from devart.core.database.models import GitHubRepository
+from devart.github import webhooks as github
+from devart.github.webhooks import WebhookReply
 
 router = APIRouter(prefix="/v1/github", tags=["github"])
 

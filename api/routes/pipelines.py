@@ -6,12 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query
 
-from api.deps import SessionDep
-from api.schemas import PipelineSummary, ValidationReport
-from api.services import catalog
-from core.bounds import INT4_MAX, MAX_NAME_CHARS
-from core.contracts import PipelineDefinition
-from core.errors import InvalidPipeline
+from devart.api.deps import SessionDep
+from devart.api.schemas import PipelineSummary, ValidationReport
+from devart.core.bounds import INT4_MAX, MAX_NAME_CHARS
+from devart.core.contracts import PipelineDefinition
+from devart.core.errors import InvalidPipeline
+from devart.domain import catalog
 
 PipelineBody = Annotated[dict[str, Any], Body(description="A pipeline definition (the YAML template as JSON).")]
 PipelineName = Annotated[str, Path(max_length=MAX_NAME_CHARS)]

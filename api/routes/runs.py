@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import AdminDep, SessionDep, TemporalDep
-from api.schemas import RunCreated, RunRequest, RunView
-from api.services import runs
-from core.bounds import MAX_NAME_CHARS
+from devart.api.deps import AdminDep, SessionDep, TemporalDep
+from devart.api.schemas import RunCreated, RunRequest, RunView
+from devart.core.bounds import MAX_NAME_CHARS
+from devart.domain import runs
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.testing import ActivityEnvironment
 
-from activities.records import record_run
-from core import db
-from core.contracts import RunRecord, RunStatus
+from devart.activities.records import record_run
+from devart.core.contracts import RunRecord, RunStatus
+from devart.core.database import db
 from tests.helpers import unique
 from tests.stack import Stack, sql
 

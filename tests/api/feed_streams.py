@@ -11,7 +11,7 @@ import httpx
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import db
+from devart.core.database import db
 from tests.stack import sql
 
 

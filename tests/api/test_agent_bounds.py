@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from core.bounds import MAX_AGENT_CAPABILITIES, MAX_AGENT_SKILLS, MAX_RESULT_BYTES, MAX_RUN_RESULTS_BYTES
+from devart.core.bounds import MAX_AGENT_CAPABILITIES, MAX_AGENT_SKILLS, MAX_RESULT_BYTES, MAX_RUN_RESULTS_BYTES
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
 from tests.stack import Stack, admin, register_agent, sql
 

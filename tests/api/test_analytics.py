@@ -56,7 +56,7 @@ async def test_analytics_match_a_hand_computed_expectation(
                                          "count": 4}
     # And the CLI draws the same figures, in the terminal and as a PNG
     png = tmp_path / "stats.png"
-    done = subprocess.run([sys.executable, "-m", "cli", "stats", "--pipeline", pipeline, "--plot", str(png)],
+    done = subprocess.run([sys.executable, "-m", "devart.cli", "stats", "--pipeline", pipeline, "--plot", str(png)],
                           capture_output=True, text=True, timeout=120, env={**stack.env, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "75%" in done.stdout and "test 5.00/7.00" in done.stdout

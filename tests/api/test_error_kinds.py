@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from api.errors import STATUS, error_response, status_of
-from core import errors
+from devart.api.errors import STATUS, error_response, status_of
+from devart.core import errors
 
 
 @pytest.mark.parametrize(("error", "status"), [

@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from contextlib import AsyncExitStack
 
-from core.events import add_event, reserve_id
+from devart.domain.events import add_event, reserve_id
 from tests.api.feed_streams import HOLD, open_streams, publish_events, transaction
 from tests.stack import Stack
 

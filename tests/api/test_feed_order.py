@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.services import listener
-from api.services.feed_order import Barrier, Horizon, in_progress
+from devart.api.feed import listener
+from devart.api.feed.order import Barrier, Horizon, in_progress
 
 
 def test_a_snapshot_lists_its_transactions_in_progress() -> None:

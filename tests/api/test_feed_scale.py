@@ -20,15 +20,15 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from api.services import listener
-from core.events import add_event, reserve_id
-from core.services import free_port
+from devart.api.feed import listener
+from devart.core.devstack.services import free_port
+from devart.domain.events import add_event, reserve_id
 from tests.api.feed_streams import HOLD, open_streams, publish_events, transaction
 from tests.helpers import poll
 from tests.stack import Stack, sql
 
 STREAMS = 200
-#: The API's engine pool (core/db.py: pool_size 10, max_overflow 10) and the feed's one listener.
+#: The API's engine pool (core/database/db.py: pool_size 10, max_overflow 10) and the feed's one listener.
 POOL_MAX = 20
 BOUND = POOL_MAX + 1
 

@@ -16,8 +16,9 @@ import psutil
 import pytest
 from temporalio.client import Client
 
-from core import bounds, db
-from core.bounds import MAX_DEPTH
+from devart.core import bounds
+from devart.core.bounds import MAX_DEPTH
+from devart.core.database import db
 from tests.helpers import noop_stage, publish, unique
 from tests.stack import SAMPLE_REPO, Stack, admin, register_agent, sql
 
@@ -205,9 +206,9 @@ async def test_a_stored_definition_temporal_or_the_worker_could_not_take_never_r
 async def test_a_workflow_that_cannot_start_fails_its_run_with_the_reason(
     api: httpx.AsyncClient, temporal: Client, stack: Stack
 ) -> None:
-    from api.schemas import RunRequest
-    from api.services import runs
-    from api.services.runs import RunConflict
+    from devart.api.schemas import RunRequest
+    from devart.domain import runs
+    from devart.domain.runs import RunConflict
 
     # Given a workflow that already holds the run's id (nothing polls its task queue)
     run_id = unique("taken")

@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.fuzz_api import campaign
-from core import db
-from core.services import free_port
+from devart.core.database import db
+from devart.core.devstack.services import free_port
 from tests.stack import Stack
 
 #: Cases per operation: over about 40 operations, well over the 1,000 cases the suite promises (about 1,450), in under a

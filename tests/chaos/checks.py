@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 from temporalio.service import RPCError
 
-from core import db
-from core.settings import SweepSettings
-from core.temporal import connect
-from sandboxes import artifacts
-from sandboxes.workspace import read_handles
+from devart.core.database import db
+from devart.core.settings import SweepSettings
+from devart.core.temporal import connect
+from devart.sandboxes import artifacts
+from devart.sandboxes.workspace import read_handles
 from tests.chaos.clients import until
 from tests.chaos.harness import Batch, Harness, TrackedRun
 from tests.chaos.plan import EXPECTED
@@ -155,7 +155,7 @@ def _sweep_once(address: str) -> dict[str, str] | None:
 
     Without a grace period: the batch is over, so no run is being started, and whatever has no run is left over.
     """
-    from workers.sweeper import sweep_if_alone
+    from devart.workers.sweeper import sweep_if_alone
 
     async def sweep() -> dict[str, str] | None:
         try:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from temporalio.client import Client
 
-from core.temporal import connect
+from devart.core.temporal import connect
 
 
 class Database:

@@ -28,7 +28,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest, GetSystemInfoRequest
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.models import utcnow
+from devart.core.database.models import utcnow
 from tests.chaos.clients import Database, Temporal, until
 from tests.chaos.plan import Plan, PlannedKill, PlannedRun, pipelines
 

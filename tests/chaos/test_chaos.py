@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes.factory import get_sandbox
-from sandboxes.local import LocalSandbox
+from devart.sandboxes.factory import get_sandbox
+from devart.sandboxes.local import LocalSandbox
 from tests.chaos.checks import verify
 from tests.chaos.clients import until
 from tests.chaos.harness import Harness

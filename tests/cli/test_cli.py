@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core import embedded
-from core.services import free_port
+from devart.core.devstack import embedded
+from devart.core.devstack.services import free_port
 from tests.stack import ROOT, SAMPLE_REPO, Stack
 
 
 def devart(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "devart.cli", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
@@ -67,8 +67,8 @@ def test_doctor_reports_the_embedded_postgres_down_and_starts_nothing(tmp_path: 
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     try:
-        done = subprocess.run([sys.executable, "-m", "cli", "doctor"], capture_output=True, text=True, timeout=120,
-                              env={**env, "DEVART_HOME": str(state), "COLUMNS": "300"})
+        done = subprocess.run([sys.executable, "-m", "devart.cli", "doctor"], capture_output=True, text=True,
+                              timeout=120, env={**env, "DEVART_HOME": str(state), "COLUMNS": "300"})
         row = next(line for line in done.stdout.splitlines() if "PostgreSQL" in line)
         assert done.returncode == 1 and "FAIL" in row and "not running" in row and "devart up" in row, done.stdout
         assert embedded.running(state) is None, "doctor started the embedded PostgreSQL"

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.temporal import ui_link
+from devart.core.temporal import ui_link
 from tests.helpers import wait_run
 from tests.stack import SAMPLE_REPO, Stack, sql
 
@@ -30,7 +30,7 @@ RUN_ID = re.compile(r"build-test-review-[0-9a-f]{12}")
 
 def devart(stack: Stack, *args: str, columns: int = 200, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **stack.env, "COLUMNS": str(columns), "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "devart.cli", *args], capture_output=True, text=True, timeout=timeout,
                           env=env)
 
 

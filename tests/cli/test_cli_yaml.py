@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import bounds, yaml_safe
-from core.services import free_port
+from devart.core import bounds, yaml_safe
+from devart.core.devstack.services import free_port
 from tests.cli.test_cli import devart
 
 #: The classic: nine levels of nine aliases each, a few hundred bytes that expand to 9^9 (387 million) strings.

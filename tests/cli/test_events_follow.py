@@ -59,7 +59,7 @@ def feed() -> Iterator[str]:
 
 def follow(url: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DEVART_API_URL": url, "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "cli", "events", "--follow", "--json"], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "devart.cli", "events", "--follow", "--json"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

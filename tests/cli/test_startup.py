@@ -26,12 +26,12 @@ def heavy(modules: set[str]) -> list[str]:
 
 
 def test_importing_the_cli_imports_no_heavy_library() -> None:
-    modules = imported_by("-c", "import cli.main")
-    assert "cli.main" in modules
+    modules = imported_by("-c", "import devart.cli.main")
+    assert "devart.cli.main" in modules
     assert heavy(modules) == []
 
 
 @pytest.mark.parametrize("command", [["--help"], ["runs", "--help"], ["agent", "--help"], ["up", "--help"],
                                      ["github", "setup", "--help"]])
 def test_help_imports_no_heavy_library(command: list[str]) -> None:
-    assert heavy(imported_by("-m", "cli", *command)) == []
+    assert heavy(imported_by("-m", "devart.cli", *command)) == []

@@ -29,10 +29,10 @@ import psutil
 import psycopg
 import pytest
 
-from core import embedded, services, stackctl
-from core.services import free_port
-from core.stackfile import StackRecord
-from core.topology import Topology
+from devart.core.devstack import embedded, services, stackctl
+from devart.core.devstack.services import free_port
+from devart.core.devstack.stackfile import StackRecord
+from devart.core.messaging.topology import Topology
 from tests.stack import require
 
 POOL = ("agent-builder", "agent-tester", "agent-reviewer")
@@ -64,7 +64,7 @@ class Up:
 
 
 def devart(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "devart.cli", *args], capture_output=True, text=True, timeout=300,
                           env=env)
 
 

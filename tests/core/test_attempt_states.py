@@ -8,8 +8,8 @@ from itertools import product
 
 import pytest
 
-from core.attempts import ENDED, OPEN, AttemptState, IllegalTransition, can_move, movable_from, move
-from core.errors import Conflict
+from devart.core.errors import Conflict
+from devart.domain.attempt_states import ENDED, OPEN, AttemptState, IllegalTransition, can_move, movable_from, move
 
 S = AttemptState
 LEGAL = {

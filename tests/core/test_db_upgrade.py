@@ -14,15 +14,15 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from core import db
-from core.services import free_port
+from devart.core.database import db
+from devart.core.devstack.services import free_port
 from tests.stack import Stack, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds a process may take to connect and reach the lock, or to refuse to start (imports included).
 DEADLINE = 90.0
 #: Prints the revisions one upgrade applied, as JSON.
-UPGRADE = "import json; from core import db; print(json.dumps(db.upgrade()))"
+UPGRADE = "import json; from devart.core.database import db; print(json.dumps(db.upgrade()))"
 
 
 def _psycopg_args(url: str) -> dict[str, object]:
@@ -77,7 +77,7 @@ def test_a_service_on_an_unmigrated_database_refuses_to_start(stack: Stack, comm
                "TEMPORAL_TASK_QUEUE": f"unmigrated-{port}", "DEVART_WORKER_METRICS_PORT": "0",
                "DEVART_WORKER_SDK_METRICS_PORT": "0"}
         # When the service starts on a database nobody migrated, it exits at once rather than serving
-        done = subprocess.run([sys.executable, "-m", "cli", *(a.format(port=port) for a in command)], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "devart.cli", *(a.format(port=port) for a in command)], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=DEADLINE)
         assert done.returncode != 0, done.stdout + done.stderr
         assert "no devart schema" in done.stderr and "devart db upgrade" in done.stderr, done.stderr

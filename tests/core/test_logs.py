@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from core import logs, settings
+from devart.core import settings
+from devart.core.telemetry import logs
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from core import pipelines
-from core.errors import InvalidPipeline
+from devart.core import pipelines
+from devart.core.errors import InvalidPipeline
 
 VALID: dict[str, Any] = {
     "name": "ci",

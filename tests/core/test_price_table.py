@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import costs, settings
-from core.contracts import Usage
+from devart.core import settings
+from devart.core.contracts import Usage
+from devart.domain import costs
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pamqp import constants
 
-from core.contracts import check_capabilities
-from core.topology import (
+from devart.core.contracts import check_capabilities
+from devart.core.messaging.topology import (
     DEFAULT_PRIORITY,
     PRIORITIES,
     Topology,

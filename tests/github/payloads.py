@@ -10,7 +10,7 @@ from typing import Any
 
 from githubkit import webhooks
 
-from core.github import signature
+from devart.github.client import signature
 
 WEB, API = "https://github.com", "https://api.github.com"
 NOW = "2026-11-23T21:00:00Z"

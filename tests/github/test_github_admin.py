@@ -14,7 +14,7 @@ from tests.stack import Stack
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([sys.executable, "-m", "devart.cli", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **stack.env})
 
 

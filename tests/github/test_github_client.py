@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from githubkit.exception import RequestFailed
 
-from core import github_format as fmt
-from core.contracts import StageResult, StageStatus
-from core.github import GitHubNotConfigured, GitHubSettings, client, signature, verify_signature
-from core.services import free_port
+from devart.core.contracts import StageResult, StageStatus
+from devart.core.devstack.services import free_port
+from devart.github import format as fmt
+from devart.github.client import GitHubNotConfigured, GitHubSettings, client, signature, verify_signature
 from tests.github.double import GitHubDouble
 from tests.github.rules import commentable
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from core.contracts import StageResult, Usage
-from core.errors import SkillError
+from devart.core.contracts import StageResult, Usage
+from devart.core.errors import SkillError
+from devart.workers.skills.common import Commands, input_bool, input_float, invalid_input
 from devart_sdk import AgentApp, SkillContext
-from workers.skills.common import Commands, input_bool, input_float, invalid_input
 
 app = AgentApp()
 

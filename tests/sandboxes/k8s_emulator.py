@@ -30,9 +30,9 @@ import kmock
 import psutil
 from kubernetes import client
 
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.settings import KubernetesSettings
-from sandboxes.kubernetes import KubernetesSandbox
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes.kubernetes import KubernetesSandbox
 
 NS = "devart-test"
 REPO = Source(repo="https://git.example.com/team/app.git", ref="main")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from core.contracts import SandboxSpec, Source
-from sandboxes import artifacts
-from sandboxes.local import LocalSandbox
+from devart.core.contracts import SandboxSpec, Source
+from devart.sandboxes import artifacts
+from devart.sandboxes.local import LocalSandbox
 
 WHEEL = "proj-1.0-py3-none-any.whl"
 
@@ -73,6 +73,6 @@ async def test_a_symlink_in_the_checkout_cannot_redirect_the_copy(sandbox: Local
 
 
 def test_the_largest_artifact_fits_what_a_skill_reads_back() -> None:
-    from workers.skills.common import DATA_OUTPUT_CAP
+    from devart.workers.skills.common import DATA_OUTPUT_CAP
 
     assert -(-artifacts.MAX_BYTES // 3) * 4 <= DATA_OUTPUT_CAP  # base64 of the largest file the store keeps

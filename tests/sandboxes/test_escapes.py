@@ -25,12 +25,12 @@ from typing import Any, Literal
 import psutil
 import pytest
 
-from core import settings
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from sandboxes import egress, volumes
-from sandboxes.bubblewrap import INDEX_SOCKET, Confinement, interpreter_paths
-from sandboxes.local import LocalSandbox, bubblewrap_available
-from sandboxes.package_index import serve_package_index
+from devart.core import settings
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.sandboxes import egress, volumes
+from devart.sandboxes.bubblewrap import INDEX_SOCKET, Confinement, interpreter_paths
+from devart.sandboxes.local import LocalSandbox, bubblewrap_available
+from devart.sandboxes.package_index import serve_package_index
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Known host sockets of the services this machine runs; those present are tried, with every other under /run.

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError
-from core.settings import KubernetesSettings
-from sandboxes.kubernetes import KubernetesSandbox
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes.kubernetes import KubernetesSandbox
 
 pytestmark = [pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="KUBECONFIG is not set: no cluster"),
               pytest.mark.timeout(900)]

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from core.contracts import SandboxSpec, Source
-from core.errors import SandboxError, SandboxUnavailable
-from core.settings import KubernetesSettings
-from sandboxes.kubernetes import KubernetesSandbox
+from devart.core.contracts import SandboxSpec, Source
+from devart.core.errors import SandboxError, SandboxUnavailable
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes.kubernetes import KubernetesSandbox
 from tests.sandboxes.k8s_emulator import NS, REPO, RUNNING, Cluster, emulated_cluster
 
 

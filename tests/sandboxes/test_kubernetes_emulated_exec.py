@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from core.contracts import SandboxSpec
-from core.errors import SandboxError
+from devart.core.contracts import SandboxSpec
+from devart.core.errors import SandboxError
 from tests.sandboxes.k8s_emulator import Cluster, emulated_cluster
 
 

@@ -8,7 +8,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError
 
-from sandboxes.k8s_errors import api_error, exec_refused, is_running, start_failure
+from devart.sandboxes.k8s_errors import api_error, exec_refused, is_running, start_failure
 
 
 def refused(status: int, message: str) -> ApiException:

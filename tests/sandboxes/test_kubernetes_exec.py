@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.errors import SandboxError
-from sandboxes.k8s_exec import exec_argv, kill_argv, parse_status, parse_usage, pump
+from devart.core.errors import SandboxError
+from devart.sandboxes.k8s_exec import exec_argv, kill_argv, parse_status, parse_usage, pump
 
 
 def run(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[bytes]:

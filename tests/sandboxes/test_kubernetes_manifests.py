@@ -9,10 +9,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from core.contracts import SandboxSpec, Source
-from core.errors import SandboxError
-from core.settings import KubernetesSettings
-from sandboxes import k8s_manifests as m
+from devart.core.contracts import SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes import k8s_manifests as m
 
 #: The oldest Kubernetes minor still commonly run, and the newest the validator ships.
 VERSIONS = ["1.29", kubernetes_validate.latest_version()]

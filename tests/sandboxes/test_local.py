@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError, SandboxUnavailable
-from sandboxes.local import LocalSandbox, bubblewrap_available
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError, SandboxUnavailable
+from devart.sandboxes.local import LocalSandbox, bubblewrap_available
 
 PROBE_CONNECT = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5); print('ok')"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.contracts import SandboxHandle, SandboxSpec, Source, TaskDetail
-from core.errors import SkillError
-from sandboxes.local import LocalSandbox, bubblewrap_available
-from workers.skills.base import SkillContext
-from workers.skills.common import Commands
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source, TaskDetail
+from devart.core.errors import SkillError
+from devart.sandboxes.local import LocalSandbox, bubblewrap_available
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import Commands
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Connects to argv[1]:argv[2]; prints the error class and text on failure.

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError, SkillError
-from sandboxes import volumes
-from sandboxes.bubblewrap import Confinement
-from sandboxes.local import LocalSandbox, bubblewrap_available
-from sandboxes.seccomp import no_user_namespaces
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError, SkillError
+from devart.sandboxes import volumes
+from devart.sandboxes.bubblewrap import Confinement
+from devart.sandboxes.local import LocalSandbox, bubblewrap_available
+from devart.sandboxes.seccomp import no_user_namespaces
 from tests.sandboxes.test_local_isolation import commands, eventually, processes_with, requires_cgroups
 
 Provision = Callable[..., Awaitable[SandboxHandle]]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandboxes.package_index import (
+from devart.sandboxes.package_index import (
     SIMPLE_JSON,
     PackageIndex,
     Upstream,

@@ -25,15 +25,15 @@ import psutil
 import pytest
 from kubernetes.client import Configuration
 
-from core import settings
-from core.contracts import SandboxHandle, SandboxSpec, Source
-from core.errors import SandboxError
-from core.settings import KubernetesSettings
-from sandboxes.bubblewrap import INDEX_PORT, INDEX_SOCKET, Confinement, interpreter_paths, userns_problem
-from sandboxes.factory import package_index_for
-from sandboxes.kubernetes import KubernetesSandbox
-from sandboxes.local import LocalSandbox, bubblewrap_available
-from sandboxes.package_index import PackageIndex, Upstream, serve_package_index
+from devart.core import settings
+from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError
+from devart.core.settings import KubernetesSettings
+from devart.sandboxes.bubblewrap import INDEX_PORT, INDEX_SOCKET, Confinement, interpreter_paths, userns_problem
+from devart.sandboxes.factory import package_index_for
+from devart.sandboxes.kubernetes import KubernetesSandbox
+from devart.sandboxes.local import LocalSandbox, bubblewrap_available
+from devart.sandboxes.package_index import PackageIndex, Upstream, serve_package_index
 
 UV = str(Path(sys.executable).parent / "uv")
 INSTALL = [UV, "pip", "install", "--python", sys.executable, "--target", "deps", "iniconfig==2.0.0"]

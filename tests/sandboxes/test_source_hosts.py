@@ -21,12 +21,12 @@ from typing import Any
 import psutil
 import pytest
 
-from core import settings
-from core.contracts import Source
-from core.errors import SandboxError
-from sandboxes import source_fetch
-from sandboxes.source_hosts import Remote, refusal
-from sandboxes.workspace import SOURCE_UNREACHABLE, materialize, plan_checkout
+from devart.core import settings
+from devart.core.contracts import Source
+from devart.core.errors import SandboxError
+from devart.sandboxes import source_fetch
+from devart.sandboxes.source_hosts import Remote, refusal
+from devart.sandboxes.workspace import SOURCE_UNREACHABLE, materialize, plan_checkout
 
 #: Seconds a cancelled clone may take to be gone.
 CANCEL_DEADLINE = 5.0

@@ -23,12 +23,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from core.contracts import Source
-from core.errors import SandboxError
-from sandboxes import volumes
-from sandboxes.bubblewrap import SANDBOX_UID
-from sandboxes.source_sandbox import Jail, copier_source
-from sandboxes.workspace import materialize, plan_checkout
+from devart.core.contracts import Source
+from devart.core.errors import SandboxError
+from devart.sandboxes import volumes
+from devart.sandboxes.bubblewrap import SANDBOX_UID
+from devart.sandboxes.source_sandbox import Jail, copier_source
+from devart.sandboxes.workspace import materialize, plan_checkout
 from tests.helpers import poll
 
 MIB = 1 << 20
@@ -134,7 +134,7 @@ async def test_root_only_files_and_folders_are_not_handed_over(
     (src / ".env").write_text("PASSWORD=s3cret")
     os.chmod(src / ".env", 0o600)
 
-    with caplog.at_level(logging.WARNING, logger="sandboxes.source_fetch"):
+    with caplog.at_level(logging.WARNING, logger="devart.sandboxes.source_fetch"):
         workspace = await checkout(src, dest)
 
     assert sorted(entries(workspace)) == ["pkg", "pkg/mod.py"]

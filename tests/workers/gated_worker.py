@@ -12,9 +12,10 @@ import os
 import time
 from pathlib import Path
 
-from activities.dispatch import Dispatcher
-from core import eventloop, logs
-from workers.pipeline_worker import serve
+from devart.activities.dispatch import Dispatcher
+from devart.core import eventloop
+from devart.core.telemetry import logs
+from devart.workers.pipeline_worker import serve
 
 GATE = Path(os.environ["DEVART_TEST_GATE"])
 #: The longest a dispatch waits at the gate; a test that never opens it fails rather than hangs.

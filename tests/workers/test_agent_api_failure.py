@@ -17,9 +17,9 @@ import aio_pika
 import httpx
 import pytest
 
-from core.contracts import AgentTaskMessage
-from core.services import free_port
-from core.topology import Topology, lane_name
+from devart.core.contracts import AgentTaskMessage
+from devart.core.devstack.services import free_port
+from devart.core.messaging.topology import Topology, lane_name
 from tests.helpers import poll, unique
 from tests.stack import Stack, admin, sql
 

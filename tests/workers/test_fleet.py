@@ -10,7 +10,7 @@ from typing import Any
 import aio_pika
 import httpx
 
-from core.topology import Topology, lane_name
+from devart.core.messaging.topology import Topology, lane_name
 from tests.cli.test_cli import devart
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run, wait_stage
 from tests.stack import Stack, admin, sql

@@ -8,7 +8,7 @@ from typing import Any
 import aio_pika
 import httpx
 
-from core.topology import Topology, band_key, lane_name
+from devart.core.messaging.topology import Topology, band_key, lane_name
 from tests.cli.test_cli import devart
 from tests.helpers import noop_stage, poll, publish, unique, wait_run
 from tests.stack import Stack, admin, register_agent, sql

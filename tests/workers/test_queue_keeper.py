@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from devart.workers.queue_keeper import Leases, tick
 from tests.helpers import unique
 from tests.stack import Stack, sql
-from workers.queue_keeper import Leases, tick
 
 #: The attempts' heartbeat timeout: due after a third of it, orphaned after two thirds.
 TIMEOUT = 30.0

@@ -10,8 +10,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from core.contracts import StageResult
-from core.costs import prices, to_money
+from devart.core.contracts import StageResult
+from devart.domain.costs import prices, to_money
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
 from tests.stack import register_agent, sql
 

@@ -28,16 +28,16 @@ from typing import Any
 import aio_pika
 import pytest
 
-from core import services
-from core.contracts import AgentTaskMessage, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
-from core.topology import Topology, can_serve, lane_name, lane_requirements
+from devart.core.contracts import AgentTaskMessage, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
+from devart.core.devstack import services
+from devart.core.messaging.topology import Topology, can_serve, lane_name, lane_requirements
+from devart.sandboxes.base import ExecResult, OutputCallback
+from devart.workers.agent import Agent
+from devart.workers.agent_client import AgentClient, Refused
 from devart_sdk import load
-from sandboxes.base import ExecResult, OutputCallback
 from tests.agents_standin import PROBE
 from tests.helpers import poll
 from tests.stack import require
-from workers.agent import Agent
-from workers.agent_client import AgentClient, Refused
 
 log = logging.getLogger("devart.tests.routing")
 

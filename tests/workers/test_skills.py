@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
-from core.errors import SkillError
+from devart.core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
+from devart.core.errors import SkillError
+from devart.sandboxes.base import Sandbox
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.registry import SKILLS, get_skill
 from devart_sdk import load
-from sandboxes.base import Sandbox
 from tests.helpers import download_cache
-from workers.skills.base import SkillContext
-from workers.skills.registry import SKILLS, get_skill
 
 #: The test suite's plugin skills (``noop``), run as the agent runs them: through the SDK's wrapper.
 PLUGIN_SKILLS = load("tests.plugins.noop").runners()
@@ -49,8 +49,8 @@ async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[San
         if os.environ.get("CI") == "true":
             pytest.fail("bubblewrap (bwrap) is required under CI")
         pytest.skip("bubblewrap (bwrap) is not installed")
-    from sandboxes.local import LocalSandbox
-    from sandboxes.package_index import serve_package_index
+    from devart.sandboxes.local import LocalSandbox
+    from devart.sandboxes.package_index import serve_package_index
 
     folder = Path(tempfile.mkdtemp(prefix="devart-skills-"))  # a unix socket's path must stay short
     try:

@@ -19,7 +19,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.contracts import (
+from devart.core.contracts import (
     AgentTaskInput,
     BudgetCheck,
     BudgetDecision,

@@ -51,7 +51,7 @@ def scrubbed(history_json: str, stack: Stack) -> str:
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "devart.cli", *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **stack.env})
 
 

@@ -17,10 +17,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
-from core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source
+from devart.core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source
+from devart.workflows.pipeline import PipelineWorkflow
 from tests.helpers import noop_stage, publish, start, unique
 from tests.stack import Stack
-from workflows.pipeline import PipelineWorkflow
 
 
 async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], WorkflowHistory]:

@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from core.contracts import ENGINE
+from devart.core.contracts import ENGINE
 
 HISTORIES = Path(__file__).parent / "histories"
 MANIFEST = HISTORIES / "FROZEN.sha256"

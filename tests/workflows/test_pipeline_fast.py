@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from core.contracts import (
+from devart.core.contracts import (
     ENGINE,
     GITHUB_TRIGGER,
     AgentTaskInput,
@@ -39,10 +39,10 @@ from core.contracts import (
     StageState,
     StageStatus,
 )
-from core.services import temporal_binary
+from devart.core.devstack.services import temporal_binary
+from devart.workflows.pipeline import PipelineWorkflow
 from tests.helpers import poll
 from tests.workflows.standins import StandIns, fail, until_cancelled
-from workflows.pipeline import PipelineWorkflow
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,13 +23,13 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
-from core import db
-from core.settings import SweepSettings
-from sandboxes import artifacts
-from sandboxes.workspace import create_layout
+from devart.core.database import db
+from devart.core.settings import SweepSettings
+from devart.sandboxes import artifacts
+from devart.sandboxes.workspace import create_layout
+from devart.workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, sweep_if_alone
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_stage
 from tests.stack import Stack, sql
-from workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, sweep_if_alone
 
 
 def restart_worker(stack: Stack, **env: str) -> None:

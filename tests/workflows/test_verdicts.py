@@ -21,9 +21,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from core.contracts import RunResult
-from core.services import free_port
-from core.supervisor import Child
+from devart.core.contracts import RunResult
+from devart.core.devstack.services import free_port
+from devart.core.devstack.supervisor import Child
 from tests.helpers import noop_stage, poll, publish, unique, wait_stage
 from tests.stack import ROOT, Stack, admin, sql
 
@@ -32,7 +32,7 @@ FINAL = {"succeeded", "failed", "skipped", "cancelled"}
 
 def devart(stack: Stack, *args: str, **env: str) -> subprocess.Popen[str]:
     """``devart …`` as an operator types it, from the repository root, against the suite's stack."""
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "devart.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **stack.env, "COLUMNS": "200", **env})
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from core.contracts import StageResult, TaskDetail
-from sandboxes.base import Sandbox
+from devart.core.contracts import StageResult, TaskDetail
+from devart.sandboxes.base import Sandbox
 
 
 @dataclass

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import re
 
-from core.contracts import StageResult
-from core.errors import SkillError
-from sandboxes import artifacts
-from workers.skills.base import SkillContext
-from workers.skills.common import Commands, input_float, input_subdir
-from workers.skills.environments import base_python, create_venv, failure, install, uv_binary, uv_env
+from devart.core.contracts import StageResult
+from devart.core.errors import SkillError
+from devart.sandboxes import artifacts
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import Commands, input_float, input_subdir
+from devart.workers.skills.environments import base_python, create_venv, failure, install, uv_binary, uv_env
 
 #: The throwaway virtualenv the wheel is installed into, at the workspace root.
 VENV = ".devart-venv"

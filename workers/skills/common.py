@@ -9,11 +9,11 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core import telemetry
-from core.contracts import Usage
-from core.errors import SandboxError, SkillError
-from sandboxes.base import ExecResult, OutputCallback
-from workers.skills.base import SkillContext
+from devart.core.contracts import Usage
+from devart.core.errors import SandboxError, SkillError
+from devart.core.telemetry import tracing as telemetry
+from devart.sandboxes.base import ExecResult, OutputCallback
+from devart.workers.skills.base import SkillContext
 
 #: Characters of combined command output kept in a task's ``log_tail``.
 LOG_TAIL_CHARS = 4000

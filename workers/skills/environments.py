@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from datetime import date
 from functools import lru_cache
 
-from core.errors import SkillError
-from sandboxes.base import ExecResult
-from workers.skills.base import SkillContext
-from workers.skills.common import Commands, invalid_input
+from devart.core.errors import SkillError
+from devart.sandboxes.base import ExecResult
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import Commands, invalid_input
 
 #: Messages of uv's that mean the index could not be reached (worth a retry), not that the request is wrong.
 _NETWORK = re.compile(r"error sending request|Failed to fetch|dns error|tcp connect error|Connection refused|"

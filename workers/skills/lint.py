@@ -11,10 +11,10 @@ import shlex
 from collections import Counter
 from typing import Any
 
-from core.contracts import StageResult
-from core.errors import SkillError
-from workers.skills.base import SkillContext
-from workers.skills.common import DATA_OUTPUT_CAP, Commands, input_bool, input_float, tail
+from devart.core.contracts import StageResult
+from devart.core.errors import SkillError
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import DATA_OUTPUT_CAP, Commands, input_bool, input_float, tail
 
 #: Directories devart itself writes into a workspace; they are never the repository's code.
 DEVART_DIRS = ".devart,.devart-venv"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from core.contracts import BUILTIN_SKILLS
-from core.errors import SkillError
-from workers.skills import build, lint, review, shell, test
-from workers.skills.base import Skill
+from devart.core.contracts import BUILTIN_SKILLS
+from devart.core.errors import SkillError
+from devart.workers.skills import build, lint, review, shell, test
+from devart.workers.skills.base import Skill
 
 SKILLS: dict[str, Skill] = {
     "build": build.run,

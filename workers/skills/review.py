@@ -14,11 +14,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.contracts import StageResult
-from core.errors import SkillError
-from workers.skills.base import SkillContext
-from workers.skills.common import DATA_OUTPUT_CAP, Commands, invalid_input, tail
-from workers.skills.lint import ruff_findings
+from devart.core.contracts import StageResult
+from devart.core.errors import SkillError
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import DATA_OUTPUT_CAP, Commands, invalid_input, tail
+from devart.workers.skills.lint import ruff_findings
 
 #: A function added with more lines than this is flagged.
 LONG_FUNCTION_LINES = 60

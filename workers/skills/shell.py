@@ -6,10 +6,10 @@ default 600); ``retryable`` (default true): whether a non-zero exit may be retri
 
 from __future__ import annotations
 
-from core.contracts import StageResult
-from core.errors import SkillError
-from workers.skills.base import SkillContext
-from workers.skills.common import Commands, input_bool, input_float, invalid_input
+from devart.core.contracts import StageResult
+from devart.core.errors import SkillError
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import Commands, input_bool, input_float, invalid_input
 
 
 def command_argv(ctx: SkillContext, key: str = "command") -> list[str]:

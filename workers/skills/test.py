@@ -24,13 +24,13 @@ import re
 import shlex
 from typing import Any
 
-from core.contracts import StageResult
-from core.errors import SkillError
-from sandboxes import artifacts
-from workers.skills import project_deps, pytest_report
-from workers.skills.base import SkillContext
-from workers.skills.common import Commands, input_float, input_subdir, invalid_input
-from workers.skills.environments import create_venv, freeze, install
+from devart.core.contracts import StageResult
+from devart.core.errors import SkillError
+from devart.sandboxes import artifacts
+from devart.workers.skills import project_deps, pytest_report
+from devart.workers.skills.base import SkillContext
+from devart.workers.skills.common import Commands, input_float, input_subdir, invalid_input
+from devart.workers.skills.environments import create_venv, freeze, install
 
 #: The tests' virtualenv and pytest's report, relative to the workspace.
 VENV = ".devart/test-venv"

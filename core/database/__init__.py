@@ -1,0 +1,2 @@
+"""PostgreSQL: the engine and sessions, the table models, and the migrations' runner.
+"""

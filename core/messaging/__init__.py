@@ -1,0 +1,2 @@
+"""RabbitMQ: the lanes, priority bands and dead-letter queues agents consume.
+"""

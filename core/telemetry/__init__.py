@@ -1,0 +1,2 @@
+"""Traces, metrics and structured logs, the same in every process.
+"""
