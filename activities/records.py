@@ -15,6 +15,9 @@ from devart.github import reporter as github_reporter
 
 #: Whether the run's start (or end) is in the feed already; the upsert before it holds the run's row lock.
 _IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")
+#: Waits for every report still being written on one of the run's attempts: an agent's report holds its attempt's
+#: row lock from before it completes the activity until its result, cost and event are committed.
+_REPORTS_WRITTEN = text("SELECT 1 FROM task_attempts WHERE run_id = :run_id FOR SHARE")
 
 
 @activity.defn
@@ -44,6 +47,10 @@ async def record_run(rec: RunRecord) -> None:
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
     kind = "run.finished" if finished else "run.started"
     async with db.session() as s:
+        if finished:
+            # The workflow hears of a stage's end before the report's transaction commits; the run's end waits for
+            # it, so a run read as finished always shows its stages' results and costs.
+            await s.execute(_REPORTS_WRITTEN, {"run_id": rec.run_id})
         await s.exec(stmt)  # type: ignore[call-overload]
         first = (await s.execute(_IN_FEED, {"run_id": rec.run_id, "kind": kind})).first() is None
         if first:

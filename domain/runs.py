@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -271,29 +272,29 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
 
 async def cancel(session: AsyncSession, client: Client, run_id: str) -> None:
     """Ask the workflow to cancel; its stages tear down their sandboxes and the agents learn on heartbeat."""
-    run = await session.get(Run, run_id)
-    if run is None:
-        raise RunNotFound(f"run '{run_id}' not found")
-    if run.status != RunStatus.RUNNING:
-        raise RunConflict(f"run '{run_id}' already {run.status}; only a running run can be cancelled")
-    try:
-        await client.get_workflow_handle(run_id).cancel()
-    except RPCError as exc:
-        raise ServiceUnavailable(f"Temporal could not cancel the run: {exc.message}") from exc
-    add_event(session, "run.cancel_requested", "cancellation requested", run_id=run_id)
-    await session.commit()
+    handle = client.get_workflow_handle(run_id)
+    await _tell_running(session, run_id, "cancelled", handle.cancel, "run.cancel_requested", "cancellation requested")
 
 
 async def approve(session: AsyncSession, client: Client, run_id: str) -> None:
     """Let a run paused on a soft budget limit go on (a workflow signal)."""
+    handle = client.get_workflow_handle(run_id)
+    await _tell_running(session, run_id, "approved", lambda: handle.signal(PipelineWorkflow.approve), "run.approved",
+                        "a supervisor approved the run past its soft budget")
+
+
+async def _tell_running(session: AsyncSession, run_id: str, verb: str, call: Callable[[], Awaitable[object]],
+                        kind: str, message: str) -> None:
+    """Deliver ``call`` to a running run's workflow and record it in the feed: not found for no such run, a conflict
+    for one that has ended, unavailable when Temporal cannot take it."""
     run = await session.get(Run, run_id)
     if run is None:
         raise RunNotFound(f"run '{run_id}' not found")
     if run.status != RunStatus.RUNNING:
-        raise RunConflict(f"run '{run_id}' already {run.status}; only a running run can be approved")
+        raise RunConflict(f"run '{run_id}' already {run.status}; only a running run can be {verb}")
     try:
-        await client.get_workflow_handle(run_id).signal(PipelineWorkflow.approve)
+        await call()
     except RPCError as exc:
-        raise ServiceUnavailable(f"Temporal could not deliver the approval: {exc.message}") from exc
-    add_event(session, "run.approved", "a supervisor approved the run past its soft budget", run_id=run_id)
+        raise ServiceUnavailable(f"Temporal could not take the request ({verb}): {exc.message}") from exc
+    add_event(session, kind, message, run_id=run_id)
     await session.commit()

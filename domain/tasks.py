@@ -15,6 +15,7 @@ sent again after it was recorded is a late report, refused and counted like any 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -116,11 +117,9 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
     result = _stamped(row, agent, req.result)
     await _check_size(session, row, result)
     event_id = await reserve_id(session)
-    try:
-        await client.get_async_activity_handle(task_token=row.task_token).complete(result)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND or not await applied.completed(client, row, result):
-            raise await gone(session, row, agent, exc) from None
+    handle = client.get_async_activity_handle(task_token=row.task_token)
+    await _tell_temporal(session, row, agent, lambda: handle.complete(result),
+                         lambda: applied.completed(client, row, result))
     await _finish(session, row, agent, "succeeded", result, None, event_id)
     await session.commit()
 
@@ -133,13 +132,21 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     await _check_size(session, row, result, req.message, whole_run=req.result is not None)
     error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
     event_id = await reserve_id(session)
-    try:
-        await client.get_async_activity_handle(task_token=row.task_token).fail(error)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND or not await applied.failed(client, row, error):
-            raise await gone(session, row, agent, exc) from None
+    handle = client.get_async_activity_handle(task_token=row.task_token)
+    await _tell_temporal(session, row, agent, lambda: handle.fail(error), lambda: applied.failed(client, row, error))
     await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}", event_id)
     await session.commit()
+
+
+async def _tell_temporal(session: AsyncSession, row: TaskAttempt, agent: Agent, report: Callable[[], Awaitable[None]],
+                         was_applied: Callable[[], Awaitable[bool]]) -> None:
+    """Complete or fail the activity by its token. Temporal answering NOT_FOUND means the attempt is over, unless
+    its history shows this very report was applied (the answer to an earlier try was lost): then it stands."""
+    try:
+        await report()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND or not await was_applied():
+            raise await gone(session, row, agent, exc) from None
 
 
 async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResult, message: str = "", *,

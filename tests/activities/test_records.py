@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.testing import ActivityEnvironment
@@ -65,4 +66,39 @@ def test_a_retry_after_a_failed_first_attempt_adds_the_event(stack: Stack) -> No
     started, finished = _records(run_id)
     _record((started, 2), (finished, 3))
     # Then the retries put the start and the end in the feed all the same
+    assert _feed(run_id) == ["run.started", "run.finished"]
+
+
+def test_a_runs_end_waits_for_a_report_still_being_written(stack: Stack) -> None:
+    """The workflow hears of a stage's end before the agent's report commits its result and cost; a run read as
+    finished must already show them (its cost was short by the last stage's, now and then, before)."""
+    from sqlalchemy import create_engine, text
+
+    run_id = unique("reported")
+    started, finished = _records(run_id)
+    _record((started, 1))
+    sql("INSERT INTO task_attempts (id, run_id, stage, attempt, lane, skill, task_token, heartbeat_timeout, "
+        "wait_timeout, input, status, late_reports, cost_micros, created_at) VALUES (:id, :r, 'only', 1, 'x', 'noop', "
+        "'\\x00', 30, 600, '{}', 'claimed', 0, 0, now())", id=unique("attempt"), r=run_id)
+    engine = create_engine(db.database_url())
+    try:
+        with engine.connect() as report, ThreadPoolExecutor(1) as pool:
+            # Given an agent's report holding its attempt's row lock while Temporal hears of it
+            report.execute(text("SELECT 1 FROM task_attempts WHERE run_id = :r FOR UPDATE"), {"r": run_id})
+            ending = pool.submit(_record, (finished, 1))
+            # When the run's end is recorded meanwhile, Then it waits for the report's lock
+            deadline = time.monotonic() + 30
+            while not sql("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                          "AND query LIKE '%FROM task_attempts WHERE run_id%FOR SHARE%'"):
+                assert not ending.done() and time.monotonic() < deadline, "the run's end did not wait for the report"
+                time.sleep(0.05)
+            assert sql("SELECT status FROM runs WHERE id = :r", r=run_id) == [{"status": "running"}]
+            # And once the report commits its cost, the run's end follows it
+            report.execute(text("UPDATE task_attempts SET status = 'succeeded', cost_micros = 7 WHERE run_id = :r"),
+                           {"r": run_id})
+            report.commit()
+            ending.result(timeout=30)
+    finally:
+        engine.dispose()
+    assert sql("SELECT status FROM runs WHERE id = :r", r=run_id) == [{"status": "succeeded"}]
     assert _feed(run_id) == ["run.started", "run.finished"]
