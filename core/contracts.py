@@ -2,133 +2,27 @@
 
 Every workflow and activity takes one of these models and returns one, and the AMQP task message is one too, so
 the wire format between processes is defined in exactly one place. The module has no side effects and imports
-only pydantic and the standard library: workflows import it inside Temporal's deterministic sandbox.
+only pydantic and the standard library: workflows import it inside Temporal's deterministic sandbox. The contracts
+of a pipeline template live in ``core/contracts_pipeline.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-#: Skills an agent knows how to run; a pipeline naming another skill is refused before it starts.
-BUILTIN_SKILLS: frozenset[str] = frozenset({"build", "test", "lint", "review", "shell"})
-
-
-class Strict(BaseModel):
-    """Base for contracts: unknown fields are an error, so a typo in a template never goes unnoticed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetrySpec(Strict):
-    """How Temporal retries one stage's agent task (maps onto ``temporalio.common.RetryPolicy``)."""
-
-    initial_interval: timedelta = Field(default=timedelta(seconds=2), description="Delay before the 2nd attempt.")
-    backoff_coefficient: float = Field(default=2.0, ge=1.0, description="Growth factor of the delay.")
-    maximum_interval: timedelta = Field(default=timedelta(seconds=60), description="Cap on the delay.")
-    maximum_attempts: int = Field(default=3, ge=1, le=100, description="Attempts in all, the first included.")
-    non_retryable_error_types: list[str] = Field(
-        default_factory=lambda: ["TestsFailed", "TestCollectionFailed", "TestDependenciesFailed", "BuildFailed",
-                                 "InstallFailed", "LintFailed", "InvalidInput", "SkillNotFound"],
-        description="Error types that fail the stage at once.",
-    )
-
-    @field_validator("initial_interval", "maximum_interval")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be a positive duration")
-        return value
-
-
-class SandboxSpec(Strict):
-    """What a stage's sandbox needs; the local backend honours what it can, Kubernetes all of it."""
-
-    image: str = Field(default="python:3.11-slim", description="Container image (Kubernetes backend).")
-    cpu: float = Field(default=1.0, gt=0, description="CPU cores.")
-    memory_mb: int = Field(default=1024, ge=32, description="Memory limit in MiB.")
-    pids: int = Field(default=512, ge=8, description="Maximum number of processes.")
-    disk_mb: int = Field(default=2048, ge=16, description="Workspace size limit in MiB.")
-    timeout: timedelta = Field(default=timedelta(minutes=30), description="Wall-clock limit of one command.")
-    network: Literal["none", "packages", "egress"] = Field(
-        default="none",
-        description="Outbound network access: none; packages (only the configured package index, through the "
-        "agent's index proxy); egress (unrestricted).",
-    )
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every command.")
-    secrets: dict[str, str] = Field(
-        default_factory=dict,
-        description="Variables filled at exec time from the executing process's environment: NAME -> env:VAR. "
-        "Only the reference travels in history and messages, never the value.",
-    )
-
-    @field_validator("secrets")
-    @classmethod
-    def _references(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, ref in value.items():
-            if not ref.startswith("env:") or len(ref) <= 4:
-                raise ValueError(f"secret '{name}' must reference an environment variable as 'env:NAME', got {ref!r}")
-        return value
-
-
-#: A capability: what an agent offers and a stage requires. '+' joins a lane's requirements and ',' separates
-#: capabilities on the command line and priority bands in queue names, so neither may appear in one.
-CAPABILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@#/-]{0,63}")
-
-
-def check_capabilities(values: list[str]) -> list[str]:
-    """The capabilities, stripped; a clear error for the first that could not name a lane unambiguously."""
-    stripped = [v.strip() for v in values]
-    for value in stripped:
-        if not CAPABILITY.fullmatch(value):
-            raise ValueError(f"invalid capability {value!r}: use letters, digits and . _ : @ # / - (up to 64, no "
-                             "spaces, '+' or ',')")
-    return stripped
-
-
-class StageSpec(Strict):
-    """One stage of a pipeline template."""
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
-    skill: str
-    requires: list[str] = Field(default_factory=list, description="Capabilities an agent needs for this stage.")
-    depends_on: list[str] = Field(default_factory=list)
-    inputs: dict[str, Any] = Field(default_factory=dict, description="Skill inputs; ${param} is substituted.")
-    timeout: timedelta = Field(default=timedelta(minutes=10), description="Start-to-close timeout of a task.")
-    heartbeat_timeout: timedelta = Field(default=timedelta(seconds=30), description="A silent agent is dead.")
-    wait_timeout: timedelta = Field(
-        default=timedelta(minutes=10), description="How long a task may wait while no active agent can serve it."
-    )
-    retry: RetrySpec = Field(default_factory=RetrySpec)
-    sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
-
-    @field_validator("requires")
-    @classmethod
-    def _capabilities(cls, value: list[str]) -> list[str]:
-        return check_capabilities(value)
-
-
-class PipelineDefinition(Strict):
-    """A pipeline template: a DAG of stages plus the parameters it accepts."""
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
-    version: int = Field(default=1, ge=1)
-    description: str = ""
-    params: dict[str, str] = Field(default_factory=dict, description="Parameter names and their defaults.")
-    priority: int = Field(default=3, ge=1, le=5, description="Priority of its runs unless a run asks for another.")
-    stages: list[StageSpec] = Field(min_length=1)
-
-
-class Source(Strict):
-    """The repository a run works on: a local path or a git URL, at a ref."""
-
-    repo: str = Field(min_length=1, description="Local path or git URL.")
-    ref: str | None = Field(default=None, description="Branch, tag or commit; None means the working tree.")
-
+from devart.core.contracts_pipeline import BUILTIN_SKILLS as BUILTIN_SKILLS
+from devart.core.contracts_pipeline import CAPABILITY as CAPABILITY
+from devart.core.contracts_pipeline import PipelineDefinition as PipelineDefinition
+from devart.core.contracts_pipeline import RetrySpec as RetrySpec
+from devart.core.contracts_pipeline import SandboxSpec as SandboxSpec
+from devart.core.contracts_pipeline import Source as Source
+from devart.core.contracts_pipeline import StageSpec as StageSpec
+from devart.core.contracts_pipeline import Strict as Strict
+from devart.core.contracts_pipeline import check_capabilities as check_capabilities
 
 #: The version of PipelineWorkflow's behaviour a new run gets (see ``RunInput.engine``): 2 checks budgets before
 #: each dispatch, 3 runs the housekeeping steps as local activities, 4 records the run's start while its first
