@@ -1,7 +1,9 @@
 """Settings, one class per subsystem, read from the environment (and a ``.env`` file if present).
 
 Every default works on a development machine with nothing configured: the embedded PostgreSQL, the local
-Temporal dev server and the RabbitMQ service. Production deployments set the URLs explicitly.
+Temporal dev server and the RabbitMQ service. Production deployments set the URLs explicitly. The settings of
+where agent work runs (sandboxes, the package index, Kubernetes, allowed sources) live in ``core/settings_sandbox.py``
+and are re-exported here, so ``settings.k8s()`` reads like any other.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=prefix, env_file=".env", extra="ignore")
+from devart.core.settings_base import env_config as _config
+from devart.core.settings_sandbox import KubernetesSettings as KubernetesSettings
+from devart.core.settings_sandbox import PackageIndexSettings as PackageIndexSettings
+from devart.core.settings_sandbox import SandboxSettings as SandboxSettings
+from devart.core.settings_sandbox import SourceSettings as SourceSettings
+from devart.core.settings_sandbox import k8s as k8s
+from devart.core.settings_sandbox import package_index as package_index
+from devart.core.settings_sandbox import sandbox as sandbox
+from devart.core.settings_sandbox import source as source
 
 
 class StateSettings(BaseSettings):
@@ -118,63 +126,6 @@ class AdminSettings(BaseSettings):
     admin_token: str | None = Field(default=None, description="Bearer token of administrator routes.")
 
 
-class SandboxSettings(BaseSettings):
-    """Which sandbox backend runs agent tasks."""
-
-    model_config = _config("DEVART_SANDBOX_")
-    backend: Literal["local", "kubernetes"] = Field(default="local", description="Sandbox backend.")
-    root: Path | None = Field(default=None, description="Folder of local sandboxes (default: <home>/sandboxes).")
-    isolation: Literal["bubblewrap", "none"] = Field(
-        default="bubblewrap", description="Local isolation; 'none' runs untrusted code unisolated."
-    )
-
-
-class PackageIndexSettings(BaseSettings):
-    """The package index a ``network: packages`` stage may reach, through the agent's caching index proxy."""
-
-    model_config = _config("DEVART_PACKAGE_INDEX_")
-    url: str = Field(default="https://pypi.org/simple", description="Upstream simple index (PEP 503/691).")
-    files_url: str = Field(
-        default="https://files.pythonhosted.org",
-        description="Upstream host of the index's files; their links are rewritten to go through the proxy.",
-    )
-    cache: Path | None = Field(
-        default=None, description="Shared cache of index files and pages (default: <home>/cache/packages)."
-    )
-    page_ttl: float = Field(
-        default=300.0, ge=0, description="Seconds an index page is served from cache before it is fetched again."
-    )
-
-
-class KubernetesSettings(BaseSettings):
-    """The Kubernetes sandbox backend: where sandbox pods run and how they are built."""
-
-    model_config = _config("DEVART_K8S_")
-    namespace: str = Field(default="devart-sandboxes", description="Namespace holding sandbox pods (must exist).")
-    image: str = Field(default="python:3.11-slim", description="Image of a stage that names none.")
-    service_account: str = Field(default="", description="Service account of sandbox pods ('' = the default one).")
-    kubeconfig: Path | None = Field(default=None, description="Kubeconfig file (default: $KUBECONFIG or ~/.kube).")
-    in_cluster: bool = Field(default=False, description="Use the pod's service account instead of a kubeconfig.")
-    context: str | None = Field(default=None, description="Kubeconfig context (default: the current one).")
-    git_image: str = Field(default="alpine/git:2.47.2", description="Image of the init container that clones.")
-    run_as_user: int = Field(default=10001, ge=1, description="Non-root uid (and gid) sandbox containers run as.")
-    ready_timeout: float = Field(default=120.0, gt=0, description="Seconds a pod may take to start running.")
-    deadline_margin: int = Field(
-        default=300, ge=0, description="Seconds a pod may live beyond ready_timeout + the stage's command timeout."
-    )
-    egress_except: list[str] = Field(
-        default_factory=lambda: ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                 "100.64.0.0/10", "fc00::/7", "fe80::/10"],
-        description="CIDRs a 'network: egress' stage still can't reach (cloud metadata, cluster-private ranges); "
-        "DNS stays allowed. '[]' allows all egress.",
-    )
-    package_proxy: str | None = Field(
-        default=None,
-        description="URL of an in-cluster package index proxy (e.g. http://devart-index.devart:3141); a "
-        "'network: packages' stage may reach only it (and DNS). Unset: such stages are refused.",
-    )
-
-
 class AgentSettings(BaseSettings):
     """An agent process's identity and pacing."""
 
@@ -204,21 +155,6 @@ def amqp() -> AmqpSettings:
 @lru_cache
 def api() -> ApiSettings:
     return ApiSettings()
-
-
-@lru_cache
-def sandbox() -> SandboxSettings:
-    return SandboxSettings()
-
-
-@lru_cache
-def package_index() -> PackageIndexSettings:
-    return PackageIndexSettings()
-
-
-@lru_cache
-def k8s() -> KubernetesSettings:
-    return KubernetesSettings()
 
 
 @lru_cache
@@ -273,21 +209,6 @@ class FeedSettings(BaseSettings):
 def feed() -> FeedSettings:
     return FeedSettings()
 
-
-class SourceSettings(BaseSettings):
-    """Where a run's source may be fetched from (``sandboxes/source_hosts.py``)."""
-
-    model_config = _config("DEVART_SOURCE_")
-    allowed_hosts: str = Field(
-        default="",
-        description="Host names or CIDRs (comma-separated) a source URL may reach although they are loopback, "
-        "private, link-local or this host's own: an operator's internal git server.",
-    )
-
-
-@lru_cache
-def source() -> SourceSettings:
-    return SourceSettings()
 
 
 class LogSettings(BaseSettings):
