@@ -12,10 +12,11 @@ Design (``core/devstack/stackctl.py`` is the other side: what ``devart up``, ``d
 - **One record.** Every child's pid and start time, status, restarts and last exit go to ``<state>/supervisor.json``
   at each change. A process the record names that still runs (same pid *and* start time: an earlier supervisor
   was SIGKILLed and its children orphaned) is adopted, not started again; one the plan no longer has is stopped.
-- **Restarts.** A child that exits is started again after a backoff that doubles from ``backoff_initial`` to
-  ``backoff_max`` (``DEVART_SUPERVISOR_*``), with a line in ``<state>/logs/supervisor.log`` each time; a run
-  longer than ``stable_after`` starts the backoff over. After ``crash_loop`` quick exits in a row it gives up on
-  that child: status ``failed`` with the reason, the others keep running, and the next ``devart up`` tries again.
+- **Restarts** (``core/devstack/children.py``: one child's start and exit). A child that exits is started again
+  after a backoff that doubles from ``backoff_initial`` to ``backoff_max`` (``DEVART_SUPERVISOR_*``), with a line in
+  ``<state>/logs/supervisor.log`` each time; a run longer than ``stable_after`` starts the backoff over. After
+  ``crash_loop`` quick exits in a row it gives up on that child: status ``failed`` with the reason, the others keep
+  running, and the next ``devart up`` tries again.
 - **Stop.** SIGTERM stops the agents, then the API and the worker, then Temporal, then PostgreSQL (SIGTERM;
   PostgreSQL SIGINT, its fast shutdown; SIGKILL after ``stop_grace``), and the supervisor exits. A supervisor
   that is gone leaves its children to ``devart down``, which stops them from the record, pid and start time
@@ -27,17 +28,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from devart.core import settings
-from devart.core.devstack import services, stackfile, stackplan
+from devart.core.devstack import children, services, stackfile, stackplan
+from devart.core.devstack.children import Child
 from devart.core.devstack.stackfile import ChildRecord, StackRecord, StackStatus
 from devart.core.devstack.stackplan import ChildSpec
-from devart.core.devstack.statedir import PRIVATE_UMASK, make_private, open_private
+from devart.core.devstack.statedir import PRIVATE_UMASK, make_private
 from devart.core.devstack.supervisor import ProcessRef, stop_refs, tail
 from devart.core.errors import DevartError
 
@@ -49,17 +49,6 @@ POLL = 0.2
 
 class BringUpFailed(DevartError):
     """The stack could not be brought up; the supervisor stops what it started and exits."""
-
-
-@dataclass
-class Child:
-    spec: ChildSpec
-    record: ChildRecord
-    proc: subprocess.Popen[bytes] | None = None
-    began: float = 0.0  # monotonic time of its latest start
-    streak: int = 0  # exits in a row, each within ``stable_after`` of its start
-    due: float = 0.0  # monotonic time of its next start, in backoff
-    starts: int = 0
 
 
 class Daemon:
@@ -195,32 +184,14 @@ class Daemon:
     # -- watching ----------------------------------------------------------------------------------------------
 
     def spawn(self, child: Child) -> None:
-        spec, record = child.spec, child.record
         try:
-            if spec.prepare is not None:
-                spec.prepare()
-            record.argv = spec.command()
-            out = open_private(Path(record.log))
-            ids = {"user": spec.user.pw_uid, "group": spec.user.pw_gid, "extra_groups": []} if spec.user else {}
-            try:
-                proc = subprocess.Popen(record.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **spec.env}, start_new_session=True,
-                                        umask=PRIVATE_UMASK, **ids)  # type: ignore[call-overload]
-            finally:
-                os.close(out)
+            proc = children.popen(child)
         except Exception as exc:  # a start that raised (a key the registry refused, a missing binary) is an exit
-            log.warning("starting %s failed: %s: %s", spec.name, type(exc).__name__, exc)
+            log.warning("starting %s failed: %s: %s", child.spec.name, type(exc).__name__, exc)
             child.began = time.monotonic()
             self.exited(child, None, f"{type(exc).__name__}: {exc}")
             return
-        ref = ProcessRef.of(proc.pid)
-        child.proc, child.began = proc, time.monotonic()
-        record.pid, record.started = proc.pid, ref.started if ref else time.time()
-        record.restarts += 1 if child.starts else 0
-        child.starts += 1
-        record.status, record.message = ("starting" if spec.ready else "running"), ""
-        again = f", restart {record.restarts}" if record.restarts else ""
-        log.info("started %s (pid %d)%s", spec.name, proc.pid, again)
+        children.started(child, proc)
         self.save()
 
     def tick(self) -> None:
@@ -259,22 +230,7 @@ class Daemon:
             self.save()
 
     def exited(self, child: Child, code: int | None, why: str = "") -> None:
-        record, cfg = child.record, self.cfg
-        ran = time.monotonic() - child.began
-        if record.ref is not None:
-            stop_refs([(record.ref, signal.SIGKILL)], grace=0)  # only what is left of its process group
-        child.proc, record.pid, record.started, record.last_exit = None, None, None, code
-        child.streak = child.streak + 1 if ran < cfg.stable_after else 1
-        how = why or ("exited" if code is None else f"exited with code {code}")
-        if child.streak >= cfg.crash_loop:
-            record.status = "failed"
-            record.message = (f"gave up after {child.streak} exits in a row, each within {cfg.stable_after:.0f}s "
-                              f"of starting ({how}); see {record.log}; `devart up` tries again")
-            log.error("giving up on %s: %s", child.spec.name, record.message)
-        else:
-            delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (child.streak - 1))
-            record.status, record.message, child.due = "backoff", how, time.monotonic() + delay
-            log.warning("%s %s after %.1fs; starting it again in %.1fs", child.spec.name, how, ran, delay)
+        children.exited(child, code, why, self.cfg)
         if self.up:  # in the same write as the exit: no reader sees a failed child under a "running" stack
             self.record.status = "degraded"
         self.save()
