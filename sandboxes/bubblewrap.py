@@ -45,7 +45,8 @@ from pathlib import Path
 
 from devart.core.contracts import SandboxSpec
 from devart.sandboxes import package_forwarder
-from devart.sandboxes.egress import EgressFds, resolv_conf_path
+from devart.sandboxes.egress import EgressFds
+from devart.sandboxes.egress_routes import resolv_conf_path
 
 #: The uid and gid commands run as ("nobody").
 SANDBOX_UID = 65534

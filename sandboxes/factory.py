@@ -12,7 +12,8 @@ from pathlib import Path
 
 from devart.core import settings
 from devart.sandboxes.base import Sandbox
-from devart.sandboxes.package_index import PackageIndex, Upstream, serve_package_index
+from devart.sandboxes.index_pages import Upstream
+from devart.sandboxes.package_index import PackageIndex, serve_package_index
 
 #: A unix socket's path must fit in 108 bytes (with its terminating NUL); longer state folders use a temp folder.
 MAX_SOCKET_PATH = 100

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 from devart.core.contracts import SandboxSpec, Source
 from devart.core.errors import SandboxError
 from devart.core.settings import KubernetesSettings
-from devart.sandboxes.egress import NON_PUBLIC_IPV4
-from devart.sandboxes.package_index import package_environment
+from devart.sandboxes.egress_routes import NON_PUBLIC_IPV4
+from devart.sandboxes.index_pages import package_environment
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SANDBOX_LABEL = "devart.dev/sandbox"

@@ -5,7 +5,8 @@ so a teardown from any process can kill it) and ``volume/``, the only place comm
 (the command's ``HOME``) and ``volume/workspace/`` (the checkout), a tmpfs of ``disk_mb`` when devart runs as
 root. ``sandboxes/bubblewrap.py`` says what a command can see and which uid it runs as, ``sandboxes/egress.py``
 how ``network: egress`` reaches public addresses and nothing else, ``sandboxes/limits.py`` how its memory, CPU
-and processes are limited, ``sandboxes/volumes.py`` its disk, ``sandboxes/workspace.py`` how the checkout is made.
+and processes are limited, ``sandboxes/volumes.py`` its disk, ``sandboxes/workspace.py`` how the checkout is made,
+``sandboxes/layout.py`` the directory itself and ``sandboxes/local_command.py`` how one command is run and watched.
 
 ``spec.timeout`` and the ``timeout`` argument, whichever is shorter, bound each command; on expiry its whole
 process tree is killed (the sandbox's pid namespace, and its cgroup for anything that got out). Secrets are
@@ -19,8 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -38,45 +37,20 @@ from devart.sandboxes.bubblewrap import (
     SANDBOX_UID,
     Confinement,
     bubblewrap_available,
-    environment_script,
     interpreter_paths,
     userns_problem,
 )
-from devart.sandboxes.limits import (
-    JOIN_FAILED,
-    JOIN_FAILED_MARK,
-    CommandCgroup,
-    detect,
-    prlimit_argv,
-    remove_sandbox_cgroups,
-)
-from devart.sandboxes.package_index import PackageIndex, package_environment
-from devart.sandboxes.processes import (
-    OutputBuffer,
-    command_environment,
-    create_time,
-    kill_group,
-    kill_recorded,
-    memfd,
-    tree_cpu,
-)
+from devart.sandboxes.index_pages import package_environment
+from devart.sandboxes.layout import create_layout, hand_over, read_handles, remove_tree, write_json
+from devart.sandboxes.limits import CommandCgroup, detect, prlimit_argv, remove_sandbox_cgroups
+from devart.sandboxes.local_command import Launch, run_command
+from devart.sandboxes.package_index import PackageIndex
+from devart.sandboxes.processes import OutputBuffer, command_environment, kill_recorded
 from devart.sandboxes.seccomp import no_user_namespaces
-from devart.sandboxes.workspace import (
-    create_layout,
-    hand_over,
-    materialize,
-    plan_checkout,
-    read_handles,
-    remove_tree,
-    write_json,
-)
+from devart.sandboxes.workspace import materialize, plan_checkout
 
 __all__ = ["LocalSandbox", "bubblewrap_available"]
 
-#: Seconds between CPU samples of a running command (and checks for a command whose output is held open).
-POLL_INTERVAL = 0.2
-#: Seconds to wait for a killed command's exit and last output before giving up on them.
-KILL_GRACE = 5.0
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 #: A sandbox id is one path component: exec and teardown refuse anything else, so a handle can't point outside.
 _VALID_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -206,126 +180,15 @@ class LocalSandbox:
                 raise SandboxError(f"could not create the command's cgroup: {exc}", retryable=True,
                                    reason="SandboxLimits") from exc
         try:
-            return await self._run(directory, workdir, spec, command, variables, output, group,
-                                   min(timeout, spec.timeout.total_seconds()))
+            prefix = group.wrapper(spec.disk_mb << 20) if group is not None else prlimit_argv(self._prlimit, spec)
+            socket = self.package_index.socket if spec.network == "packages" and self.package_index else None
+            return await run_command(
+                Launch(directory, workdir, spec, command, variables, prefix, self._confinement, self._seccomp,
+                       socket, self._egress, self.limits), output, group, min(timeout, spec.timeout.total_seconds()))
         finally:
             if group is not None:
                 with suppress(OSError):  # still busy after the deadline: teardown removes it
                     await group.remove()
-
-    async def _run(self, directory: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
-                   variables: dict[str, str], output: OutputBuffer, group: CommandCgroup | None,
-                   timeout: float) -> ExecResult:
-        """Start the command, supervise it until it exits or times out, and report what its limits saw."""
-        link = self._egress_link(spec)
-        try:
-            return await self._supervise(directory, workdir, spec, command, variables, output, group, timeout, link)
-        finally:
-            if link is not None:
-                await link.close()  # slirp4netns goes with the command, however that ended
-
-    async def _supervise(self, directory: Path, workdir: Path, spec: SandboxSpec, command: Sequence[str],
-                         variables: dict[str, str], output: OutputBuffer, group: CommandCgroup | None,
-                         timeout: float, link: egress.EgressLink | None) -> ExecResult:
-        prefix = group.wrapper(spec.disk_mb << 20) if group is not None else prlimit_argv(self._prlimit, spec)
-        fds: list[int] = []
-        if self._confinement is None:
-            argv, child_env, stdin, cwd = [*prefix, *command], variables, asyncio.subprocess.DEVNULL, workdir
-        else:
-            # Root-owned helpers get a bare environment and a root-owned cwd; the command's comes on stdin.
-            stdin = memfd(environment_script(variables))
-            fds.append(stdin)
-            if self._confinement.setpriv is not None and self._seccomp is not None:
-                fds.append(memfd(self._seccomp))
-            socket = self.package_index.socket if spec.network == "packages" and self.package_index else None
-            argv = [*prefix, *self._confinement.argv(directory / volumes.VOLUME, workdir, spec, command,
-                                                     fds[1] if fds[1:] else None, socket,
-                                                     link.fds if link is not None else None)]
-            child_env, cwd = {"PATH": HELPER_PATH}, directory
-        started = time.monotonic()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=child_env, stdin=stdin, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                pass_fds=[*fds[1:], *(link.child_fds if link is not None else [])])
-        except OSError as exc:
-            raise SandboxError(f"could not start {argv[0]}: {exc}") from exc
-        finally:
-            for fd in fds:
-                os.close(fd)
-            if link is not None:
-                link.spawned()
-        assert proc.stdout is not None
-        identity = create_time(proc.pid)
-        record = directory / "pids" / f"{proc.pid}.json"
-        reader = asyncio.create_task(output.pump(proc.stdout))
-        waiter = asyncio.create_task(proc.wait())
-        cpu, timed_out = 0.0, False
-
-        def kill() -> None:
-            kill_group(proc.pid, identity)
-            if group is not None:
-                group.kill()
-
-        try:
-            try:
-                await asyncio.to_thread(write_json, record, {"pid": proc.pid, "create_time": identity})
-            except FileNotFoundError:
-                raise SandboxError(f"sandbox {directory.name!r} was torn down while a command started in it") from None
-            if link is not None:  # the command waits in bubblewrap until its network is in place
-                await link.start(egress.host_addresses())
-            deadline = started + timeout
-            while not waiter.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                watched = {waiter} if reader.done() else {waiter, reader}
-                await asyncio.wait(watched, timeout=min(POLL_INTERVAL, remaining), return_when=asyncio.FIRST_COMPLETED)
-                if reader.done() and reader.exception() is not None:
-                    break  # on_output raised: stop the command and report the error below
-                if proc.returncode is not None and not waiter.done():
-                    break  # exited, but a background child still holds the output open: it is killed below
-                if group is None:
-                    cpu = max(cpu, tree_cpu(proc.pid))
-            if timed_out and group is None:
-                cpu = max(cpu, tree_cpu(proc.pid))
-            kill()  # always: on success this reaps leftover background processes
-            await asyncio.wait({waiter}, timeout=KILL_GRACE)
-            if not reader.done():
-                await asyncio.wait({reader}, timeout=KILL_GRACE)
-            failure = reader.exception() if reader.done() else None
-            if failure is not None:
-                raise failure
-        except BaseException:
-            kill()
-            await asyncio.wait({waiter}, timeout=KILL_GRACE)
-            raise
-        finally:
-            reader.cancel()
-            waiter.cancel()
-            await asyncio.to_thread(record.unlink, missing_ok=True)
-        exit_code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
-        if exit_code == JOIN_FAILED and JOIN_FAILED_MARK in output.text:
-            raise SandboxError(f"could not place the command in its cgroup: {output.text.strip()[-500:]}",
-                               retryable=True, reason="SandboxLimits")
-        seen = group.outcome() if group is not None else None
-        _, over = await asyncio.to_thread(volumes.used, directory, spec.disk_mb)
-        return ExecResult(
-            exit_code=exit_code, output=output.text, truncated=output.truncated, timed_out=timed_out,
-            duration=round(time.monotonic() - started, 3),
-            cpu_seconds=round(seen.cpu_seconds if seen is not None and seen.cpu_seconds is not None else cpu, 3),
-            oom_killed=seen is not None and seen.oom_killed, pids_limited=seen is not None and seen.pids_limited,
-            disk_exceeded=over, limits=self.limits,
-        )
-
-    def _egress_link(self, spec: SandboxSpec) -> egress.EgressLink | None:
-        """A confined ``network: egress`` command's slirp4netns network; refused where slirp4netns is missing."""
-        if spec.network != "egress" or self._confinement is None:
-            return None  # unisolated commands share the host's network anyway
-        if self._egress is None:
-            raise egress.missing()
-        return egress.EgressLink(*self._egress, userns=self._confinement.setpriv is None)
 
     async def store_artifact(self, handle: SandboxHandle, name: str, data: bytes) -> bool:
         """Keep a file for the later sandboxes of the handle's run (see ``sandboxes/artifacts.py``)."""

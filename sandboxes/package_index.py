@@ -21,32 +21,28 @@ machine's CA bundle (``SSL_CERT_FILE``) and proxy variables.
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 import logging
 import os
-import re
-import tempfile
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin
 
 import h11
 import httpx
 
-#: The PEP 691 JSON and PEP 503 HTML content types this proxy serves pages as.
-SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
-SIMPLE_HTML = "text/html"
-#: Host names a client may address the proxy by: it is only ever reached through a loopback address.
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
-#: Bytes moved at a time between upstream, the cache, and the client.
-CHUNK = 1 << 20
-_PROJECT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_+~!%=-][A-Za-z0-9._+~!%=-]*$")
-_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+from devart.sandboxes.index_cache import cached_size, read_chunks, read_if_fresh, tee, write_atomically
+from devart.sandboxes.index_pages import (
+    LOOPBACK_HOSTS,
+    SIMPLE_HTML,
+    SIMPLE_JSON,
+    Refusal,
+    Upstream,
+    parse_target,
+    rewrite_html,
+    rewrite_json,
+)
+
 _UPSTREAM_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 log = logging.getLogger("devart.package_index")
 
@@ -61,18 +57,6 @@ class IndexStats:
     file_fetches: int = 0  # files fetched from upstream (and cached)
     file_hits: int = 0  # files served from the cache
     refused: int = 0  # requests answered 403/405
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """Where the proxy fetches from: the simple index and the host its file links point to."""
-
-    index_url: str = "https://pypi.org/simple"
-    files_url: str = "https://files.pythonhosted.org"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "index_url", self.index_url.rstrip("/"))
-        object.__setattr__(self, "files_url", self.files_url.rstrip("/"))
 
 
 @dataclass
@@ -91,81 +75,6 @@ class Reply:
     content_type: str = "text/plain; charset=utf-8"
     length: int | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-class Refusal(Exception):
-    """A request this proxy will not serve, with the status and the reason shown to the client."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def package_environment(simple_url: str) -> dict[str, str]:
-    """The variables that point uv and pip at the index ``simple_url`` and at nothing else.
-
-    ``PIP_CONFIG_FILE=/dev/null`` and ``UV_NO_CONFIG`` keep the host's ``/etc/pip.conf`` and ``/etc/uv/uv.toml``
-    (and their index settings) out; uv may not download Python builds (only the index is reachable), and it
-    copies from its cache (under the sandbox's home, another mount than the workspace, so hard links fail).
-    """
-    return {"UV_DEFAULT_INDEX": simple_url, "UV_INDEX_URL": simple_url, "PIP_INDEX_URL": simple_url,
-            "PIP_CONFIG_FILE": "/dev/null", "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_LINK_MODE": "copy",
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-
-
-def normalized_project(name: str) -> str:
-    """The PEP 503 normalized form of a project name; refuses anything that is not one."""
-    if not _PROJECT.match(name):
-        raise Refusal(404, f"not a project name: {name!r}")
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def file_path(path: str) -> str:
-    """``path`` (below ``/files/``) checked to be plain segments, so it maps to one cache file and one URL."""
-    segments = path.split("/")
-    if not path or not all(_SEGMENT.match(segment) for segment in segments):
-        raise Refusal(404, f"not an index file path: {path!r}")
-    return path
-
-
-def rewrite_link(link: str, page_url: str, upstream: Upstream) -> str:
-    """A file link of an upstream page as the proxy's ``/files/...`` path (fragment kept); others unchanged."""
-    absolute = urljoin(page_url, link)
-    prefix = upstream.files_url + "/"
-    return "/files/" + absolute[len(prefix):] if absolute.startswith(prefix) else absolute
-
-
-def rewrite_html(page: str, page_url: str, upstream: Upstream) -> str:
-    """A PEP 503 page with its ``href`` values rewritten by ``rewrite_link``."""
-
-    def replace(match: re.Match[str]) -> str:
-        link = rewrite_link(html.unescape(match.group(3)), page_url, upstream)
-        return f"{match.group(1)}{match.group(2)}{html.escape(link, quote=True)}{match.group(2)}"
-
-    return _HREF.sub(replace, page)
-
-
-def rewrite_json(page: bytes, page_url: str, upstream: Upstream) -> bytes:
-    """A PEP 691 page with each file's ``url`` rewritten by ``rewrite_link``."""
-    data = json.loads(page)
-    for entry in data.get("files", []):
-        if isinstance(entry, dict) and isinstance(entry.get("url"), str):
-            entry["url"] = rewrite_link(entry["url"], page_url, upstream)
-    return json.dumps(data).encode()
-
-
-def write_atomically(target: Path, content: bytes) -> None:
-    """Write ``content`` to ``target`` so that readers see the old file or the whole new one, never a part."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        os.replace(temp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 class IndexProxy:
@@ -239,24 +148,16 @@ class IndexProxy:
             return Reply(refusal.status, f"{refusal}\n".encode(), headers=extra)
 
     async def _route(self, target: str, headers: dict[str, str], head: bool) -> Reply:
-        if not target.startswith("/"):
-            raise Refusal(403, "this is a package index, not a forward proxy: only its own /simple/ and /files/ "
-                          "paths are served")
-        host = headers.get("host", "")
-        if _hostname(host) not in self.hosts:
-            raise Refusal(403, f"requests for host {host!r} are not served here")
-        path = target.split("?", 1)[0]
-        if path.startswith("/simple/") and 0 < len(name := path[len("/simple/"):].rstrip("/")) and "/" not in name:
-            return await self._page(normalized_project(name), headers.get("accept", ""))
-        if path.startswith("/files/"):
-            return await self._file(file_path(path[len("/files/"):]), head)
-        raise Refusal(403, "only /simple/<project>/ and /files/... are served by this package index proxy")
+        kind, name = parse_target(target, headers.get("host", ""), self.hosts)
+        if kind == "page":
+            return await self._page(name, headers.get("accept", ""))
+        return await self._file(name, head)
 
     async def _page(self, project: str, accept: str) -> Reply:
         """An index page: fresh from the cache, else from upstream (rewritten and cached), else stale."""
         kind = "json" if SIMPLE_JSON in accept else "html"
         cached = self.cache / "pages" / kind / project
-        content = await asyncio.to_thread(_read_if_fresh, cached, self.page_ttl)
+        content = await asyncio.to_thread(read_if_fresh, cached, self.page_ttl)
         if content is not None:
             self.stats.page_hits += 1
             return _page_reply(kind, content)
@@ -282,7 +183,7 @@ class IndexProxy:
         return _page_reply(kind, body)
 
     async def _stale(self, cached: Path, kind: str, problem: str) -> Reply:
-        content = await asyncio.to_thread(_read_if_fresh, cached, None)
+        content = await asyncio.to_thread(read_if_fresh, cached, None)
         if content is None:
             return Reply(502, f"{problem}, and this page is not cached\n".encode())
         self.stats.page_stale += 1
@@ -291,10 +192,10 @@ class IndexProxy:
     async def _file(self, path: str, head: bool) -> Reply:
         """A file: from the cache, else streamed from upstream while it is cached (a HEAD only asks upstream)."""
         cached = self.cache / "files" / path
-        size = await asyncio.to_thread(_size, cached)
+        size = await asyncio.to_thread(cached_size, cached)
         if size is not None:
             self.stats.file_hits += 1
-            return Reply(200, _read_chunks(cached), "application/octet-stream", size)
+            return Reply(200, read_chunks(cached), "application/octet-stream", size)
         request = self.client.build_request("HEAD" if head else "GET", f"{self.upstream.files_url}/{path}",
                                             headers={"Accept-Encoding": "identity"})
         try:
@@ -312,7 +213,7 @@ class IndexProxy:
             await response.aclose()
             return Reply(200, b"", "application/octet-stream", size)
         self.stats.file_fetches += 1
-        return Reply(200, _tee(response, cached), "application/octet-stream", size)
+        return Reply(200, tee(response, cached), "application/octet-stream", size)
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, head: bool, reply: Reply) -> None:
         headers = [("content-type", reply.content_type), *reply.headers]
@@ -339,62 +240,8 @@ class IndexProxy:
                 await body.aclose()
 
 
-def _hostname(host: str) -> str:
-    """The name part of a ``Host`` header (``[::1]:80`` gives ``[::1]``), lower-cased."""
-    name = host[:host.index("]") + 1] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
-    return name.lower()
-
-
 def _page_reply(kind: str, content: bytes) -> Reply:
     return Reply(200, content, SIMPLE_JSON if kind == "json" else f"{SIMPLE_HTML}; charset=utf-8")
-
-
-def _read_if_fresh(path: Path, ttl: float | None) -> bytes | None:
-    """The file's content if it exists and is younger than ``ttl`` seconds (any age when ``ttl`` is None)."""
-    try:
-        if ttl is not None and time.time() - path.stat().st_mtime > ttl:
-            return None
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _size(path: Path) -> int | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_size if path.is_file() else None
-
-
-async def _read_chunks(path: Path) -> AsyncGenerator[bytes, None]:
-    with await asyncio.to_thread(path.open, "rb") as source:
-        while chunk := await asyncio.to_thread(source.read, CHUNK):
-            yield chunk
-
-
-async def _tee(response: httpx.Response, target: Path) -> AsyncGenerator[bytes, None]:
-    """Yield the upstream file and write it to ``target``: renamed into place only once complete."""
-    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
-    complete = False
-    try:
-        with os.fdopen(fd, "wb") as out:
-            written = 0
-            async for chunk in response.aiter_raw(CHUNK):
-                await asyncio.to_thread(out.write, chunk)
-                written += len(chunk)
-                yield chunk
-            expected = response.headers.get("content-length")
-            if expected is not None and expected.isdigit() and int(expected) != written:
-                raise httpx.ReadError(f"upstream sent {written} of {expected} bytes")
-        await asyncio.to_thread(os.replace, temp, target)
-        complete = True
-    finally:
-        await response.aclose()
-        if not complete:
-            with suppress(OSError):
-                os.unlink(temp)
 
 
 @asynccontextmanager

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from devart.sandboxes.workspace import disk_usage
+from devart.sandboxes.layout import disk_usage
 
 #: The volume's folder inside a sandbox's directory.
 VOLUME = "volume"

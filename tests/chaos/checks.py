@@ -26,7 +26,7 @@ from devart.core.database import db
 from devart.core.settings import SweepSettings
 from devart.core.temporal import connect
 from devart.sandboxes import artifacts
-from devart.sandboxes.workspace import read_handles
+from devart.sandboxes.layout import read_handles
 from tests.chaos.clients import until
 from tests.chaos.harness import Batch, Harness, TrackedRun
 from tests.chaos.plan import EXPECTED

@@ -13,14 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devart.sandboxes.package_index import (
-    SIMPLE_JSON,
-    PackageIndex,
-    Upstream,
-    rewrite_html,
-    rewrite_json,
-    serve_package_index,
-)
+from devart.sandboxes.index_pages import SIMPLE_JSON, Upstream, rewrite_html, rewrite_json
+from devart.sandboxes.package_index import PackageIndex, serve_package_index
 
 UPSTREAM = Upstream("https://index.example/simple", "https://files.example")
 WHEEL = "packages/ab/cd/demo-1.0-py3-none-any.whl"

@@ -31,9 +31,10 @@ from devart.core.errors import SandboxError
 from devart.core.settings import KubernetesSettings
 from devart.sandboxes.bubblewrap import INDEX_PORT, INDEX_SOCKET, Confinement, interpreter_paths, userns_problem
 from devart.sandboxes.factory import package_index_for
+from devart.sandboxes.index_pages import Upstream
 from devart.sandboxes.kubernetes import KubernetesSandbox
 from devart.sandboxes.local import LocalSandbox, bubblewrap_available
-from devart.sandboxes.package_index import PackageIndex, Upstream, serve_package_index
+from devart.sandboxes.package_index import PackageIndex, serve_package_index
 
 UV = str(Path(sys.executable).parent / "uv")
 INSTALL = [UV, "pip", "install", "--python", sys.executable, "--target", "deps", "iniconfig==2.0.0"]

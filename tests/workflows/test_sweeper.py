@@ -26,7 +26,7 @@ from temporalio.service import RPCError
 from devart.core.database import db
 from devart.core.settings import SweepSettings
 from devart.sandboxes import artifacts
-from devart.sandboxes.workspace import create_layout
+from devart.sandboxes.layout import create_layout
 from devart.workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, sweep_if_alone
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_stage
 from tests.stack import Stack, sql
