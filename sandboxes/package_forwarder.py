@@ -47,6 +47,11 @@ async def _relay(socket_path: str, client_reader: asyncio.StreamReader, client: 
         return
     try:
         await asyncio.gather(_pipe(client_reader, index), _pipe(index_reader, client))
+    except asyncio.CancelledError:
+        # The command exited with this connection still open: the relay ends with it. Returning (rather than
+        # ending cancelled) matters on Python 3.11, whose server callback reads a cancelled connection task's
+        # exception and prints a traceback into the command's own output.
+        return
     finally:
         for writer in (index, client):
             writer.close()

@@ -42,8 +42,8 @@ def stack_processes(home: str, temporal_db: Path) -> Counter[str]:
         argv = [a.decode(errors="replace") for a in _proc(pid, "cmdline").split(b"\0") if a]
         if str(temporal_db) in argv and "start-dev" in argv:
             found["temporal"] += 1
-        elif "cli" in argv[1:3] and want in _proc(pid, "environ").split(b"\0"):
-            role = argv[argv.index("cli") + 1] if argv.index("cli") + 1 < len(argv) else "?"
+        elif "devart.cli" in argv[1:3] and want in _proc(pid, "environ").split(b"\0"):
+            role = argv[argv.index("devart.cli") + 1] if argv.index("devart.cli") + 1 < len(argv) else "?"
             name = argv[argv.index("--name") + 1] if "--name" in argv else ""
             found[f"{role} {name}".strip()] += 1
     return found

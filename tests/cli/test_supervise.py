@@ -82,8 +82,8 @@ def stack_processes(state: Path) -> dict[str, list[int]]:
             elif proc.environ().get("DEVART_HOME") == str(state):
                 if "start-dev" in cmd:
                     role = "temporal"
-                elif "cli" in cmd:
-                    command = cmd[cmd.index("cli") + 1]
+                elif "devart.cli" in cmd:
+                    command = cmd[cmd.index("devart.cli") + 1]
                     role = {"supervise": "supervisor"}.get(command, command)
                     if command == "agent":
                         role = f"agent-{cmd[cmd.index('--name') + 1]}"
