@@ -10,7 +10,7 @@ same machine load:
    queued → claimed in the stack;
 4. the API: ``POST /v1/runs`` under concurrent clients (``bench.api_load``);
 5. the scale sweep: 1 … 1,000 runs in flight, with memory (``bench.scale``);
-6. where a run's time goes, step by step, from the Temporal histories (``bench.scale.breakdown``);
+6. where a run's time goes, step by step, from the Temporal histories (``bench.timeline.breakdown``);
 
 and writes ``bench/results/latest.{json,md,png}`` (``bench.report``). ``--quick`` (under two minutes; writes
 ``quick.*``) is the smoke check CI runs: it proves the benchmark runs and reports, its figures are noisy.
@@ -36,9 +36,11 @@ import httpx
 
 from bench import api_load, fleet, report, scale
 from bench import stack as bench_stack
+from bench.meters import CpuMeter
 from bench.pipeline import noop_pipeline
-from bench.scale import CpuMeter, Sample, baseline_run, baseline_worker, breakdown, closed_loop, devart_run
+from bench.scale import Sample, baseline_run, baseline_worker, closed_loop, devart_run
 from bench.scale import publish as publish_pipeline
+from bench.timeline import breakdown
 from devart.core.database import db
 from devart.core.devstack import services
 from devart.core.telemetry import tracing as telemetry

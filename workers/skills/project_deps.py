@@ -1,9 +1,10 @@
 """Finds what a project's test suite needs, where Python projects declare it; runs inside the sandbox.
 
-The test skill sends this module's source to the sandbox (``python -c``) with the project folder as argument, so
-it imports only the standard library (``packaging`` is used when the interpreter has it). It prints one JSON
-object: the project's name, the extras to install with it, the extra requirements (written, filtered, to a
-requirements file in the workspace), where each came from, and the wheels earlier stages handed on.
+The test skill runs ``script()`` (``python -c``) with the project folder as argument: this module's source after
+``dependency_formats``'s, which reads each file format, so both import only the standard library (``packaging``
+is used when the interpreter has it). It prints one JSON object: the project's name, the extras to install with
+it, the extra requirements (written, filtered, to a requirements file in the workspace), where each came from,
+and the wheels earlier stages handed on.
 
 Where projects declare test dependencies, in the order they are looked for: PEP 735 dependency groups, extras
 (``[project.optional-dependencies]`` or ``setup.cfg``), PDM's and Poetry's development groups, and
@@ -15,8 +16,9 @@ dropped: the skill installs the project (or the wheel built from it) on its own.
 
 from __future__ import annotations
 
-import configparser
+import ast
 import email.parser
+import inspect
 import json
 import os
 import re
@@ -24,10 +26,16 @@ import sys
 import zipfile
 from typing import Any
 
-try:
-    import tomllib
-except ImportError:  # Python < 3.11: no pyproject.toml support, the other sources still work
-    tomllib = None  # type: ignore[assignment]
+from devart.workers.skills import dependency_formats
+from devart.workers.skills.dependency_formats import (
+    normalize,
+    nox_installs,
+    poetry_requirement,
+    read_toml,
+    requirement_lines,
+    setup_cfg_extras,
+    tox_testenv,
+)
 
 #: Names that mean "what the tests need", in order of preference; "dev" only when none of them exists.
 TEST_NAMES = ("tests", "test", "testing")
@@ -41,21 +49,6 @@ DEV_FILES = ("requirements-dev.txt", "requirements_dev.txt", "dev-requirements.t
 #: Where the filtered requirements are written, relative to the workspace.
 OUTPUT = ".devart/test-requirements.txt"
 _NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def normalize(name: str) -> str:
-    """PEP 503 / 685 normalized name of a project, group or extra."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _read_toml(path: str) -> dict[str, Any]:
-    if tomllib is None or not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def _pick(names: list[str]) -> tuple[list[str], str]:
@@ -80,142 +73,6 @@ def dependency_group(groups: dict[str, Any], name: str, seen: frozenset[str] = f
     return out
 
 
-def _poetry_version(spec: str) -> str:
-    """A Poetry version constraint as a PEP 440 specifier ("^1.2" -> ">=1.2,<2.0"); "" when it cannot be one."""
-    spec = spec.strip()
-    if spec in ("", "*") or "||" in spec or "|" in spec:
-        return ""
-    parts = [p for p in re.split(r"\s*,\s*|\s+(?=[<>=!~^])", spec) if p]
-    out = []
-    for part in parts:
-        if part[0] in "^~" and not part.startswith("~="):
-            nums = [int(x) for x in re.findall(r"\d+", part[1:])[:3]]
-            if not nums:
-                return ""
-            if part[0] == "^":
-                idx = next((i for i, n in enumerate(nums) if n != 0), len(nums) - 1)
-            else:
-                idx = 0 if len(nums) == 1 else 1
-            upper = nums[: idx + 1]
-            upper[-1] += 1
-            out.append(f">={part[1:]},<{'.'.join(map(str, upper))}")
-        elif part[0].isdigit():
-            out.append(f"=={part}")
-        else:
-            out.append(part)
-    return ",".join(out)
-
-
-def _poetry_requirement(name: str, value: Any) -> str | None:
-    """A Poetry dependency entry as a PEP 508 requirement; None for the interpreter and for path/git/url sources."""
-    if normalize(name) == "python":
-        return None
-    if isinstance(value, list):  # several constraints by Python version: take the one for this interpreter
-        fitting = [v for v in value if isinstance(v, dict) and _python_fits(str(v.get("python", "")))]
-        value = fitting[-1] if fitting else (value[-1] if value else "*")
-    if isinstance(value, dict):
-        if any(k in value for k in ("path", "git", "url", "file")):
-            return None
-        extras = value.get("extras") or []
-        version = _poetry_version(str(value.get("version", "*")))
-        extra = f"[{','.join(extras)}]" if extras else ""
-        return f"{name}{extra}{version}"
-    return f"{name}{_poetry_version(str(value))}"
-
-
-def _python_fits(constraint: str) -> bool:
-    """Whether this interpreter satisfies a Poetry ``python`` constraint (True when it cannot tell)."""
-    specifier = _poetry_version(constraint)
-    if not specifier:
-        return True
-    try:
-        from packaging.specifiers import SpecifierSet
-    except ImportError:
-        return True
-    return SpecifierSet(specifier).contains(".".join(map(str, sys.version_info[:3])))
-
-
-def _setup_cfg_extras(project: str) -> dict[str, list[str]]:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(os.path.join(project, "setup.cfg"))
-    except configparser.Error:
-        return {}
-    if not parser.has_section("options.extras_require"):
-        return {}
-    return {k: [r for r in v.splitlines() if r.strip()] for k, v in parser.items("options.extras_require")}
-
-
-def requirement_lines(path: str, seen: set[str] | None = None) -> list[str]:
-    """A requirements file's requirements with ``-r`` includes inlined, ``-c`` made absolute, and every line
-    that installs the project itself or a local folder (``-e .``, ``.``, ``./x``) dropped."""
-    seen = set() if seen is None else seen
-    real = os.path.realpath(path)
-    if real in seen or not os.path.isfile(real):
-        return []
-    seen.add(real)
-    base = os.path.dirname(real)
-    out: list[str] = []
-    with open(real, encoding="utf-8", errors="replace") as f:
-        for raw in f:
-            line = raw.split(" #", 1)[0].strip()
-            if not line or line.startswith("#"):
-                continue
-            option = re.match(r"^(-r|--requirement|-c|--constraint)\s*=?\s*(\S+)$", line)
-            if option:
-                target = os.path.join(base, option.group(2))
-                if option.group(1) in ("-r", "--requirement"):
-                    out += requirement_lines(target, seen)
-                elif os.path.isfile(target):
-                    out.append(f"-c {os.path.realpath(target)}")
-                continue
-            if line.startswith(("-e", "--editable", ".", "/", "file:")) or line.startswith("-"):
-                continue  # the project itself, a local folder, or an index option the sandbox decides
-            out.append(line)
-    return out
-
-
-def _tox(project: str) -> tuple[list[str], list[str]]:
-    """``deps`` and ``extras`` of tox's ``[testenv]`` (tox.ini, or the legacy ini in pyproject.toml)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(os.path.join(project, "tox.ini"))
-        if not parser.has_section("testenv"):
-            legacy = _read_toml(os.path.join(project, "pyproject.toml")).get("tool", {}).get("tox", {})
-            if isinstance(legacy.get("legacy_tox_ini"), str):
-                parser.read_string(legacy["legacy_tox_ini"])
-    except configparser.Error:
-        return [], []
-    if not parser.has_section("testenv"):
-        return [], []
-    deps: list[str] = []
-    for line in parser.get("testenv", "deps", fallback="").splitlines():
-        line = line.strip()
-        if not line or "{" in line or line.startswith("#"):
-            continue
-        if line.startswith("-r"):
-            deps += requirement_lines(os.path.join(project, line[2:].strip()))
-        elif not line.startswith(("-", ".")):
-            deps.append(line)
-    extras = [e.strip() for e in re.split(r"[,\s]+", parser.get("testenv", "extras", fallback="")) if e.strip()]
-    return deps, [e for e in extras if "{" not in e]
-
-
-def _nox(project: str) -> list[str]:
-    """String literals passed to ``session.install(...)`` in noxfile.py (not ``.``, ``-e`` or options)."""
-    path = os.path.join(project, "noxfile.py")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        source = f.read()
-    found: list[str] = []
-    for call in re.findall(r"session\.install\(([^)]*)\)", source):
-        for literal in re.findall(r"""["']([^"']+)["']""", call):
-            if not literal.startswith(("-", ".")) and literal not in found:
-                found.append(literal)
-    return found
-
-
 def built_wheels(folder: str) -> list[dict[str, Any]]:
     """The wheels an earlier stage handed on (in ``folder``): file, normalized project name, declared extras."""
     found = []
@@ -237,7 +94,7 @@ def built_wheels(folder: str) -> list[dict[str, Any]]:
 
 def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, Any]:
     """What the project's tests need: its name, the extras to install it with, extra requirements, sources."""
-    pyproject = _read_toml(os.path.join(project, "pyproject.toml"))
+    pyproject = read_toml(os.path.join(project, "pyproject.toml"))
     meta = pyproject.get("project", {})
     tool = pyproject.get("tool", {})
     name = meta.get("name") or tool.get("poetry", {}).get("name") or ""
@@ -257,7 +114,7 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
         for group in names:
             add(kind, dependency_group(groups, group), [], f"dependency group '{group}'")
     declared_extras = dict(meta.get("optional-dependencies", {}) or {})
-    declared_extras.update({k: [] for k in _setup_cfg_extras(project)})
+    declared_extras.update({k: [] for k in setup_cfg_extras(project)})
     declared_extras.update({k: [] for k in wheel_extras or []})
     names, kind = _pick(list(declared_extras))
     for extra in dict.fromkeys(normalize(n) for n in names):
@@ -274,7 +131,7 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
         poetry_groups.setdefault("dev", poetry["dev-dependencies"])
     names, kind = _pick(list(poetry_groups))
     for group in names:
-        reqs = [r for n, v in poetry_groups[group].items() if (r := _poetry_requirement(n, v))]
+        reqs = [r for n, v in poetry_groups[group].items() if (r := poetry_requirement(n, v))]
         add(kind, reqs, [], f"Poetry group '{group}'")
     for kind, files in (("test", TEST_FILES), ("dev", DEV_FILES)):
         for rel in files:
@@ -287,10 +144,10 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
             requirements, extras, sources = found[kind]
             break
     else:
-        deps, tox_extras = _tox(project)
+        deps, tox_extras = tox_testenv(project)
         if deps or tox_extras:
             requirements, extras, sources = deps, tox_extras, ["tox [testenv]"]
-        elif nox := _nox(project):
+        elif nox := nox_installs(project):
             requirements, sources = nox, ["noxfile.py session.install"]
     # The project itself may be listed in its own groups (e.g. "flask[async]"): its extras count, its name not.
     own = normalize(name) if name else None
@@ -305,6 +162,19 @@ def discover(project: str, wheel_extras: list[str] | None = None) -> dict[str, A
                    or any(os.path.isfile(os.path.join(project, f)) for f in ("setup.py", "setup.cfg")))
     return {"name": name, "extras": sorted(set(e for e in extras if e)), "requirements": kept, "sources": sources,
             "installable": installable}
+
+
+def script() -> str:
+    """The program the test skill runs with ``python -c``: ``dependency_formats``'s source, then this module's
+    without its devart imports (the names they bring are defined above) and its ``__future__`` import (one may
+    only open a program; the formats' own stands for both)."""
+    source = inspect.getsource(sys.modules[__name__])
+    lines = source.splitlines(keepends=True)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("__future__", "devart"):
+            end = node.end_lineno or node.lineno
+            lines[node.lineno - 1 : end] = ["\n"] * (end - node.lineno + 1)
+    return inspect.getsource(dependency_formats) + "".join(lines)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_NO_TESTS = 0, 1, 2, 5
 #: Failures listed in the output; the counts always cover all of them.
 MAX_FAILURES_LISTED = pytest_report.MAX_LISTED
 COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")
-_PROJECT_DEPS = inspect.getsource(project_deps)
+_PROJECT_DEPS = project_deps.script()
 _PYTEST_REPORT = inspect.getsource(pytest_report)
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 
