@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from devart.core.settings_base import env_config as _config
@@ -256,3 +256,17 @@ class TraceExportSettings(BaseSettings):
 @lru_cache
 def trace_export() -> TraceExportSettings:
     return TraceExportSettings()
+
+
+class ModelSettings(BaseSettings):
+    """The model the review skill asks, at any OpenAI-compatible endpoint; without a key the review is static."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    openai_api_key: SecretStr | None = Field(default=None, description="Enables the model review; never logged.")
+    openai_base_url: str | None = Field(default=None, description="An OpenAI-compatible endpoint (default: OpenAI).")
+    devart_review_model: str = Field(default="gpt-4o-mini", description="The model, unless the stage names one.")
+
+
+def model() -> ModelSettings:
+    """Read at each review, not cached: an agent's key can be set or rotated without a restart."""
+    return ModelSettings()

@@ -170,7 +170,7 @@ async def _ensure_key(name: str, capabilities: list[str], stored: str | None) ->
     from devart.domain import agents
 
     # An engine of its own: the supervisor runs this on a fresh event loop each time.
-    engine = create_async_engine(os.environ["DATABASE_URL"], poolclass=NullPool)
+    engine = create_async_engine(settings.DatabaseSettings().database_url or "", poolclass=NullPool)
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             agent = (await session.exec(select(Agent).where(Agent.name == name))).first()

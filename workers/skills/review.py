@@ -8,12 +8,12 @@ findings; it never fails because of them.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from devart.core import settings
 from devart.core.contracts import StageResult
 from devart.core.errors import SkillError
 from devart.workers.skills.base import SkillContext
@@ -101,8 +101,9 @@ async def run(ctx: SkillContext) -> StageResult:
     findings += ruff
 
     reviewer, note, usage = "static", "", cmd.usage()
-    if os.environ.get("OPENAI_API_KEY"):
-        model = str(ctx.task.inputs.get("model") or os.environ.get("DEVART_REVIEW_MODEL") or "gpt-4o-mini")
+    cfg = settings.model()
+    if cfg.openai_api_key:
+        model = str(ctx.task.inputs.get("model") or cfg.devart_review_model)
         ctx.progress(f"asking {model} for a review")
         try:
             model_findings = await _model_review(model, material, findings, usage.model_tokens)
@@ -242,8 +243,10 @@ async def _model_review(model: str, material: str, static: list[dict[str, Any]],
 
     known = [{k: f[k] for k in ("file", "line", "rule", "message")} for f in static]
     user = f"Static findings:\n{json.dumps(known)}\n\nChange:\n{material[:MODEL_INPUT_CHARS]}"
-    async with AsyncOpenAI(api_key=os.environ["OPENAI_API_KEY"], base_url=os.environ.get("OPENAI_BASE_URL") or None,
-                           timeout=MODEL_TIMEOUT, max_retries=1) as client:
+    cfg = settings.model()
+    key = cfg.openai_api_key.get_secret_value() if cfg.openai_api_key else None
+    async with AsyncOpenAI(api_key=key, base_url=cfg.openai_base_url or None, timeout=MODEL_TIMEOUT,
+                           max_retries=1) as client:
         response = await client.chat.completions.create(
             model=model, temperature=0, response_format={"type": "json_object"},
             messages=[{"role": "system", "content": _PROMPT}, {"role": "user", "content": user}])
