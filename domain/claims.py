@@ -8,6 +8,8 @@ refused, counted on the attempt and written to the feed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
@@ -56,8 +58,20 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str,
     return TaskForbidden(why) if forbidden else TaskRefused(why)
 
 
-async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
-    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``."""
+class ReportApplied(Exception):
+    """The report repeats one already recorded for this claim (its answer was lost): nothing to do, and no refusal."""
+
+
+Recorded = Callable[[TaskAttempt], bool]
+
+
+async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str,
+                      recorded: Recorded | None = None) -> TaskAttempt:
+    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``.
+
+    ``recorded`` tells whether an ended attempt already holds exactly this report: the holder of the claim asking
+    again after its answer was lost gets ``ReportApplied`` rather than a counted refusal.
+    """
     row = await locked(session, task_id)
     if row.claimed_by != agent.name:
         # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
@@ -68,6 +82,9 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
     if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
         raise await refuse(session, task_id, agent, why, forbidden=True)
+    if row.status != AttemptState.CLAIMED and recorded is not None and recorded(row):
+        await session.rollback()
+        raise ReportApplied(task_id)
     if row.status != AttemptState.CLAIMED:
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
         raise await refuse(session, task_id, agent, why)

@@ -36,7 +36,7 @@ from devart.domain import agents, applied
 from devart.domain.attempt_states import AttemptState, move
 
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
-from devart.domain.claims import TaskForbidden, TaskRefused, check_claim, gone, locked
+from devart.domain.claims import ReportApplied, TaskForbidden, TaskRefused, check_claim, gone, locked
 from devart.domain.costs import prices, to_money
 from devart.domain.events import add_event, reserve_id
 
@@ -113,7 +113,15 @@ def _stamped(row: TaskAttempt, agent: Agent, report: StageResult, **update: Any)
 
 
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
-    row = await check_claim(session, task_id, agent, req.claim_id)
+    """Complete the attempt with the agent's result; a repeat of the recorded result is answered as done."""
+    def recorded(row: TaskAttempt) -> bool:
+        return row.status == AttemptState.SUCCEEDED and row.result == _stamped(row, agent, req.result).model_dump(
+            mode="json")
+
+    try:
+        row = await check_claim(session, task_id, agent, req.claim_id, recorded)
+    except ReportApplied:
+        return
     result = _stamped(row, agent, req.result)
     await _check_size(session, row, result)
     event_id = await reserve_id(session)
@@ -125,8 +133,17 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
 
 
 async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
+    """Fail the attempt with the agent's error; a repeat of the recorded failure is answered as done."""
     report = req.result or StageResult(status="failed", summary=req.message)
-    row = await check_claim(session, task_id, agent, req.claim_id)
+
+    def recorded(row: TaskAttempt) -> bool:
+        return (row.status == AttemptState.FAILED and row.error == f"{req.error_type}: {req.message}"
+                and row.result == _stamped(row, agent, report, status="failed").model_dump(mode="json"))
+
+    try:
+        row = await check_claim(session, task_id, agent, req.claim_id, recorded)
+    except ReportApplied:
+        return
     result = _stamped(row, agent, report, status="failed")
     # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
     await _check_size(session, row, result, req.message, whole_run=req.result is not None)
