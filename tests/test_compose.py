@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DEPLOY = REPO / "deploy"
-METRICS_MODULE = REPO / "core" / "metrics.py"
+METRICS_MODULE = REPO / "core" / "telemetry" / "metrics.py"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "devart.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
 
