@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from devart.core import bounds, yaml_safe
-from devart.core.contracts import BUILTIN_SKILLS, PipelineDefinition
+from devart.core import bounds, settings, yaml_safe
+from devart.core.contracts import BUILTIN_SKILLS, PipelineDefinition, StageSpec
 from devart.core.errors import InvalidPipeline
 
 PARAM_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -80,6 +80,15 @@ def check_bounds(data: dict[str, Any]) -> list[str]:
     return problems + bounds.tree_problems(data)
 
 
+def _secret_problems(stage: StageSpec) -> list[str]:
+    """A secret may name only an environment variable an operator allow-listed (``DEVART_SECRETS_ALLOWED``)."""
+    allowed = settings.secret_sources()
+    return [f"stage '{stage.name}': secret '{name}' refers to environment variable "
+            f"'{ref.removeprefix('env:')}', which is not allow-listed for secrets (DEVART_SECRETS_ALLOWED lists "
+            f"{', '.join(sorted(allowed)) or 'none'})"
+            for name, ref in sorted(stage.sandbox.secrets.items()) if ref.removeprefix("env:") not in allowed]
+
+
 def check_graph(definition: PipelineDefinition, skills: frozenset[str] = BUILTIN_SKILLS) -> list[str]:
     """Semantic checks pydantic cannot express: names, dependencies, cycles, skills, timeouts, parameters."""
     problems: list[str] = []
@@ -106,6 +115,7 @@ def check_graph(definition: PipelineDefinition, skills: frozenset[str] = BUILTIN
             )
         if stage.heartbeat_timeout > stage.timeout:
             problems.append(f"stage '{stage.name}': heartbeat_timeout is longer than timeout")
+        problems += _secret_problems(stage)
         for param in sorted(_referenced_params(stage.inputs)):
             if param not in definition.params:
                 problems.append(

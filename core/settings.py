@@ -19,10 +19,12 @@ from devart.core.settings_base import env_config as _config
 from devart.core.settings_sandbox import KubernetesSettings as KubernetesSettings
 from devart.core.settings_sandbox import PackageIndexSettings as PackageIndexSettings
 from devart.core.settings_sandbox import SandboxSettings as SandboxSettings
+from devart.core.settings_sandbox import SecretSettings as SecretSettings
 from devart.core.settings_sandbox import SourceSettings as SourceSettings
 from devart.core.settings_sandbox import k8s as k8s
 from devart.core.settings_sandbox import package_index as package_index
 from devart.core.settings_sandbox import sandbox as sandbox
+from devart.core.settings_sandbox import secret_sources as secret_sources
 from devart.core.settings_sandbox import source as source
 
 

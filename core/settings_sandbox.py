@@ -105,3 +105,26 @@ def package_index() -> PackageIndexSettings:
 def k8s() -> KubernetesSettings:
     return KubernetesSettings()
 
+
+
+class SecretSettings(BaseSettings):
+    """Which of an agent's environment variables a stage may take as secrets (``secrets: {NAME: env:VAR}``).
+
+    A pipeline is data anyone who may publish one writes; without this list, a stage could name any variable of the
+    agent's environment (its own API key included) and send it out through a ``network: egress`` command.
+    """
+
+    model_config = _config("DEVART_SECRETS_")
+    allowed: str = Field(
+        default="",
+        description="Names of the agents' environment variables stages may use as secrets, comma-separated; any "
+        "other reference is refused when a pipeline is validated, and again before a command runs.",
+    )
+
+    def names(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.allowed.split(",") if n.strip())
+
+
+def secret_sources() -> frozenset[str]:
+    """Read at each use, not cached: a list widened or narrowed applies to the next validation and command."""
+    return SecretSettings().names()

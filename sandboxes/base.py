@@ -69,3 +69,19 @@ class Sandbox(Protocol):
     async def list(self) -> list[SandboxHandle]:
         """Every sandbox this backend currently holds (for sweeping)."""
         ...
+
+
+def secret_variable(name: str, reference: str) -> str:
+    """The environment variable a secret reference (``env:VAR``) names, if an operator allow-listed it.
+
+    Checked again where the value is read, not only when the pipeline was validated: a version published before the
+    list was narrowed, or a task message not from the API, still reads nothing the operator has not allowed.
+    """
+    from devart.core import settings
+    from devart.core.errors import SandboxError
+
+    variable = reference.removeprefix("env:")
+    if variable not in settings.secret_sources():
+        raise SandboxError(f"secret {name!r} refers to environment variable {variable!r}, which is not allow-listed "
+                           "for secrets (DEVART_SECRETS_ALLOWED)", reason="SecretNotAllowed")
+    return variable

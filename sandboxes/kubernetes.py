@@ -29,7 +29,7 @@ from devart.core.contracts import SandboxHandle, SandboxSpec, Source
 from devart.core.errors import SandboxError
 from devart.core.settings import KubernetesSettings
 from devart.sandboxes import k8s_manifests as m
-from devart.sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback
+from devart.sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback, secret_variable
 from devart.sandboxes.k8s_api import VALID_ID, SandboxApi
 from devart.sandboxes.k8s_errors import container_failure, is_running, start_failure
 from devart.sandboxes.k8s_exec import STREAM_GRACE, exec_argv, kill_argv, parse_status, parse_usage
@@ -246,7 +246,7 @@ def _resolve(refs: Mapping[str, str]) -> dict[str, str]:
     """Secret values from this process's environment; only their references travel in history and messages."""
     values: dict[str, str] = {}
     for name, ref in refs.items():
-        variable = ref.removeprefix("env:")
+        variable = secret_variable(name, ref)
         if variable not in os.environ:
             raise SandboxError(f"secret {name!r} refers to environment variable {variable!r}, which is not set in "
                                "the pipeline worker (the Kubernetes backend reads secrets when it provisions): set it "

@@ -19,7 +19,7 @@ import psutil
 
 from devart.core.contracts import SandboxSpec
 from devart.core.errors import SandboxError
-from devart.sandboxes.base import OutputCallback
+from devart.sandboxes.base import OutputCallback, secret_variable
 
 #: Variable names the sandbox's shell can export.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -153,7 +153,7 @@ def command_environment(directory: Path, spec: SandboxSpec,
     variables.update(spec.env)
     values: list[str] = []
     for name, reference in spec.secrets.items():
-        source = reference.removeprefix("env:")
+        source = secret_variable(name, reference)
         value = os.environ.get(source)
         if value is None:
             raise SandboxError(f"secret {name!r} refers to environment variable {source!r}, which is not set where "

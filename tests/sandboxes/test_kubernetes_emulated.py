@@ -34,6 +34,7 @@ async def test_provision_creates_hardened_objects_and_closes_the_network_once_ru
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a stage with a secret taken from the worker's environment
     monkeypatch.setenv("DEVART_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "DEVART_TEST_TOKEN")
     backend = cluster.backend()
     spec = SandboxSpec(memory_mb=512, env={"CI": "1"}, secrets={"API_TOKEN": "env:DEVART_TEST_TOKEN"})
     task = asyncio.create_task(backend.provision("run-1", "build", REPO, spec))
@@ -132,12 +133,17 @@ async def test_start_failures_are_classified_and_leave_nothing_behind(cluster: C
     assert cluster.everything() == set()
 
 
-async def test_sources_and_secrets_are_checked_before_anything_is_created(cluster: Cluster) -> None:
+async def test_sources_and_secrets_are_checked_before_anything_is_created(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = cluster.backend()
     with pytest.raises(SandboxError) as caught:
         await backend.provision("run-1", "build", Source(repo="/home/me/project"), SandboxSpec())
     assert caught.value.reason == "SourceNotSupported" and not caught.value.retryable
-    with pytest.raises(SandboxError) as caught:
+    with pytest.raises(SandboxError) as caught:  # not allow-listed
+        await backend.provision("run-1", "build", REPO, SandboxSpec(secrets={"T": "env:DEVART_TEST_UNSET_VAR"}))
+    assert caught.value.reason == "SecretNotAllowed" and "DEVART_TEST_UNSET_VAR" in str(caught.value)
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "DEVART_TEST_UNSET_VAR")
+    with pytest.raises(SandboxError) as caught:  # allow-listed, but not set where the backend runs
         await backend.provision("run-1", "build", REPO, SandboxSpec(secrets={"T": "env:DEVART_TEST_UNSET_VAR"}))
     assert caught.value.reason == "SecretMissing" and "DEVART_TEST_UNSET_VAR" in str(caught.value)
     assert [r for r in cluster.kubelet if r.method == "POST"] == []
@@ -183,6 +189,7 @@ async def test_a_pod_deleted_while_starting_is_a_retryable_error(cluster: Cluste
 async def test_teardown_deletes_everything_and_is_idempotent(cluster: Cluster,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVART_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "DEVART_TEST_TOKEN")
     backend = cluster.backend()
     handle = await cluster.running(backend, SandboxSpec(secrets={"T": "env:DEVART_TEST_TOKEN"}))
     assert len(cluster.everything()) == 3

@@ -42,6 +42,7 @@ async def test_exec_streams_output_and_returns_the_exit_code(cluster: Cluster) -
 
 async def test_secret_values_never_show_in_the_output(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVART_TEST_TOKEN", "tok-123456")
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "DEVART_TEST_TOKEN")
     backend = cluster.backend()
     handle = await cluster.running(backend, SandboxSpec(secrets={"TOKEN": "env:DEVART_TEST_TOKEN"}))
     lines: list[str] = []

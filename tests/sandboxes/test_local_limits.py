@@ -156,6 +156,7 @@ async def test_secrets_are_resolved_at_exec_time_and_never_shown(
     sandbox = LocalSandbox(tmp_path / "sandboxes")
     value = f"tok-{uuid.uuid4().hex}"
     monkeypatch.setenv("DEVART_TEST_TOKEN", value)
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "OTHER, DEVART_TEST_TOKEN")
     handle = await provision(sandbox, SandboxSpec(secrets={"API_TOKEN": "env:DEVART_TEST_TOKEN"}))
     # When a command uses it, prints it, and runs for a while
     digest = "import hashlib, os; print(hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest())"
@@ -179,7 +180,23 @@ async def test_secrets_are_resolved_at_exec_time_and_never_shown(
     await task
 
 
-async def test_a_missing_secret_is_a_clear_non_retryable_error(tmp_path: Path, provision: Provision) -> None:
+async def test_a_secret_not_allow_listed_is_never_read(
+        tmp_path: Path, provision: Provision, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a variable of the agent's environment that no operator allow-listed for secrets
+    monkeypatch.setenv("DEVART_TEST_TOKEN", "tok-not-for-stages")
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "SOMETHING_ELSE")
+    sandbox = LocalSandbox(tmp_path / "sandboxes", isolation="none")
+    handle = await provision(sandbox, SandboxSpec(secrets={"API_TOKEN": "env:DEVART_TEST_TOKEN"}))
+    # When a command of a stage naming it would run, Then it does not, with the reason
+    with pytest.raises(SandboxError, match="'API_TOKEN' refers to environment variable 'DEVART_TEST_TOKEN', which is "
+                                           "not allow-listed for secrets") as caught:
+        await sandbox.exec(handle, ["true"])
+    assert not caught.value.retryable and caught.value.reason == "SecretNotAllowed"
+
+
+async def test_a_missing_secret_is_a_clear_non_retryable_error(
+        tmp_path: Path, provision: Provision, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVART_SECRETS_ALLOWED", "DEVART_NO_SUCH_VARIABLE")
     sandbox = LocalSandbox(tmp_path / "sandboxes", isolation="none")
     handle = await provision(sandbox, SandboxSpec(secrets={"API_TOKEN": "env:DEVART_NO_SUCH_VARIABLE"}))
     with pytest.raises(SandboxError, match="'API_TOKEN' refers to environment variable 'DEVART_NO_SUCH_VARIABLE', "
