@@ -84,6 +84,16 @@ class SourceSettings(BaseSettings):
         description="Host names or CIDRs (comma-separated) a source URL may reach although they are loopback, "
         "private, link-local or this host's own: an operator's internal git server.",
     )
+    local_roots: str = Field(
+        default="",
+        description="Folders (comma-separated, absolute) a run's local repository may lie in; unset: the project "
+        "devart's state folder belongs to (the folder holding .devart), so its examples too.",
+    )
+
+    def roots(self, state_root: Path) -> list[Path]:
+        """The folders local sources may come from, resolved (links followed, as a source path will be)."""
+        listed = [Path(p.strip()) for p in self.local_roots.split(",") if p.strip()]
+        return [p.resolve() for p in listed] or [state_root.parent]
 
 
 @lru_cache

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 
 from pydantic import ValidationError
 from sqlmodel import col, select
@@ -23,7 +21,6 @@ from devart.core.contracts import (
     PipelineDefinition,
     RunInput,
     RunStatus,
-    Source,
     StageResult,
     StageState,
     StageStatus,
@@ -35,9 +32,8 @@ from devart.core.temporal import search_attributes, ui_link
 from devart.domain import catalog
 from devart.domain.costs import to_money
 from devart.domain.events import add_event
+from devart.domain.sources import check_source
 from devart.workflows.pipeline import PipelineWorkflow
-
-GIT_URL = re.compile(r"^(https?://|git@|ssh://|file://|git://)")
 
 #: Temporal's terminal states that the workflow itself could not record (it was not running to do so).
 _EXTERNAL_END = {
@@ -50,17 +46,6 @@ _EXTERNAL_END = {
 
 class RunConflict(Conflict):
     """The run is not in a state that allows the request (e.g. cancelling a finished run)."""
-
-
-def check_source(repo: str, ref: str | None) -> Source:
-    """A git URL, or an absolute path to an existing directory; anything else is refused up front."""
-    if not GIT_URL.match(repo):
-        path = Path(repo)
-        if not path.is_absolute():
-            raise InvalidPipeline("run", [f"repository path '{repo}' must be absolute (or a git URL)"])
-        if not path.is_dir():
-            raise InvalidPipeline("run", [f"repository path '{repo}' does not exist or is not a directory"])
-    return Source(repo=repo, ref=ref or None)
 
 
 def new_run_id(pipeline: str) -> str:

@@ -68,6 +68,8 @@ def stack() -> Iterator[Stack]:
         "DEVART_LOG_LEVEL": "INFO",
         # Fault injection is not built in: every agent the suite starts loads the noop plugin.
         "DEVART_AGENT_MODULES": PLUGINS,
+        # Runs take their sources from the tests' temporary folders and the repository's examples.
+        "DEVART_SOURCE_LOCAL_ROOTS": f"{tempfile.gettempdir()},{Path(__file__).resolve().parent.parent}",
         # The agents' package proxy keeps its files between sessions: repeated sessions download nothing again.
         "DEVART_PACKAGE_INDEX_CACHE": str(download_cache("packages")),
     }

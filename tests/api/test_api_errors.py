@@ -29,6 +29,11 @@ async def test_bad_requests_start_nothing(api: httpx.AsyncClient, temporal: Clie
          "did you mean 'pytest_args'"),
         ({"pipeline": "lint-test"}, 422, "repo"),
         ({"pipeline": "lint-test", "repo": str(SAMPLE_REPO), "version": 0}, 422, "version"),
+        # Sources: only the folders runs may use, and nothing git could read as an option
+        ({"pipeline": "lint-test", "repo": "/etc"}, 422, "'/etc' is outside the folders runs may use"),
+        ({"pipeline": "lint-test", "repo": "file:///etc"}, 422, "is outside the folders runs may use"),
+        ({"pipeline": "lint-test", "repo": "--upload-pack=touch /tmp/pwned"}, 422, "starts with '-'"),
+        ({"pipeline": "lint-test", "repo": str(SAMPLE_REPO), "ref": "-oProxyCommand=id"}, 422, "starts with '-'"),
     ]
     for body, status, needle in cases:
         r = await api.post("/v1/runs", json=body)
