@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from devart.cli.output import api_call, console, err_console, fail
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -60,7 +63,7 @@ def events(
 BUSY_WAIT = 5.0
 
 
-def _wait_or_fail(response: Any) -> None:
+def _wait_or_fail(response: httpx.Response) -> None:
     """A refused stream: wait as long as the API asks (429 past the stream caps, 503 while the feed is
     unavailable) and try again, rather than asking again at once; any other answer is an error line."""
     import time

@@ -58,19 +58,20 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str,
     return TaskForbidden(why) if forbidden else TaskRefused(why)
 
 
-class ReportApplied(Exception):
-    """The report repeats one already recorded for this claim (its answer was lost): nothing to do, and no refusal."""
-
-
 Recorded = Callable[[TaskAttempt], bool]
 
 
-async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str,
-                      recorded: Recorded | None = None) -> TaskAttempt:
-    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``.
+async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
+    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``."""
+    row = await check_report(session, task_id, agent, claim_id, lambda _: False)
+    assert row is not None  # nothing counts as recorded
+    return row
 
-    ``recorded`` tells whether an ended attempt already holds exactly this report: the holder of the claim asking
-    again after its answer was lost gets ``ReportApplied`` rather than a counted refusal.
+
+async def check_report(session: AsyncSession, task_id: str, agent: Agent, claim_id: str,
+                       recorded: Recorded) -> TaskAttempt | None:
+    """``check_claim`` for a report: ``recorded`` tells whether an ended attempt already holds exactly this report,
+    and the claim holder asking again after its answer was lost gets None (nothing to do), not a counted refusal.
     """
     row = await locked(session, task_id)
     if row.claimed_by != agent.name:
@@ -82,9 +83,9 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
     if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
         raise await refuse(session, task_id, agent, why, forbidden=True)
-    if row.status != AttemptState.CLAIMED and recorded is not None and recorded(row):
+    if row.status != AttemptState.CLAIMED and recorded(row):
         await session.rollback()
-        raise ReportApplied(task_id)
+        return None
     if row.status != AttemptState.CLAIMED:
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
         raise await refuse(session, task_id, agent, why)

@@ -213,10 +213,14 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
     attempts = (
         await session.exec(select(TaskAttempt).where(TaskAttempt.run_id == run_id).order_by(col(TaskAttempt.attempt)))
     ).all()
+    by_stage: dict[str, list[TaskAttempt]] = {}
+    for a in attempts:
+        by_stage.setdefault(a.stage, []).append(a)
     views = []
     for stage in stages:
+        mine = by_stage.get(stage.name, [])
         if stage.status == StageStatus.FAILED and stage.result is None:
-            stage = stage.model_copy(update={"result": _agent_report([a for a in attempts if a.stage == stage.name])})
+            stage = stage.model_copy(update={"result": _agent_report(mine)})
         log = [
             AttemptView(
                 attempt=a.attempt,
@@ -230,13 +234,12 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
                 late_reports=a.late_reports,
                 waiting_reason=a.waiting_reason,
             )
-            for a in attempts
-            if a.stage == stage.name
+            for a in mine
         ]
         waiting = log[-1].waiting_reason if log and log[-1].status == "queued" else None
-        isolated = all(a.input.get("sandbox", {}).get("isolated", True) for a in attempts if a.stage == stage.name)
+        isolated = all(a.input.get("sandbox", {}).get("isolated", True) for a in mine)
         warnings = [] if isolated else ["ran WITHOUT sandbox isolation (DEVART_SANDBOX_ISOLATION=none)"]
-        cost = to_money(sum(a.cost_micros for a in attempts if a.stage == stage.name))
+        cost = to_money(sum(a.cost_micros for a in mine))
         views.append(StageView(**stage.model_dump(), attempt_log=log, waiting=waiting, warnings=warnings, cost=cost))
     return RunView(
         run_id=run.id,

@@ -36,7 +36,7 @@ from devart.domain import agents, applied
 from devart.domain.attempt_states import AttemptState, move
 
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
-from devart.domain.claims import ReportApplied, TaskForbidden, TaskRefused, check_claim, gone, locked
+from devart.domain.claims import TaskForbidden, TaskRefused, check_claim, check_report, gone, locked
 from devart.domain.costs import prices, to_money
 from devart.domain.events import add_event, reserve_id
 
@@ -118,9 +118,8 @@ async def complete(session: AsyncSession, client: Client, task_id: str, agent: A
         return row.status == AttemptState.SUCCEEDED and row.result == _stamped(row, agent, req.result).model_dump(
             mode="json")
 
-    try:
-        row = await check_claim(session, task_id, agent, req.claim_id, recorded)
-    except ReportApplied:
+    row = await check_report(session, task_id, agent, req.claim_id, recorded)
+    if row is None:
         return
     result = _stamped(row, agent, req.result)
     await _check_size(session, row, result)
@@ -140,9 +139,8 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
         return (row.status == AttemptState.FAILED and row.error == f"{req.error_type}: {req.message}"
                 and row.result == _stamped(row, agent, report, status="failed").model_dump(mode="json"))
 
-    try:
-        row = await check_claim(session, task_id, agent, req.claim_id, recorded)
-    except ReportApplied:
+    row = await check_report(session, task_id, agent, req.claim_id, recorded)
+    if row is None:
         return
     result = _stamped(row, agent, report, status="failed")
     # A failure without a result is always taken (its message is bounded): the agent can always end the stage.

@@ -11,7 +11,9 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from devart.core import settings
 from devart.core.contracts import SandboxHandle, SandboxSpec, Source
+from devart.core.errors import SandboxError
 
 #: Output kept from one command; the rest is dropped (and ``truncated`` set) so a chatty build can't fill memory.
 DEFAULT_OUTPUT_CAP = 1_000_000
@@ -77,9 +79,6 @@ def secret_variable(name: str, reference: str) -> str:
     Checked again where the value is read, not only when the pipeline was validated: a version published before the
     list was narrowed, or a task message not from the API, still reads nothing the operator has not allowed.
     """
-    from devart.core import settings
-    from devart.core.errors import SandboxError
-
     variable = reference.removeprefix("env:")
     if variable not in settings.secret_sources():
         raise SandboxError(f"secret {name!r} refers to environment variable {variable!r}, which is not allow-listed "
