@@ -70,6 +70,10 @@ class Intake:
         self._consumers: dict[tuple[str, int], str] = {}
         self._open = False
         self._choosing = asyncio.Lock()
+        #: Held while consumers are added or cancelled. ``serve`` (a band announced) and ``open`` (each keepalive)
+        #: both add them, and a ``basic.consume`` is a round trip: without the lock both would find the band without
+        #: a consumer and add one each, doubling what the agent holds of that band.
+        self._consuming = asyncio.Lock()
         #: Messages being run (with their settlement); draining waits for these.
         self.running: set[asyncio.Task[None]] = set()
 
@@ -96,20 +100,21 @@ class Intake:
     async def close(self) -> None:
         """Stop consuming and hand every waiting message back; running ones carry on."""
         self._open = False
-        for band, tag in list(self._consumers.items()):
-            with contextlib.suppress(Exception):
-                await self._queues[band].cancel(tag)
-            del self._consumers[band]
+        async with self._consuming:
+            for band, tag in list(self._consumers.items()):
+                with contextlib.suppress(Exception):
+                    await self._queues[band].cancel(tag)
+                del self._consumers[band]
         await self._requeue_waiting()
 
     async def _consume(self, lane: str, priority: int) -> None:
-        if (lane, priority) in self._consumers:
-            return
-
         async def deliver(message: AbstractIncomingMessage) -> None:
             await self._offer(message, lane, priority)
 
-        self._consumers[(lane, priority)] = await self._queues[(lane, priority)].consume(deliver)
+        async with self._consuming:
+            if (lane, priority) in self._consumers or not self._open:
+                return
+            self._consumers[(lane, priority)] = await self._queues[(lane, priority)].consume(deliver)
 
     async def _offer(self, message: AbstractIncomingMessage, lane: str, priority: int) -> None:
         if not self._open:  # delivered before our consumer was cancelled: leave it to others
