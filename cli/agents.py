@@ -1,4 +1,4 @@
-"""``devart agents …`` (the registry, through the API's admin routes) and ``devart dlq …``."""
+"""``devart agents …`` (the registry) and ``devart dlq …``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from rich.table import Table
 
 from devart.cli.output import api_call, console
 
-app = typer.Typer(no_args_is_help=True, help="The agent registry (administrator).")
-dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered task messages (administrator).")
+app = typer.Typer(no_args_is_help=True,
+                  help="The agent registry (admins register agents and keys; supervisors activate and deactivate).")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead-lettered task messages (supervisors redrive; admins purge).")
 
 
 def _caps(value: str) -> list[str]:
@@ -22,7 +23,7 @@ def _caps(value: str) -> list[str]:
 def create(name: str, capabilities: str = typer.Option(..., help="Comma-separated, e.g. python,test."),
            owner: str = typer.Option("admin")) -> None:
     """Register an agent and print its key once (only a hash is stored)."""
-    created = api_call("POST", "/v1/agents", admin=True,
+    created = api_call("POST", "/v1/agents",
                        json={"name": name, "capabilities": _caps(capabilities), "owner": owner})
     console.print(f"agent {name} registered; its key (shown once, store it now):")
     console.print(created["key"], highlight=False)
@@ -30,7 +31,7 @@ def create(name: str, capabilities: str = typer.Option(..., help="Comma-separate
 
 @app.command("list")
 def list_agents(as_json: bool = typer.Option(False, "--json")) -> None:
-    rows = api_call("GET", "/v1/agents", admin=True)
+    rows = api_call("GET", "/v1/agents")
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -46,7 +47,7 @@ def list_agents(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("show")
 def show(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
-    agent = api_call("GET", f"/v1/agents/{name}", admin=True)
+    agent = api_call("GET", f"/v1/agents/{name}")
     if as_json:
         console.print_json(json.dumps(agent))
         return
@@ -63,35 +64,35 @@ def show(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("activate")
 def activate(name: str) -> None:
-    api_call("POST", f"/v1/agents/{name}/activate", admin=True)
+    api_call("POST", f"/v1/agents/{name}/activate")
     console.print(f"agent {name} activated")
 
 
 @app.command("deactivate")
 def deactivate(name: str, handback: bool = typer.Option(False, help="Hand the current task back now.")) -> None:
     """Stop the agent taking tasks (within seconds); it finishes its current task unless --handback."""
-    api_call("POST", f"/v1/agents/{name}/deactivate", admin=True, params={"handback": handback})
+    api_call("POST", f"/v1/agents/{name}/deactivate", params={"handback": handback})
     console.print(f"agent {name} deactivated")
 
 
 @app.command("rotate-key")
 def rotate_key(name: str) -> None:
     """Issue a new key (printed once); the old one stops working at once."""
-    created = api_call("POST", f"/v1/agents/{name}/rotate-key", admin=True)
+    created = api_call("POST", f"/v1/agents/{name}/rotate-key")
     console.print(f"new key for {name} (shown once):")
     console.print(created["key"], highlight=False)
 
 
 @app.command("remove")
 def remove(name: str) -> None:
-    api_call("DELETE", f"/v1/agents/{name}", admin=True)
+    api_call("DELETE", f"/v1/agents/{name}")
     console.print(f"agent {name} removed")
 
 
 @dlq_app.command("list")
 def dlq_list(all_letters: bool = typer.Option(False, "--all", help="Include redriven ones."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    rows = api_call("GET", "/v1/dlq", admin=True, params={"include_redriven": all_letters})
+    rows = api_call("GET", "/v1/dlq", params={"include_redriven": all_letters})
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
@@ -106,13 +107,13 @@ def dlq_list(all_letters: bool = typer.Option(False, "--all", help="Include redr
 
 @dlq_app.command("show")
 def dlq_show(letter_id: int) -> None:
-    console.print_json(json.dumps(api_call("GET", f"/v1/dlq/{letter_id}", admin=True), default=str))
+    console.print_json(json.dumps(api_call("GET", f"/v1/dlq/{letter_id}"), default=str))
 
 
 @dlq_app.command("redrive")
 def dlq_redrive(letter_id: int) -> None:
     """Send the message back to its lane."""
-    done = api_call("POST", f"/v1/dlq/{letter_id}/redrive", admin=True)
+    done = api_call("POST", f"/v1/dlq/{letter_id}/redrive")
     console.print(f"dead letter {letter_id} sent back to lane {done['lane']}")
 
 
@@ -120,5 +121,5 @@ def dlq_redrive(letter_id: int) -> None:
 def dlq_purge(yes: bool = typer.Option(False, "--yes", help="Do not ask.")) -> None:
     if not yes:
         typer.confirm("Delete every dead letter?", abort=True)
-    done = api_call("DELETE", "/v1/dlq", admin=True)
+    done = api_call("DELETE", "/v1/dlq")
     console.print(f"{done['purged']} dead letters purged")

@@ -1,4 +1,4 @@
-"""``devart budgets …`` and ``devart costs``: spending limits and totals (administrator)."""
+"""``devart budgets …`` and ``devart costs``: spending limits and totals (supervisor to change)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 
 from devart.cli.output import api_call, console
 
-app = typer.Typer(no_args_is_help=True, help="Budgets per pipeline or repository (administrator).")
+app = typer.Typer(no_args_is_help=True, help="Budgets per pipeline or repository (supervisor).")
 
 
 @app.command("set")
@@ -20,14 +20,14 @@ def set_budget(
     hard: float | None = typer.Option(None, help="Stop runs at this spend."),
 ) -> None:
     """Set or raise a budget (paused runs notice a raised budget on their next check)."""
-    budget = api_call("PUT", f"/v1/budgets/{scope}/{name}", admin=True, json={"soft_limit": soft, "hard_limit": hard})
+    budget = api_call("PUT", f"/v1/budgets/{scope}/{name}", json={"soft_limit": soft, "hard_limit": hard})
     console.print(f"budget for {scope} {name}: soft {budget['soft_limit']}, hard {budget['hard_limit']}, "
                   f"spent {budget['spent']:.6f}")
 
 
 @app.command("list")
 def list_budgets(as_json: bool = typer.Option(False, "--json")) -> None:
-    rows = api_call("GET", "/v1/budgets", admin=True)
+    rows = api_call("GET", "/v1/budgets")
     if as_json:
         console.print_json(json.dumps(rows))
         return
@@ -41,7 +41,7 @@ def list_budgets(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command("remove")
 def remove(scope: str, name: str) -> None:
-    api_call("DELETE", f"/v1/budgets/{scope}/{name}", admin=True)
+    api_call("DELETE", f"/v1/budgets/{scope}/{name}")
     console.print(f"budget for {scope} {name} removed")
 
 
@@ -51,7 +51,7 @@ def costs(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cost totals under the price table."""
-    rows = api_call("GET", "/v1/costs", admin=True, params={"group": group, **({"run_id": run} if run else {})})
+    rows = api_call("GET", "/v1/costs", params={"group": group, **({"run_id": run} if run else {})})
     if as_json:
         console.print_json(json.dumps(rows))
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from devart.cli.output import api_call, console, err_console, fail
+from devart.cli.output import api_call, auth_headers, console, err_console, fail
 
 if TYPE_CHECKING:
     import httpx
@@ -42,9 +42,11 @@ def events(
         return
     last = after
     url = settings.api().url.rstrip("/") + "/v1/events/stream"
+    authorization = auth_headers()  # found once: a resumed stream keeps the same caller
     while True:
         try:
-            with httpx.stream("GET", url, params=params, headers={"Last-Event-ID": str(last)}, timeout=None) as r:
+            headers = {**authorization, "Last-Event-ID": str(last)}
+            with httpx.stream("GET", url, params=params, headers=headers, timeout=None) as r:
                 if r.status_code != 200:
                     _wait_or_fail(r)
                     continue

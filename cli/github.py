@@ -59,21 +59,21 @@ def map_repository(repository: str = typer.Argument(..., help="OWNER/REPO"),
                    pipeline: str = typer.Argument(..., help="Pipeline its pull requests run."),
                    clone_url: str = typer.Option(None, help="Clone from here instead of the PR head's URL.")) -> None:
     """Run PIPELINE on every pull request of OWNER/REPO (opened, pushed to, reopened)."""
-    done = api_call("PUT", _path(repository), admin=True, json={"pipeline": pipeline, "clone_url": clone_url})
+    done = api_call("PUT", _path(repository), json={"pipeline": pipeline, "clone_url": clone_url})
     console.print(f"{done['repository']} pull requests run pipeline {done['pipeline']}", highlight=False)
 
 
 @app.command("unmap")
 def unmap(repository: str = typer.Argument(..., help="OWNER/REPO")) -> None:
     """Stop running a pipeline for OWNER/REPO's pull requests."""
-    api_call("DELETE", _path(repository), admin=True)
+    api_call("DELETE", _path(repository))
     console.print(f"{repository} is no longer mapped", highlight=False)
 
 
 @app.command("show")
 def show(repository: str = typer.Argument(..., help="OWNER/REPO"),
          as_json: bool = typer.Option(False, "--json")) -> None:
-    mapping = api_call("GET", _path(repository), admin=True)
+    mapping = api_call("GET", _path(repository))
     if as_json:
         console.print_json(json.dumps(mapping))
         return
@@ -84,7 +84,7 @@ def show(repository: str = typer.Argument(..., help="OWNER/REPO"),
 @app.command("list")
 def list_mappings(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every mapped repository."""
-    rows = api_call("GET", "/v1/github/repositories", admin=True)
+    rows = api_call("GET", "/v1/github/repositories")
     if as_json:
         console.print_json(json.dumps(rows))
         return

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from devart.cli import agents, budgets, events, github, pipelines, processes, runs, stack, stats
+from devart.cli import agents, budgets, events, github, identity, pipelines, processes, runs, stack, stats
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -23,6 +23,13 @@ app.add_typer(agents.app, name="agents")
 app.add_typer(agents.dlq_app, name="dlq")
 app.add_typer(github.app, name="github")  # issue 6
 app.add_typer(budgets.app, name="budgets")
+app.add_typer(identity.orgs_app, name="orgs")
+app.add_typer(identity.users_app, name="users")
+app.add_typer(identity.tokens_app, name="tokens")
+app.command()(identity.login)
+app.command()(identity.logout)
+app.command()(identity.whoami)
+app.command()(identity.audit)
 app.command()(budgets.costs)
 app.command()(runs.run)
 app.command()(events.events)

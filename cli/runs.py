@@ -162,5 +162,5 @@ def cancel(run_id: str) -> None:
 @runs_app.command("approve")
 def approve(run_id: str) -> None:
     """Let a run paused on a soft budget limit go on (administrator)."""
-    api_call("POST", f"/v1/runs/{run_id}/approve", admin=True)
+    api_call("POST", f"/v1/runs/{run_id}/approve")
     console.print(f"approved {run_id}")

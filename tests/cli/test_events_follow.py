@@ -58,7 +58,7 @@ def feed() -> Iterator[str]:
 
 
 def follow(url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DEVART_API_URL": url, "COLUMNS": "200"}
+    env = {**os.environ, "DEVART_API_URL": url, "DEVART_TOKEN": "a-token-the-fake-feed-ignores", "COLUMNS": "200"}
     return subprocess.Popen([sys.executable, "-m", "devart.cli", "events", "--follow", "--json"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
