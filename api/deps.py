@@ -1,8 +1,7 @@
-"""FastAPI dependencies: database session, Temporal client, and the calling agent."""
+"""FastAPI dependencies: database session, Temporal client, and the calling agent (people: ``api.auth``)."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
@@ -13,7 +12,6 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from devart.core import settings
 from devart.core.database import db
 from devart.core.database.models import Agent
 from devart.core.security import key_prefix, verify
@@ -32,7 +30,9 @@ def _temporal(request: Request) -> Client:
     return client
 
 
-SessionDep = Annotated[AsyncSession, Depends(_session)]
+#: Ends with the route function, before the answer is sent: a write is committed (or its error answered) before the
+#: client can act on the answer, and a long answer (the live feed) holds no pooled connection.
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 
 
@@ -68,19 +68,6 @@ async def _current_agent(agent: IdentifiedAgent) -> Agent:
 
 
 CurrentAgent = Annotated[Agent, Depends(_current_agent)]
-
-
-def _admin(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """Administrator routes need ``DEVART_ADMIN_TOKEN``; without one configured they are closed."""
-    token = settings.admin().admin_token
-    if not token:
-        raise HTTPException(403, "administration is disabled: set DEVART_ADMIN_TOKEN on the API")
-    given = creds.credentials if creds else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise HTTPException(401, "wrong or missing administrator token", headers={"WWW-Authenticate": "Bearer"})
-
-
-AdminDep = Depends(_admin)
 
 
 def _previous_seen(request: Request, agent: IdentifiedAgent) -> datetime | None:

@@ -58,8 +58,10 @@ class InvalidBody(BaseModel):
 
 _WHY = {
     400: "The request is malformed: a NUL byte in the URL, a body that is not JSON, a webhook without its headers.",
-    401: "The bearer token (agent key or administrator token) or the webhook signature is missing or wrong.",
-    403: "Administration is disabled, or the agent is deactivated or may not take this task.",
+    401: "The bearer token (a personal token or an agent key) is missing, wrong, expired or revoked, or the webhook "
+         "signature is missing or wrong.",
+    403: "The caller's role is too low for the route (the message names the role needed), or the agent is "
+         "deactivated or may not take this task.",
     404: "The pipeline, run, agent, task, budget, dead letter or repository mapping does not exist.",
     409: "The request conflicts with the current state (a finished run, an existing agent, a task already taken).",
     413: "The request body is past the route's size limit (the README's Input limits).",

@@ -6,31 +6,47 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from devart.api import errors
+from devart.api.audit_trail import AuditTrail
+from devart.api.auth import PUBLIC, declared, requires
 from devart.api.edge import RequestGuard
-from devart.api.routes import agent_tasks, agents, analytics, budgets, dlq, events, github, pipelines, runs
-from devart.core import bounds
+from devart.api.routes import (
+    agent_tasks,
+    agents,
+    analytics,
+    budgets,
+    dlq,
+    events,
+    github,
+    identity,
+    pipelines,
+    runs,
+)
+from devart.core import bounds, settings
 from devart.core.database import db
 from devart.core.telemetry import tracing as telemetry
 from devart.core.temporal import connect
+from devart.domain.identity import Role
 
 #: The error answers each router gives beside the app-wide 400, 413 and 422 (api/errors.py has their bodies).
+#: Every router but the webhook's needs a token (401) and a role (403).
 ROUTER_ERRORS = {
-    runs: (401, 403, 404, 409, 503),  # 401 and 403 of the administrator's approve
-    pipelines: (404,),
+    runs: (401, 403, 404, 409, 503),
+    pipelines: (401, 403, 404),
     agents: (401, 403, 404, 409),
     agent_tasks: (401, 403, 404, 409, 503),
     dlq: (401, 403, 404, 503),
-    events: (),
+    events: (401, 403),
     budgets: (401, 403, 404),
-    analytics: (),
+    analytics: (401, 403),
     github: (401, 403, 404, 503),  # the webhook's 400 is app-wide; 401 also for an unsigned delivery
+    identity: (401, 403, 404, 409),
 }
 
 
@@ -56,18 +72,21 @@ def create_app() -> FastAPI:
         responses=errors.responses(400, 413, 422),
     )
     errors.install(app)
+    app.add_middleware(AuditTrail)  # inside the guard: what the guard refuses never reached a route
     app.add_middleware(RequestGuard, default_limit=bounds.MAX_BODY_BYTES,
                        limits={"/v1/github/webhook": bounds.MAX_WEBHOOK_BYTES})
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     for module, codes in ROUTER_ERRORS.items():
         app.include_router(module.router, responses=errors.responses(*codes))
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    metrics_access = [] if settings.api().metrics_public else [Depends(requires(Role.VIEWER))]
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False, dependencies=metrics_access)
     async def metrics() -> Response:
         """Prometheus exposition of the API process's metrics."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], **declared(PUBLIC))
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 

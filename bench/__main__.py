@@ -150,7 +150,8 @@ async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], r: dict[str, A
     queue = f"bench-baseline-{uuid.uuid4().hex[:6]}"
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     try:
-        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0, limits=limits) as api, \
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0, limits=limits,
+                                     headers=bench_stack.bearer()) as api, \
                 baseline_worker(client, queue):
             await publish_pipeline(api, noop_pipeline(one, stack.capability, 1))
             await publish_pipeline(api, noop_pipeline(three, stack.capability, 3))

@@ -17,6 +17,7 @@ from temporalio.client import Client
 
 from bench import report
 from bench.scale import RUN_DEADLINE_SECONDS, Sample
+from bench.stack import bearer
 from devart.core.contracts import RunResult, RunStatus
 
 
@@ -29,7 +30,7 @@ async def load(api_url: str, *, pipeline: str, repo: str, clients: int, seconds:
     end = time.perf_counter() + seconds
 
     async def client_loop() -> None:
-        async with httpx.AsyncClient(base_url=api_url, timeout=60.0) as http:
+        async with httpx.AsyncClient(base_url=api_url, timeout=60.0, headers=bearer()) as http:
             for _ in budget:
                 if time.perf_counter() >= end:
                     return

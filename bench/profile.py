@@ -102,7 +102,7 @@ async def load(stack: bench_stack.BenchStack, seconds: float, concurrency: int) 
     repo.mkdir(exist_ok=True)
     (repo / "README").write_text("profiled repository\n")
     pipeline = f"profile-noop-{uuid.uuid4().hex[:6]}"
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0) as api:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0, headers=bench_stack.bearer()) as api:
         await publish_pipeline(api, noop_pipeline(pipeline, stack.capability, 1))
         await closed_loop(devart_run(api, client, pipeline, str(repo)), 10, 5)  # warm-up
         targets = {"api": stack.api.proc.pid, "worker": stack.worker.proc.pid, "agent": stack.agents[0].proc.pid}

@@ -32,9 +32,16 @@ from devart.core.devstack.supervisor import Child, Supervisor, stop_child, tail
 from devart.core.errors import ServiceUnavailable
 from devart.core.messaging.topology import Topology, lane_name
 from devart.domain.agents import create_or_rotate
+from devart.domain.bootstrap import prepare_schema
 
 #: Seconds the agents may take to start, reach the API and bind their control queue.
 AGENTS_READY_SECONDS = 60.0
+
+
+def bearer() -> dict[str, str]:
+    """The first administrator's authorization header, for the benchmark's API clients (the stack's environment
+    is this process's, see ``start``)."""
+    return {"Authorization": f"Bearer {os.environ['DEVART_ADMIN_TOKEN']}"}
 
 
 @dataclass
@@ -112,7 +119,7 @@ def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
     sup = Supervisor(state / "logs", env=env)
     try:
         env["DATABASE_URL"] = db.database_url()
-        db.upgrade()
+        prepare_schema()  # and the first administrator, holding env's DEVART_ADMIN_TOKEN
         api = sup.api("127.0.0.1", api_port)
         sup.wait_healthy(env["DEVART_API_URL"], api)
         worker = sup.worker()

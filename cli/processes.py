@@ -147,9 +147,9 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
 @db_app.command("upgrade")
 def upgrade() -> None:
     """Apply the schema migrations (run once before the services start; concurrent runs take turns)."""
-    from devart.core.database import db
+    from devart.domain.bootstrap import prepare_schema
 
-    applied = db.upgrade()
+    applied = prepare_schema()
     if applied:
         console.print(f"database schema migrated: {', '.join(applied)}; it is up to date", highlight=False)
     else:

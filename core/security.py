@@ -37,3 +37,18 @@ def key_prefix(key: str) -> str | None:
 def verify(key: str, stored_hash: str | None) -> bool:
     """Constant-time check; an unknown prefix still does the same work against a dummy hash."""
     return hmac.compare_digest(hash_key(key), stored_hash or _DUMMY_HASH) and stored_hash is not None
+
+
+TOKEN_SCHEME = "dvt"
+#: Characters of a personal token shown in listings (the scheme and a few random ones), enough to tell them apart.
+TOKEN_DISPLAY = 12
+
+
+def generate_token() -> tuple[str, str, str]:
+    """A personal API token: ``(token, display prefix, hash)``; only the prefix and the hash are ever stored.
+
+    Tokens are found by their hash (a unique index): with 256 random bits there is nothing to learn from how long
+    a lookup of a wrong one takes.
+    """
+    token = f"{TOKEN_SCHEME}_{secrets.token_urlsafe(32)}"
+    return token, token[:TOKEN_DISPLAY], hash_key(token)

@@ -74,6 +74,8 @@ class ApiSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Listen address.")
     port: int = Field(default=8000, description="Listen port.")
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
+    metrics_public: bool = Field(default=True, description="Serve /metrics without a token (for a Prometheus "
+                                 "scraper); false: a viewer's token is needed.")
 
 
 class SupervisorSettings(BaseSettings):
@@ -122,10 +124,11 @@ class WorkerSettings(BaseSettings):
 
 
 class AdminSettings(BaseSettings):
-    """Administration of the API (agent registry, dead letters)."""
+    """The first administrator (``domain.bootstrap``)."""
 
     model_config = _config("DEVART_")
-    admin_token: str | None = Field(default=None, description="Bearer token of administrator routes.")
+    admin_token: str | None = Field(default=None, description="The first administrator's personal token, registered "
+                                    "by `devart db upgrade` (user admin, admin of the default organisation).")
 
 
 class AgentSettings(BaseSettings):

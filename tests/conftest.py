@@ -25,9 +25,10 @@ from devart.core.devstack import services
 from devart.core.devstack.embedded import stop_postgres
 from devart.core.devstack.services import free_port
 from devart.core.devstack.supervisor import Child, Supervisor, stop_child
+from devart.domain.bootstrap import prepare_schema
 from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, clear_settings_caches, delete_broker_objects, register_agent, require, sql
+from tests.stack import Stack, admin, clear_settings_caches, delete_broker_objects, register_agent, require, sql
 
 #: The agent plugins of the test suite (``tests/plugins``), loaded by every agent it starts.
 PLUGINS = "tests.plugins.noop"
@@ -77,7 +78,7 @@ def stack() -> Iterator[Stack]:
     os.environ.update(env)
     clear_settings_caches()
     env["DATABASE_URL"] = db.database_url()
-    db.upgrade()
+    prepare_schema()
     sup = Supervisor(state / "logs", env=env)
     temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])
     s = Stack(receiver=receiver, state=state, env=env, supervisor=sup, temporal_port=temporal_port,
@@ -117,7 +118,8 @@ def pool(stack: Stack) -> dict[str, Child]:
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30.0) as client:
+    """A client of the API holding the first administrator's token (tests of roles make their own)."""
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30.0, headers=admin(stack)) as client:
         yield client
 
 

@@ -211,5 +211,5 @@ def delete_broker_objects(env: dict[str, str]) -> list[str]:
 
 
 def admin(stack: Stack) -> dict[str, str]:
-    """The administrator's authorization header."""
+    """The first administrator's authorization header (user admin, admin of the default organisation)."""
     return {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from devart.api.auth import AGENT, declared
 from devart.api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
 from devart.api.schemas import (
     CancelledRequest,
@@ -21,12 +22,12 @@ from devart.domain import agents, tasks
 router = APIRouter(prefix="/v1/agent", tags=["agents"])
 
 
-@router.get("/me")
+@router.get("/me", **declared(AGENT))
 async def me(agent: IdentifiedAgent) -> dict[str, object]:
     return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active}
 
 
-@router.post("/keepalive", response_model=KeepaliveReply)
+@router.post("/keepalive", response_model=KeepaliveReply, **declared(AGENT))
 async def keepalive(
     req: KeepaliveRequest, agent: IdentifiedAgent, session: SessionDep, previous_seen: PreviousSeen
 ) -> KeepaliveReply:
@@ -38,18 +39,18 @@ async def keepalive(
     return KeepaliveReply(active=agent.active, handback=handback)
 
 
-@router.get("/lanes", response_model=list[str])
+@router.get("/lanes", response_model=list[str], **declared(AGENT))
 async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
     """The band keys of every known lane this agent can serve."""
     return await agents.lanes(session, agent)
 
 
-@router.post("/tasks/{task_id}/claim", response_model=TaskDetail)
+@router.post("/tasks/{task_id}/claim", response_model=TaskDetail, **declared(AGENT))
 async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, client: TemporalDep) -> TaskDetail:
     return await tasks.claim(session, client, task_id, agent)
 
 
-@router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply)
+@router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply, **declared(AGENT))
 async def heartbeat(
     task_id: str, req: HeartbeatRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> HeartbeatReply:
@@ -57,7 +58,7 @@ async def heartbeat(
     return await tasks.heartbeat(session, client, task_id, agent, req.claim_id, req.details)
 
 
-@router.post("/tasks/{task_id}/complete", status_code=204)
+@router.post("/tasks/{task_id}/complete", status_code=204, **declared(AGENT))
 async def complete(
     task_id: str, req: CompleteRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
@@ -67,7 +68,7 @@ async def complete(
     await tasks.complete(session, client, task_id, agent, req)
 
 
-@router.post("/tasks/{task_id}/fail", status_code=204)
+@router.post("/tasks/{task_id}/fail", status_code=204, **declared(AGENT))
 async def fail(
     task_id: str, req: FailRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
@@ -76,14 +77,14 @@ async def fail(
     await tasks.fail(session, client, task_id, agent, req)
 
 
-@router.post("/tasks/{task_id}/cancelled", status_code=204)
+@router.post("/tasks/{task_id}/cancelled", status_code=204, **declared(AGENT))
 async def cancelled(
     task_id: str, req: CancelledRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:
     await tasks.cancelled(session, client, task_id, agent, req.claim_id)
 
 
-@router.post("/tasks/{task_id}/release", status_code=204)
+@router.post("/tasks/{task_id}/release", status_code=204, **declared(AGENT))
 async def release(
     task_id: str, req: ReleaseRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
 ) -> None:

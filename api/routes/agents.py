@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query
 
-from devart.api.deps import AdminDep, SessionDep
+from devart.api.auth import access
+from devart.api.deps import SessionDep
 from devart.api.schemas import AgentCreate, AgentCreated, AgentView, SkillStats
 from devart.core.database.models import Agent
 from devart.domain import agents
+from devart.domain.identity import Role
 
-router = APIRouter(prefix="/v1/agents", tags=["agents (admin)"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1/agents", tags=["agents (admin)"])
 
 
 async def _view(session: SessionDep, agent: Agent, with_stats: bool = False) -> AgentView:
@@ -27,7 +29,7 @@ async def _view(session: SessionDep, agent: Agent, with_stats: bool = False) -> 
                      stats=stats)
 
 
-@router.post("", status_code=201, response_model=AgentCreated)
+@router.post("", status_code=201, response_model=AgentCreated, **access(Role.ADMIN))
 async def create(req: AgentCreate, session: SessionDep) -> AgentCreated:
     """Register an agent; the response holds its key, which is never shown again. 422 past the capability limit."""
     try:
@@ -38,24 +40,24 @@ async def create(req: AgentCreate, session: SessionDep) -> AgentCreated:
     return AgentCreated(name=req.name, capabilities=sorted(set(req.capabilities)), key=key)
 
 
-@router.get("", response_model=list[AgentView])
+@router.get("", response_model=list[AgentView], **access(Role.VIEWER))
 async def list_agents(session: SessionDep) -> list[AgentView]:
     return [await _view(session, a) for a in await agents.list_agents(session)]
 
 
-@router.get("/{name}", response_model=AgentView)
+@router.get("/{name}", response_model=AgentView, **access(Role.VIEWER))
 async def show(name: str, session: SessionDep) -> AgentView:
     return await _view(session, await agents.get(session, name), with_stats=True)
 
 
-@router.post("/{name}/activate", response_model=AgentView)
+@router.post("/{name}/activate", response_model=AgentView, **access(Role.SUPERVISOR))
 async def activate(name: str, session: SessionDep) -> AgentView:
     agent = await agents.set_active(session, name, True)
     await session.commit()
     return await _view(session, agent)
 
 
-@router.post("/{name}/deactivate", response_model=AgentView)
+@router.post("/{name}/deactivate", response_model=AgentView, **access(Role.SUPERVISOR))
 async def deactivate(
     name: str, session: SessionDep,
     handback: bool = Query(default=False, description="Return the current task now instead of finishing it."),
@@ -65,7 +67,7 @@ async def deactivate(
     return await _view(session, agent)
 
 
-@router.post("/{name}/rotate-key", response_model=AgentCreated)
+@router.post("/{name}/rotate-key", response_model=AgentCreated, **access(Role.ADMIN))
 async def rotate_key(name: str, session: SessionDep) -> AgentCreated:
     agent = await agents.get(session, name)
     key = await agents.rotate_key(session, name, agent)
@@ -73,7 +75,7 @@ async def rotate_key(name: str, session: SessionDep) -> AgentCreated:
     return AgentCreated(name=name, capabilities=agent.capabilities, key=key)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, **access(Role.ADMIN))
 async def remove(name: str, session: SessionDep) -> None:
     await agents.remove(session, name)
     await session.commit()

@@ -6,14 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from devart.api.auth import access
 from devart.api.deps import SessionDep
 from devart.core.bounds import MAX_NAME_CHARS
 from devart.domain import analytics
+from devart.domain.identity import Role
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"])
 
 
-@router.get("")
+@router.get("", **access(Role.VIEWER))
 async def get_analytics(session: SessionDep,
                         pipeline: str | None = Query(default=None, max_length=MAX_NAME_CHARS)) -> dict[str, Any]:
     """Per pipeline (runs, success rate, p50/p95 stage durations, retries, cost per run over time), per agent and

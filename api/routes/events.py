@@ -6,10 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 
+from devart.api.auth import access
 from devart.api.errors import ErrorBody
 from devart.api.feed import feed, stream_caps
 from devart.api.sse import EventStreamResponse
 from devart.core import settings
+from devart.domain.identity import Role
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -18,7 +20,7 @@ def _filters(run_id: str | None, pipeline: str | None, agent: str | None, kind: 
     return feed.Filters(run_id=run_id, pipeline=pipeline, agent=agent, kind=kind)
 
 
-@router.get("")
+@router.get("", **access(Role.VIEWER))
 async def list_events(
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
     after: int = Query(default=0, ge=0), limit: int = Query(default=100, ge=1, le=1000),
@@ -31,7 +33,7 @@ async def list_events(
     429: {"model": ErrorBody, "description": "Past the streams allowed per client address or per API process; the "
           "message names the limit, Retry-After says when to try again."},
     503: {"model": ErrorBody, "description": "The feed cannot reach PostgreSQL."},
-})
+}, **access(Role.VIEWER))
 async def stream(
     request: Request,
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,

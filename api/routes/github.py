@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field, field_validator
 
-from devart.api.deps import AdminDep, SessionDep, TemporalDep
+from devart.api.auth import GITHUB, access, declared
+from devart.api.deps import SessionDep, TemporalDep
 from devart.core.bounds import MAX_LOCATION_CHARS, MAX_NAME_CHARS, text_problem
 from devart.core.database.models import GitHubRepository
+from devart.domain.identity import Role
 from devart.github import webhooks as github
 from devart.github.webhooks import WebhookReply
 
@@ -61,7 +63,8 @@ class MappingView(BaseModel):
                    updated_at=m.updated_at)
 
 
-@router.post("/webhook", response_model=WebhookReply, status_code=202, responses=_DELIVERY_ANSWERS)
+@router.post("/webhook", response_model=WebhookReply, status_code=202, responses=_DELIVERY_ANSWERS,
+              **declared(GITHUB))
 async def webhook(request: Request, response: Response, session: SessionDep, client: TemporalDep) -> WebhookReply:
     """GitHub's deliveries; the signature is verified on the raw body before anything else.
 
@@ -76,22 +79,22 @@ async def webhook(request: Request, response: Response, session: SessionDep, cli
     return reply
 
 
-@router.get("/repositories", response_model=list[MappingView], dependencies=[AdminDep])
+@router.get("/repositories", response_model=list[MappingView], **access(Role.VIEWER))
 async def list_mappings(session: SessionDep) -> list[MappingView]:
     return [MappingView.of(m) for m in await github.list_mappings(session)]
 
 
-@router.get("/repositories/{owner}/{repo}", response_model=MappingView, dependencies=[AdminDep])
+@router.get("/repositories/{owner}/{repo}", response_model=MappingView, **access(Role.VIEWER))
 async def get_mapping(owner: str, repo: str, session: SessionDep) -> MappingView:
     return MappingView.of(await github.get_mapping(session, f"{owner}/{repo}"))
 
 
-@router.put("/repositories/{owner}/{repo}", response_model=MappingView, dependencies=[AdminDep])
+@router.put("/repositories/{owner}/{repo}", response_model=MappingView, **access(Role.ADMIN))
 async def put_mapping(owner: Name, repo: Name, req: MappingRequest, session: SessionDep) -> MappingView:
     """Map the repository's pull requests to a pipeline (replacing any earlier mapping)."""
     return MappingView.of(await github.put_mapping(session, f"{owner}/{repo}", req.pipeline, req.clone_url))
 
 
-@router.delete("/repositories/{owner}/{repo}", status_code=204, dependencies=[AdminDep])
+@router.delete("/repositories/{owner}/{repo}", status_code=204, **access(Role.ADMIN))
 async def delete_mapping(owner: str, repo: str, session: SessionDep) -> None:
     await github.delete_mapping(session, f"{owner}/{repo}")

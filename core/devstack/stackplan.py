@@ -99,6 +99,7 @@ def servers(state: Path) -> list[ChildSpec]:
 def prepare_database(state: Path) -> str:
     """Create devart's database if it is new and apply the migrations; returns the URL every process uses."""
     from devart.core.database import db
+    from devart.domain.bootstrap import prepare_schema
 
     url = settings.DatabaseSettings().database_url
     if not url:
@@ -106,7 +107,7 @@ def prepare_database(state: Path) -> str:
         url = embedded.url(state)
     os.environ["DATABASE_URL"] = url
     db.database_url.cache_clear()
-    db.upgrade()
+    prepare_schema()
     return url
 
 

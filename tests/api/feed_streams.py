@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -54,7 +55,9 @@ async def open_streams(stack: AsyncExitStack, url: str, count: int, kind: str, s
     """``count`` streams of events of ``kind``, each on its own connection from ``source``, all subscribed; resuming
     after event ``after`` if given."""
     transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(max_connections=count + 10))
-    client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, transport=transport, timeout=60))
+    headers = {"Authorization": f"Bearer {os.environ['DEVART_ADMIN_TOKEN']}"}  # the test stack's environment
+    client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, transport=transport, timeout=60,
+                                                               headers=headers))
 
     async def one() -> Reader:
         headers = {"Last-Event-ID": str(after)} if after is not None else {}

@@ -99,7 +99,8 @@ class Harness:
         self.definitions = pipelines(prefix, capability)
         self.db = Database(target.env["DATABASE_URL"])
         self.temporal = Temporal(target.env["TEMPORAL_ADDRESS"])
-        self.api = httpx.AsyncClient(base_url=target.env["DEVART_API_URL"], timeout=60.0)
+        self.api = httpx.AsyncClient(base_url=target.env["DEVART_API_URL"], timeout=60.0,
+                                     headers={"Authorization": f"Bearer {target.env['DEVART_ADMIN_TOKEN']}"})
         self._ends = 0.0  #: when the batch's deadline passes (monotonic clock)
         self.batch = Batch(plan=plan, pipelines={k: d["name"] for k, d in self.definitions.items()},
                            runs=[TrackedRun(r) for r in plan.runs])

@@ -21,7 +21,7 @@ import pytest
 
 from devart.core.temporal import ui_link
 from tests.helpers import wait_run
-from tests.stack import SAMPLE_REPO, Stack, sql
+from tests.stack import SAMPLE_REPO, Stack, admin, sql
 
 #: The sample's xfail test, which fails under --runxfail (examples/sample-app/tests/test_slug.py).
 FAILING_TEST = "test_slugify_transliterates_accented_letters"
@@ -35,7 +35,7 @@ def devart(stack: Stack, *args: str, columns: int = 200, timeout: float = 60) ->
 
 
 def run_view(stack: Stack, run_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{stack.api_url}/v1/runs/{run_id}", timeout=30)
+    response = httpx.get(f"{stack.api_url}/v1/runs/{run_id}", headers=admin(stack), timeout=30)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -126,7 +126,8 @@ def test_runs_list_shows_whole_run_ids_at_80_columns(
 ) -> None:
     listed = devart(stack, "runs", "list", "--limit", "10", columns=80)
     assert listed.returncode == 0, listed.stderr
-    ids = [r["run_id"] for r in httpx.get(f"{stack.api_url}/v1/runs", params={"limit": 10}, timeout=30).json()]
+    ids = [r["run_id"] for r in httpx.get(f"{stack.api_url}/v1/runs", params={"limit": 10}, headers=admin(stack),
+                                          timeout=30).json()]
     assert failed_run[1] in ids
     lines = listed.stdout.splitlines()
     assert all(any(line.split() and line.split()[0] == run_id for line in lines) for run_id in ids), listed.stdout

@@ -63,7 +63,7 @@ async def settled(github: GitHubDouble, pr: PullRequest, reviews: int = 1) -> di
 async def scenario(stack: Stack, pool: dict, github: GitHubDouble,
                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scenario]:
     admin = {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30.0) as api:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30.0, headers=admin) as api:
         # Given a repository mapped to a pipeline, and a pull request that adds an unused import, a print()
         # and a failing test
         name = unique("gh")

@@ -1,0 +1,53 @@
+"""The first administrator: made when the schema is prepared, so a fresh install can be used at once.
+
+``devart up`` generates a token once and keeps it in the state folder (mode 0600) for the CLI; a deployment sets
+``DEVART_ADMIN_TOKEN`` for its migration job (``devart db upgrade``). Either way the token becomes the personal
+token of user ``admin``, admin of the default organisation. Running it again changes nothing: a token already
+known is left as it is, revoked or not, and a demoted first admin stays demoted.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from devart.core.errors import Invalid
+from devart.core.security import TOKEN_DISPLAY, hash_key
+from devart.domain.identity import DEFAULT_ORG, FIRST_ADMIN
+
+#: A first administrator's token is guessed by nobody: at least this many characters (``devart up`` makes 43).
+MIN_TOKEN_LENGTH = 24
+
+
+def bootstrap_admin(token: str, url: str) -> None:
+    """Make user ``admin`` an admin of the default organisation holding ``token`` (idempotent)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise Invalid(f"DEVART_ADMIN_TOKEN is too short to be safe: use at least {MIN_TOKEN_LENGTH} random characters")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            user_id = conn.execute(text(
+                "INSERT INTO users (name) VALUES (:name) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+                "RETURNING id"), {"name": FIRST_ADMIN}).scalar_one()
+            conn.execute(text(
+                "INSERT INTO memberships (user_id, org_id, role) VALUES (:user, :org, 'admin') "
+                "ON CONFLICT (user_id, org_id) DO NOTHING"), {"user": user_id, "org": DEFAULT_ORG})
+            conn.execute(text(
+                "INSERT INTO api_tokens (user_id, org_id, name, prefix, token_hash) "
+                "VALUES (:user, :org, 'first administrator', :prefix, :hash) ON CONFLICT (token_hash) DO NOTHING"),
+                {"user": user_id, "org": DEFAULT_ORG, "prefix": token[:TOKEN_DISPLAY], "hash": hash_key(token)})
+    finally:
+        engine.dispose()
+
+
+def prepare_schema() -> list[str]:
+    """Migrate the schema, then make the first administrator if ``DEVART_ADMIN_TOKEN`` names one; returns the
+    revisions applied. What ``devart db upgrade``, ``devart up`` and the tests' stack run before any service."""
+    from devart.core import settings
+    from devart.core.database import db
+
+    applied = db.upgrade()
+    token = settings.admin().admin_token
+    if token:
+        bootstrap_admin(token, db.database_url())
+    return applied
