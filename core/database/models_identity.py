@@ -6,6 +6,7 @@ Written by migration 0008; these classes are the typed view the code uses.
 from __future__ import annotations
 
 from datetime import datetime
+
 from sqlalchemy import BigInteger, Column
 from sqlmodel import Field, SQLModel
 
