@@ -19,12 +19,13 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from opentelemetry.trace import SpanKind
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio import activity
 
 from devart.core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.database.models import Lane, TaskAttempt, utcnow
+from devart.core.database.tenancy import system_in
 from devart.core.messaging.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
 from devart.core.telemetry import metrics
 from devart.core.telemetry import tracing as telemetry
@@ -48,7 +49,7 @@ class Dispatcher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._bands: set[tuple[str, int]] = set()
+        self._bands: set[tuple[str, str, int]] = set()
         self._lock = asyncio.Lock()
 
     async def _ready(self) -> AbstractExchange:
@@ -59,26 +60,27 @@ class Dispatcher:
                 self._exchange = await self._topology.declare_exchanges(self._channel)
             return self._exchange
 
-    async def _ensure_band(self, lane: str, requires: list[str], priority: int) -> None:
+    async def _ensure_band(self, lane: str, requires: list[str], priority: int, org: str) -> None:
         """Declare the lane's band once per process, register it, and tell the agents it exists.
 
         The default band is announced as ``lane.declared`` with the lane as body, exactly as before priorities, so
         agents of an older release keep serving it; other bands are ``lane.band.declared`` with the band key as
         body, a type older agents ignore (they could not consume the band's queue anyway).
         """
-        if (lane, priority) in self._bands:
+        if (org, lane, priority) in self._bands:
             return
         await self._ready()
         assert self._channel is not None
         # Registered before it is declared: a worker dying in between leaves a row without a queue (agents and the
         # next attempt declare it), never a queue that nothing lists, which no clean-up would find.
         async with db.session() as s:
+            await tenancy.switch(s, system_in(org))  # the lane is the organisation's
             await s.exec(  # type: ignore[call-overload]
                 insert(Lane)
                 .values(name=lane, requires=sorted(requires), priorities=[priority], created_at=utcnow())
                 .on_conflict_do_nothing()
             )
-            row = (await s.exec(select(Lane).where(Lane.name == lane).with_for_update())).one()
+            row = (await s.exec(select(Lane).where(Lane.name == lane, Lane.org_id == org).with_for_update())).one()
             if priority not in row.priorities:
                 row.priorities = sorted({*row.priorities, priority})  # a new list: JSON columns see no mutation
                 s.add(row)
@@ -86,7 +88,7 @@ class Dispatcher:
         kind = "lane.declared" if priority == DEFAULT_PRIORITY else "lane.band.declared"
         control = await self._channel.get_exchange(self._topology.control_exchange)
         await control.publish(aio_pika.Message(body=band_key(lane, priority).encode(), type=kind), routing_key="")
-        self._bands.add((lane, priority))
+        self._bands.add((org, lane, priority))
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -126,7 +128,7 @@ class Dispatcher:
             )
             stmt = insert(TaskAttempt).values(**row)
             stmt = stmt.on_conflict_do_update(index_elements=["run_id", "stage", "attempt"], set_=row)
-            await s.exec(stmt)  # type: ignore[call-overload]
+            org = (await s.exec(stmt.returning(col(TaskAttempt.org_id)))).scalar_one()  # type: ignore[call-overload]
             kind = "stage.attempt.queued" if info.attempt == 1 else "stage.retried"
             if info.attempt > 1:
                 metrics.STAGE_RETRIES.labels(inp.pipeline, inp.stage).inc()
@@ -139,7 +141,7 @@ class Dispatcher:
                 attempt=info.attempt,
                 lane=lane,
             )
-        await self._ensure_band(lane, inp.requires, inp.priority)
+        await self._ensure_band(lane, inp.requires, inp.priority, org)
         message = AgentTaskMessage(task_id=task_id, run_id=inp.run_id, stage=inp.stage, attempt=info.attempt, lane=lane,
                                    priority=inp.priority)
         # An older agent's contract forbids unknown fields: the default band's messages stay as they were.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
@@ -43,7 +43,12 @@ async def record_run(rec: RunRecord) -> None:
         "stages": [s.model_dump(mode="json") for s in rec.stages],
         "finished_at": utcnow() if finished else None,
     }
-    stmt = insert(Run).values(**values, created_at=utcnow())
+    # The API recorded the run, in its organisation, before starting the workflow; the upsert keeps that organisation
+    # (a run never recorded would take the transaction's, and the worker names none: it fails rather than guess).
+    runs = Run.__table__.c  # type: ignore[attr-defined]
+    org = func.coalesce(select(runs.org_id).where(runs.id == rec.run_id).scalar_subquery(),
+                        func.nullif(func.current_setting("devart.org_id", True), ""))
+    stmt = insert(Run).values(**values, created_at=utcnow(), org_id=org)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
     kind = "run.finished" if finished else "run.started"
     async with db.session() as s:

@@ -13,8 +13,9 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.database.models_identity import AuditEntry
+from devart.core.database.tenancy import Tenant
 from devart.domain.identity import Principal
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class AuditTrail:
 
 async def _record(scope: Scope, principal: Principal, status: int) -> None:
     route = scope.get("route")
+    with tenancy.acting_as(Tenant(org=principal.org, role=principal.role.value, user=principal.user)):
+        await _insert(scope, principal, status, route)
+
+
+async def _insert(scope: Scope, principal: Principal, status: int, route: object) -> None:
     async with db.session() as s:
         s.add(AuditEntry(org_id=principal.org, user_name=principal.user, role=principal.role.value,
                          method=scope["method"], route=str(getattr(route, "path", None) or scope["path"]),

@@ -16,6 +16,8 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from devart.api.deps import SessionDep
+from devart.core.database import tenancy
+from devart.core.database.tenancy import SYSTEM, Tenant
 from devart.domain import identity
 from devart.domain.identity import Principal, Role
 
@@ -31,13 +33,16 @@ _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 async def _caller(
     request: Request, session: SessionDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The principal of the request's token; 401 for a missing, wrong, expired or revoked one."""
+    """The principal of the request's token; 401 for a missing, wrong, expired or revoked one. From here on the
+    request's transactions act for the principal's organisation and role (``core.database.tenancy``)."""
+    await tenancy.switch(session, SYSTEM)  # a token is looked up before its organisation is known
     principal = await identity.authenticate(session, creds.credentials if creds else "")
     if principal is None:
         detail = ("a valid personal token is needed (Authorization: Bearer <token>); this one is missing, unknown, "
                   "expired or revoked" if creds else "this route needs a personal token: Authorization: Bearer <token>")
         raise HTTPException(401, detail, headers=_CHALLENGE)
     request.state.principal = principal  # for the audit trail (api.audit_trail)
+    await tenancy.adopt(session, Tenant(org=principal.org, role=principal.role.value, user=principal.user))
     return principal
 
 

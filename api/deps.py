@@ -12,8 +12,9 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.database.models import Agent
+from devart.core.database.tenancy import SYSTEM, Tenant
 from devart.core.security import key_prefix, verify
 from devart.domain import agents
 
@@ -46,12 +47,15 @@ async def _identified_agent(
     against a dummy hash, so timing does not tell a wrong key from an unknown one.
     """
     key = creds.credentials if creds else ""
+    await tenancy.switch(session, SYSTEM)  # a key is looked up before its organisation is known
     prefix = key_prefix(key)
     agent = None
     if prefix is not None:
         agent = (await session.exec(select(Agent).where(Agent.key_prefix == prefix))).first()
     if not verify(key, agent.key_hash if agent else None) or agent is None:
         raise HTTPException(401, "unknown or malformed agent key", headers={"WWW-Authenticate": "Bearer"})
+    assert agent.org_id is not None
+    await tenancy.adopt(session, Tenant(org=agent.org_id, role="agent", user=agent.name))
     request.state.previous_seen = agent.last_seen_at
     await agents.seen(session, agent)
     return agent

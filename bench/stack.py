@@ -25,8 +25,9 @@ import aio_pika
 import psutil
 from sqlmodel import col, select
 
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.database.models import Agent
+from devart.core.database.tenancy import DEFAULT_ORG
 from devart.core.devstack import services
 from devart.core.devstack.supervisor import Child, Supervisor, stop_child, tail
 from devart.core.errors import ServiceUnavailable
@@ -120,6 +121,7 @@ def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
     try:
         env["DATABASE_URL"] = db.database_url()
         prepare_schema()  # and the first administrator, holding env's DEVART_ADMIN_TOKEN
+        tenancy.serve_all(DEFAULT_ORG)  # the benchmark's agents are the default organisation's
         api = sup.api("127.0.0.1", api_port)
         sup.wait_healthy(env["DEVART_API_URL"], api)
         worker = sup.worker()

@@ -56,6 +56,15 @@ class DatabaseSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://...")
+    app_role: str = Field(default="devart_app", validation_alias="DEVART_DB_APP_ROLE",
+                          pattern=r"^([a-z_][a-z0-9_]*)?$",
+                          description="The role the services log in as: it owns no table and row-level security "
+                                      "applies to it. Empty: the URL's own user (no isolation).")
+    app_password: str | None = Field(default=None, validation_alias="DEVART_DB_APP_PASSWORD",
+                                     description="Its password; unset, `devart db upgrade` makes one and keeps it "
+                                                 "in the state folder (db-app-password, mode 0600).")
+    app_database_url: str | None = Field(default=None, validation_alias="DEVART_APP_DATABASE_URL",
+                                         description="The services' URL, if not DATABASE_URL with the role above.")
 
 
 class AmqpSettings(BaseSettings):

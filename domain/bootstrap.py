@@ -26,6 +26,8 @@ def bootstrap_admin(token: str, url: str) -> None:
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as conn:
+            # Row-level security applies to the tables' owner too (it is forced): act as devart's own services.
+            conn.execute(text("SELECT set_config('devart.role', 'system', true)"))
             user_id = conn.execute(text(
                 "INSERT INTO users (name) VALUES (:name) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
                 "RETURNING id"), {"name": FIRST_ADMIN}).scalar_one()
@@ -40,6 +42,21 @@ def bootstrap_admin(token: str, url: str) -> None:
         engine.dispose()
 
 
+def grant_login(url: str, role: str, password: str) -> None:
+    """Let the application role (made NOLOGIN by migration 0009) log in with ``password``. The password travels as
+    a bound parameter and is quoted by PostgreSQL (``format('%L')``), never pasted into the statement."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('devart.app_password', :pw, true)"), {"pw": password})
+            conn.execute(text("SELECT set_config('devart.app_role', :role, true)"), {"role": role})
+            conn.execute(text(
+                "DO $$ BEGIN EXECUTE format('ALTER ROLE %I LOGIN PASSWORD %L', current_setting('devart.app_role'), "
+                "current_setting('devart.app_password')); END $$"))
+    finally:
+        engine.dispose()
+
+
 def prepare_schema() -> list[str]:
     """Migrate the schema, then make the first administrator if ``DEVART_ADMIN_TOKEN`` names one; returns the
     revisions applied. What ``devart db upgrade``, ``devart up`` and the tests' stack run before any service."""
@@ -47,6 +64,9 @@ def prepare_schema() -> list[str]:
     from devart.core.database import db
 
     applied = db.upgrade()
+    role = settings.DatabaseSettings().app_role
+    if role and not settings.DatabaseSettings().app_database_url:
+        grant_login(db.database_url(), role, db.app_password(create=True))
     token = settings.admin().admin_token
     if token:
         bootstrap_admin(token, db.database_url())

@@ -17,12 +17,13 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from devart.core.database import tenancy
 from devart.core.database.models import utcnow
 from devart.core.database.models_identity import ApiToken, Membership, Organisation, User
+from devart.core.database.tenancy import DEFAULT_ORG as DEFAULT_ORG
 from devart.core.errors import Conflict, Invalid, NotFound
 from devart.core.security import generate_token, hash_key
 
-DEFAULT_ORG = "default"
 #: The first administrator, made by ``devart up`` (and ``devart db upgrade`` given ``DEVART_ADMIN_TOKEN``).
 FIRST_ADMIN = "admin"
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -90,22 +91,25 @@ async def create_org(session: AsyncSession, creator: Principal, org_id: str, nam
     if not SLUG.match(org_id):
         raise Invalid(f"organisation id {org_id!r}: use 1-40 lower-case letters, digits and '-', starting with one "
                       "of the first two")
-    if await session.get(Organisation, org_id) is not None:
-        raise Conflict(f"organisation {org_id} already exists")
-    org = Organisation(id=org_id, name=name or org_id)
-    session.add(org)
-    await session.flush()
-    session.add(Membership(user_id=creator.user_id, org_id=org_id, role=Role.ADMIN.value))
-    await session.flush()
+    async with tenancy.as_system(session):  # another organisation's rows
+        if await session.get(Organisation, org_id) is not None:
+            raise Conflict(f"organisation {org_id} already exists")
+        org = Organisation(id=org_id, name=name or org_id)
+        session.add(org)
+        await session.flush()
+        session.add(Membership(user_id=creator.user_id, org_id=org_id, role=Role.ADMIN.value))
+        await session.flush()
     return org
 
 
 async def orgs_of(session: AsyncSession, user_id: int) -> list[tuple[Organisation, Role]]:
-    rows = await session.exec(
-        select(Organisation, Membership.role).join(Membership, col(Membership.org_id) == col(Organisation.id))
-        .where(Membership.user_id == user_id).order_by(col(Organisation.id))
-    )
-    return [(org, Role(role)) for org, role in rows.all()]
+    """Every organisation the user belongs to, with their role in each (read across organisations)."""
+    async with tenancy.as_system(session):
+        rows = (await session.exec(
+            select(Organisation, Membership.role).join(Membership, col(Membership.org_id) == col(Organisation.id))
+            .where(Membership.user_id == user_id).order_by(col(Organisation.id))
+        )).all()
+    return [(org, Role(role)) for org, role in rows]
 
 
 # --- members ---------------------------------------------------------------------------------------------------
@@ -194,8 +198,9 @@ async def issue_token(
     token, prefix, digest = generate_token()
     expires = utcnow() + timedelta(days=days) if days is not None else None
     stored = ApiToken(user_id=user_id, org_id=org, name=name, prefix=prefix, token_hash=digest, expires_at=expires)
-    session.add(stored)
-    await session.flush()
+    async with tenancy.as_system(session):  # a member may hold a token for each of their organisations
+        session.add(stored)
+        await session.flush()
     return stored, token
 
 

@@ -19,8 +19,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from devart.core.bounds import MAX_NAME_CHARS, text_problem
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.database.models import GitHubCheck, GitHubDelivery, GitHubRepository, utcnow
+from devart.core.database.tenancy import SYSTEM, system_in
 from devart.domain import catalog
 from devart.domain.events import add_event
 from devart.github.client import (
@@ -83,6 +84,8 @@ async def receive(session: AsyncSession, client: Client, *, event: str | None, d
         raise WebhookInvalid(f"the '{event}' payload does not match GitHub's schema: {str(exc)[:500]}") from None
     if why := _not_for_us(event, payload):
         return _ignored(why)  # before the delivery is recorded: GitHub also sends devart's own check runs' events
+    # Signed by GitHub, for no organisation yet: the repository's mapping says whose runs it starts (``_dispatch``).
+    await tenancy.adopt(session, SYSTEM)
     inserted = await session.exec(insert(GitHubDelivery).values(id=delivery, event=event, received_at=utcnow())
                                   .on_conflict_do_nothing().returning(col(GitHubDelivery.id)))  # type: ignore[call-overload]
     if inserted.first() is None:
@@ -127,6 +130,9 @@ async def _forget(delivery: str) -> None:
 async def _dispatch(session: AsyncSession, client: Client, event: str, payload: Any) -> WebhookReply:
     full_name = payload.repository.full_name.lower()
     installation_id = payload.installation.id if payload.installation else None
+    mapped = await session.get(GitHubRepository, full_name)
+    if mapped is not None and mapped.org_id is not None:
+        await tenancy.adopt(session, system_in(mapped.org_id))  # the runs it starts are the organisation's
     if event == "check_run":
         return await _check_run(session, client, full_name, payload, installation_id)
     mapping = await session.get(GitHubRepository, full_name)

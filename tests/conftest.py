@@ -20,7 +20,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from devart.core.database import db
+from devart.core.database import db, tenancy
+from devart.core.database.tenancy import DEFAULT_ORG
 from devart.core.devstack import services
 from devart.core.devstack.embedded import stop_postgres
 from devart.core.devstack.services import free_port
@@ -79,6 +80,7 @@ def stack() -> Iterator[Stack]:
     clear_settings_caches()
     env["DATABASE_URL"] = db.database_url()
     prepare_schema()
+    tenancy.serve_all(DEFAULT_ORG)  # what the tests write directly (agents' keys) is the default organisation's
     sup = Supervisor(state / "logs", env=env)
     temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])
     s = Stack(receiver=receiver, state=state, env=env, supervisor=sup, temporal_port=temporal_port,

@@ -186,12 +186,15 @@ def fresh_database(prefix: str = "fresh") -> Iterator[str]:
 
 
 def sql(query: str, **params: object) -> list[dict[str, Any]]:
-    """Run a query on the suite's database with a plain synchronous connection (for assertions)."""
+    """Run a query on the suite's database with a plain synchronous connection (for assertions), as its owner: it
+    sees every organisation's rows, and a row it inserts is the default organisation's unless it names one."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(db.database_url())
     try:
         with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('devart.org_id', 'default', true), "
+                              "set_config('devart.role', 'system', true)"))
             result = conn.execute(text(query), params)
             return [dict(r._mapping) for r in result] if result.returns_rows else []
     finally:

@@ -9,14 +9,18 @@ then acknowledged, so the agent keeps serving. The pipeline worker's collector m
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from devart.core.database import db
-from devart.core.database.models import DeadLetter
+from devart.core.database import db, tenancy
+from devart.core.database.models import DeadLetter, Run
+from devart.core.database.tenancy import DEFAULT_ORG, system_in
 from devart.core.messaging.topology import Topology
 from devart.domain.events import add_event
 
@@ -70,6 +74,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+async def _organisation(session: AsyncSession, message: AbstractIncomingMessage) -> str:
+    """The organisation a dead letter belongs to: its run's, or the default one for a message naming no run."""
+    try:
+        run_id = json.loads(message.body).get("run_id")
+    except (ValueError, AttributeError):
+        run_id = None
+    org = None
+    if isinstance(run_id, str):
+        org = (await session.exec(select(Run.org_id).where(Run.id == run_id))).first()
+    return org or DEFAULT_ORG
+
+
 async def collect(amqp_url: str, topology: Topology, stop: asyncio.Event) -> None:
     """Move dead letters into PostgreSQL (and the feed) until ``stop`` is set."""
     connection = await aio_pika.connect_robust(amqp_url)
@@ -81,6 +97,7 @@ async def collect(amqp_url: str, topology: Topology, stop: asyncio.Event) -> Non
         async def store(message: AbstractIncomingMessage) -> None:
             reason, lane = describe(message)
             async with db.session() as s:
+                await tenancy.switch(s, system_in(await _organisation(s, message)))
                 s.add(DeadLetter(lane=lane, reason=reason, message_id=message.message_id,
                                  headers=_jsonable(dict(message.headers or {})),
                                  body=message.body.decode(errors="replace")))

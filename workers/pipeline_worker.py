@@ -18,7 +18,7 @@ from devart.activities.github import report_github
 from devart.activities.records import record_run
 from devart.activities.sandbox import provision_sandbox, teardown_sandbox
 from devart.core import settings
-from devart.core.database import db
+from devart.core.database import db, tenancy
 from devart.core.messaging.topology import Topology
 from devart.core.telemetry import tracing as telemetry
 from devart.core.temporal import connect
@@ -68,6 +68,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
 async def serve(task_queue: str | None = None) -> None:
     """Run until SIGINT/SIGTERM, then finish in-flight activity calls and exit."""
     telemetry.setup("devart-worker")
+    tenancy.serve_all()  # the worker acts for every organisation's runs (core.database.tenancy)
     await asyncio.to_thread(db.require_current_schema)  # `devart db upgrade` migrates, before the services start
     runtime = _metrics_runtime(settings.worker())
     client = await connect(runtime=runtime)

@@ -20,7 +20,8 @@ from devart.api.feed import listener
 from devart.api.feed.listener import EVENT_COLUMNS, FeedEvent
 from devart.api.feed.stream_caps import Slot
 from devart.api.sse import SEP
-from devart.core.database import db
+from devart.core.database import db, tenancy
+from devart.core.database.tenancy import SYSTEM
 
 #: Events read per query.
 BATCH = 500
@@ -30,13 +31,17 @@ RECONNECT_MS = 2000
 
 @dataclass(frozen=True)
 class Filters:
+    """What a reader asked for. ``org`` is the reader's organisation: the feed reads as devart's own services (one
+    listener serves every organisation), so the organisation is always part of the filter."""
+
+    org: str
     run_id: str | None = None
     pipeline: str | None = None
     agent: str | None = None
     kind: str | None = None
 
     def sql(self) -> tuple[str, dict[str, Any]]:
-        clauses, params = [], {}
+        clauses, params = ["e.org_id = :org"], {"org": self.org}
         if self.run_id:
             clauses.append("e.run_id = :run_id")
             params["run_id"] = self.run_id
@@ -49,11 +54,11 @@ class Filters:
         if self.kind:
             clauses.append("(e.kind = :kind OR e.kind LIKE :kind_prefix)")
             params.update(kind=self.kind, kind_prefix=f"{self.kind}.%")
-        return (" AND " + " AND ".join(clauses)) if clauses else "", params
+        return " AND " + " AND ".join(clauses), params
 
     def matches(self, event: FeedEvent) -> bool:
         """The same choice as ``sql``, for an event the listener offers."""
-        return ((not self.run_id or event.run_id == self.run_id)
+        return (event.org == self.org and (not self.run_id or event.run_id == self.run_id)
                 and (not self.pipeline or event.pipeline == self.pipeline)
                 and (not self.agent or event.agent == self.agent)
                 and (not self.kind or event.kind == self.kind or event.kind.startswith(f"{self.kind}.")))
@@ -65,6 +70,7 @@ async def _read(after: int, filters: Filters, limit: int, until: int | None = No
         where += " AND e.id <= :until"
         params["until"] = until
     async with db.session() as s:
+        await tenancy.switch(s, SYSTEM)  # the organisation is in the filter
         rows = (await s.execute(text(
             f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.id > :after{where} ORDER BY e.id LIMIT :limit"),
             {"after": after, "limit": limit, **params})).all()

@@ -65,7 +65,7 @@ CONNECTS = Counter("devart_feed_listener_connects", "Times the live feed's LISTE
 RESYNCS = Counter("devart_feed_resyncs", "Streams whose queue overflowed, caught up from the events table")
 
 #: Everything a stream sends and filters on, read once for every stream.
-EVENT_COLUMNS = "e.id, e.kind, e.run_id, e.stage, e.agent, e.message, e.data, e.created_at"
+EVENT_COLUMNS = "e.id, e.org_id, e.kind, e.run_id, e.stage, e.agent, e.message, e.data, e.created_at"
 #: Marks the listener's statements in ``pg_stat_activity``.
 MARK = "/* event feed listener */"
 #: The statement's own snapshot comes with every row, so the rows and the in-progress transactions agree.
@@ -81,6 +81,7 @@ class FeedEvent:
     """One event as streams filter it, with its Server-Sent Events frame encoded once for all of them."""
 
     id: int
+    org: str
     kind: str
     run_id: str | None
     agent: str | None
@@ -93,7 +94,7 @@ class FeedEvent:
                 "agent": row["agent"], "message": row["message"], "data": row["data"],
                 "created_at": row["created_at"].isoformat()}
         frame = ServerSentEvent(json.dumps(body), id=str(row["id"]), event=row["kind"], sep=SEP).encode()
-        return cls(row["id"], row["kind"], row["run_id"], row["agent"], pipeline, frame)
+        return cls(row["id"], row["org_id"], row["kind"], row["run_id"], row["agent"], pipeline, frame)
 
 
 class Subscription:
@@ -195,6 +196,9 @@ class Listener:
                     self._url, autocommit=True, row_factory=dict_row,
                     keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
                 ) as conn:
+                    # One connection reads every organisation's events for every stream; each stream keeps only its
+                    # own organisation's (``Subscription``), as the application role acting as devart itself.
+                    await conn.execute("SELECT set_config('devart.role', 'system', false)")
                     await conn.execute(f"LISTEN {CHANNEL}")
                     CONNECTS.inc()
                     if self.cursor is None:
@@ -283,5 +287,5 @@ def shared() -> Listener:
     """This process's listener (one per event loop: an application served twice in one process gets two)."""
     loop = asyncio.get_running_loop()
     if (listener := _shared.get(loop)) is None:
-        listener = _shared[loop] = Listener(db.database_url().replace("postgresql+psycopg://", "postgresql://", 1))
+        listener = _shared[loop] = Listener(db.app_database_url().replace("postgresql+psycopg://", "postgresql://", 1))
     return listener

@@ -6,26 +6,28 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 
-from devart.api.auth import access
+from devart.api.auth import Caller, access
 from devart.api.errors import ErrorBody
 from devart.api.feed import feed, stream_caps
 from devart.api.sse import EventStreamResponse
 from devart.core import settings
-from devart.domain.identity import Role
+from devart.domain.identity import Principal, Role
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
-def _filters(run_id: str | None, pipeline: str | None, agent: str | None, kind: str | None) -> feed.Filters:
-    return feed.Filters(run_id=run_id, pipeline=pipeline, agent=agent, kind=kind)
+def _filters(caller: Principal, run_id: str | None, pipeline: str | None, agent: str | None,
+             kind: str | None) -> feed.Filters:
+    return feed.Filters(org=caller.org, run_id=run_id, pipeline=pipeline, agent=agent, kind=kind)
 
 
 @router.get("", **access(Role.VIEWER))
 async def list_events(
+    caller: Caller,
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
     after: int = Query(default=0, ge=0), limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    return await feed.fetch(after, _filters(run_id, pipeline, agent, kind), limit)
+    return await feed.fetch(after, _filters(caller, run_id, pipeline, agent, kind), limit)
 
 
 @router.get("/stream", responses={
@@ -35,7 +37,7 @@ async def list_events(
     503: {"model": ErrorBody, "description": "The feed cannot reach PostgreSQL."},
 }, **access(Role.VIEWER))
 async def stream(
-    request: Request,
+    request: Request, caller: Caller,
     run_id: str | None = None, pipeline: str | None = None, agent: str | None = None, kind: str | None = None,
     after: int = Query(default=0, ge=0, description="Start after this event id (Last-Event-ID wins if set)."),
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
@@ -48,5 +50,5 @@ async def stream(
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     cfg = settings.feed()
     start = last_event_id if last_event_id is not None else after
-    opened = await feed.open_stream(start, _filters(run_id, pipeline, agent, kind), slot, cfg.queue_size)
+    opened = await feed.open_stream(start, _filters(caller, run_id, pipeline, agent, kind), slot, cfg.queue_size)
     return EventStreamResponse(opened.frames(), send_timeout=cfg.send_timeout, on_close=opened.close)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -56,9 +58,48 @@ def database_url() -> str:
     return url
 
 
+APP_PASSWORD_FILE = "db-app-password"
+
+
+def app_password(*, create: bool = False) -> str:
+    """The application role's password: ``DEVART_DB_APP_PASSWORD``, or the one kept in the state folder (made by
+    ``devart db upgrade`` when ``create``)."""
+    given = settings.DatabaseSettings().app_password
+    if given:
+        return given
+    stored = settings.state().root / APP_PASSWORD_FILE
+    if create and not stored.exists():
+        from devart.core.devstack.statedir import write_private
+
+        write_private(stored, secrets.token_urlsafe(32))
+    try:
+        return stored.read_text().strip()
+    except FileNotFoundError:
+        raise SchemaNotCurrent(f"the services' database role has no password yet: run `{UPGRADE_COMMAND}` first "
+                               "(or set DEVART_DB_APP_PASSWORD)") from None
+
+
+@lru_cache
+def app_database_url() -> str:
+    """The URL the services use: logged in as the application role (``DEVART_DB_APP_ROLE``), which owns no table and
+    has no BYPASSRLS, so row-level security holds for everything they run and no statement can leave the role
+    (``SET ROLE`` needs a membership it does not have). Migrations and the first administrator use ``database_url``.
+    """
+    cfg = settings.DatabaseSettings()
+    if cfg.app_database_url:
+        return cfg.app_database_url
+    if not cfg.app_role:
+        return database_url()
+    url = make_url(database_url()).set(username=cfg.app_role, password=app_password())
+    return url.render_as_string(hide_password=False)
+
+
 @lru_cache
 def engine() -> AsyncEngine:
-    return create_async_engine(database_url(), pool_size=10, max_overflow=10, pool_pre_ping=True)
+    """The services' engine, as the application role; each transaction names its tenant (``tenancy``)."""
+    from devart.core.database import tenancy  # noqa: F401 - installs the per-transaction tenant
+
+    return create_async_engine(app_database_url(), pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
 @lru_cache

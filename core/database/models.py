@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    FetchedValue,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -25,11 +37,19 @@ def _created() -> Any:
     return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
+def _org() -> Any:
+    """The row's organisation: left unset, PostgreSQL fills it in (the transaction's, or the run's; migration 0009)
+    and the insert reads it back."""
+    return Field(default=None, sa_column=Column(String, ForeignKey("organisations.id"), FetchedValue(), nullable=False,
+                                                index=True))
+
+
 class Agent(SQLModel, table=True):
     """A registered agent. Its API key is stored only as a SHA-256 hash plus a short public prefix for lookup."""
 
     __tablename__ = "agents"
     id: int | None = Field(default=None, primary_key=True)
+    org_id: str | None = _org()
     name: str = Field(index=True, unique=True)
     capabilities: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     key_prefix: str = Field(index=True, unique=True)
@@ -47,7 +67,9 @@ class Run(SQLModel, table=True):
     """One pipeline run; ``id`` is also the Temporal workflow id."""
 
     __tablename__ = "runs"
+    __table_args__ = (Index("runs_org_created", "org_id", "created_at"),)
     id: str = Field(primary_key=True)
+    org_id: str | None = _org()
     pipeline: str = Field(index=True)
     pipeline_version: int = 1
     repository: str
@@ -69,6 +91,7 @@ class TaskAttempt(SQLModel, table=True):
     __tablename__ = "task_attempts"
     __table_args__ = (UniqueConstraint("run_id", "stage", "attempt"),)
     id: str = Field(primary_key=True)
+    org_id: str | None = _org()
     run_id: str = Field(index=True)
     stage: str
     attempt: int
@@ -97,6 +120,7 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "events"
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    org_id: str | None = _org()
     kind: str = Field(index=True)
     run_id: str | None = Field(default=None, index=True)
     stage: str | None = None
@@ -111,6 +135,7 @@ class PipelineVersion(SQLModel, table=True):
 
     __tablename__ = "pipeline_versions"
     name: str = Field(primary_key=True)
+    org_id: str | None = _org()
     version: int = Field(primary_key=True)
     definition: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _created()
@@ -121,6 +146,7 @@ class Lane(SQLModel, table=True):
 
     __tablename__ = "lanes"
     name: str = Field(primary_key=True)
+    org_id: str | None = _org()
     requires: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     priorities: list[int] = Field(
         default_factory=lambda: [3], sa_column=Column(JSON, nullable=False, server_default="[3]"),
@@ -134,6 +160,7 @@ class AgentSkillStat(SQLModel, table=True):
 
     __tablename__ = "agent_skill_stats"
     agent: str = Field(primary_key=True)
+    org_id: str | None = _org()
     skill: str = Field(primary_key=True)
     tasks: int = 0
     successes: int = 0
@@ -146,6 +173,7 @@ class DeadLetter(SQLModel, table=True):
 
     __tablename__ = "dead_letters"
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    org_id: str | None = _org()
     lane: str | None = None
     reason: str
     message_id: str | None = None
@@ -163,6 +191,7 @@ class GitHubRepository(SQLModel, table=True):
 
     __tablename__ = "github_repositories"
     full_name: str = Field(primary_key=True)
+    org_id: str | None = _org()
     pipeline: str
     clone_url: str | None = Field(default=None, description="Clone from here instead of the PR head's clone URL.")
     created_at: datetime = _created()
@@ -184,6 +213,7 @@ class GitHubRun(SQLModel, table=True):
 
     __tablename__ = "github_runs"
     run_id: str = Field(primary_key=True)
+    org_id: str | None = _org()
     repo: str = Field(index=True, description="owner/repo in lower case.")
     pr: int
     head_sha: str
@@ -199,6 +229,7 @@ class GitHubCheck(SQLModel, table=True):
 
     __tablename__ = "github_checks"
     run_id: str = Field(primary_key=True)
+    org_id: str | None = _org()
     stage: str = Field(primary_key=True)
     check_run_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, index=True))
     repo: str
@@ -217,6 +248,7 @@ class GitHubReview(SQLModel, table=True):
 
     __tablename__ = "github_reviews"
     repo: str = Field(primary_key=True)
+    org_id: str | None = _org()
     pr: int = Field(primary_key=True)
     head_sha: str = Field(primary_key=True)
     review_id: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -230,7 +262,12 @@ class Budget(SQLModel, table=True):
 
     __tablename__ = "budgets"
     scope: str = Field(primary_key=True, description="pipeline or repository")
+    org_id: str | None = _org()
     name: str = Field(primary_key=True)
     soft_micros: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     hard_micros: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     updated_at: datetime = _created()
+
+
+# The identity tables (organisations, which every org_id above references, users, tokens, the audit trail).
+from devart.core.database import models_identity as models_identity  # noqa: E402

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 from devart.core.database.models import _created, _ts
@@ -35,8 +35,9 @@ class Membership(SQLModel, table=True):
     """A user's role in one organisation: admin, supervisor or viewer."""
 
     __tablename__ = "memberships"
-    user_id: int = Field(sa_column=Column(BigInteger, primary_key=True))
-    org_id: str = Field(primary_key=True)
+    user_id: int = Field(sa_column=Column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True))
+    org_id: str = Field(sa_column=Column(String, ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True,
+                                         index=True))
     role: str
     created_at: datetime = _created()
 
@@ -45,9 +46,10 @@ class ApiToken(SQLModel, table=True):
     """A personal token for one organisation; only its SHA-256 and a display prefix are kept."""
 
     __tablename__ = "api_tokens"
+    __table_args__ = (Index("api_tokens_user", "user_id", "org_id"),)
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    org_id: str
+    user_id: int = Field(sa_column=Column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"), nullable=False))
+    org_id: str = Field(sa_column=Column(String, ForeignKey("organisations.id", ondelete="CASCADE"), nullable=False))
     name: str
     prefix: str
     token_hash: str = Field(unique=True)
@@ -61,8 +63,9 @@ class AuditEntry(SQLModel, table=True):
     """One write through the API: who, with which role, what (method, route, path), the answer, and when."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("audit_log_org_at", "org_id", "at"),)
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    org_id: str
+    org_id: str = Field(sa_column=Column(String, ForeignKey("organisations.id"), nullable=False))
     user_name: str
     role: str
     method: str

@@ -166,7 +166,9 @@ async def _ensure_key(name: str, capabilities: list[str], stored: str | None) ->
     from sqlmodel import select
     from sqlmodel.ext.asyncio.session import AsyncSession
 
+    from devart.core.database import tenancy
     from devart.core.database.models import Agent
+    from devart.core.database.tenancy import DEFAULT_ORG, system_in
     from devart.core.security import verify
     from devart.domain import agents
 
@@ -174,6 +176,7 @@ async def _ensure_key(name: str, capabilities: list[str], stored: str | None) ->
     engine = create_async_engine(settings.DatabaseSettings().database_url or "", poolclass=NullPool)
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
+            await tenancy.switch(session, system_in(DEFAULT_ORG))  # the default pool is the default organisation's
             agent = (await session.exec(select(Agent).where(Agent.name == name))).first()
             if agent is not None and stored and verify(stored, agent.key_hash):
                 agent.capabilities, agent.active = sorted(set(capabilities)), True

@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("created_at", _ts, nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("role IN ('admin', 'supervisor', 'viewer')", name="memberships_role"),
     )
-    op.create_index("memberships_org", "memberships", ["org_id"])
+    op.create_index("ix_memberships_org_id", "memberships", ["org_id"])
     op.create_table(
         "api_tokens",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),

@@ -50,14 +50,18 @@ class Reader:
                 await self._arrived.wait()
 
 
+def bearer() -> dict[str, str]:
+    """The first administrator's authorization header (the test stack's environment is this process's)."""
+    return {"Authorization": f"Bearer {os.environ['DEVART_ADMIN_TOKEN']}"}
+
+
 async def open_streams(stack: AsyncExitStack, url: str, count: int, kind: str, source: str = "127.0.0.1",
                        after: int | None = None) -> list[Reader]:
     """``count`` streams of events of ``kind``, each on its own connection from ``source``, all subscribed; resuming
     after event ``after`` if given."""
     transport = httpx.AsyncHTTPTransport(local_address=source, limits=httpx.Limits(max_connections=count + 10))
-    headers = {"Authorization": f"Bearer {os.environ['DEVART_ADMIN_TOKEN']}"}  # the test stack's environment
     client = await stack.enter_async_context(httpx.AsyncClient(base_url=url, transport=transport, timeout=60,
-                                                               headers=headers))
+                                                               headers=bearer()))
 
     async def one() -> Reader:
         headers = {"Last-Event-ID": str(after)} if after is not None else {}

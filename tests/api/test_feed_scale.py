@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from devart.api.feed import listener
 from devart.core.devstack.services import free_port
 from devart.domain.events import add_event, reserve_id
-from tests.api.feed_streams import HOLD, open_streams, publish_events, transaction
+from tests.api.feed_streams import HOLD, bearer, open_streams, publish_events, transaction
 from tests.helpers import poll
 from tests.stack import Stack, sql
 
@@ -78,7 +78,7 @@ def feed_api(stack: Stack) -> Iterator[FeedApi]:
 
 async def refused(url: str, source: str) -> httpx.Response:
     transport = httpx.AsyncHTTPTransport(local_address=source)
-    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, transport=transport, timeout=30, headers=bearer()) as client:
         async with client.stream("GET", "/v1/events/stream") as response:
             await response.aread()
             return response
@@ -121,7 +121,9 @@ async def test_a_stream_that_never_reads_stalls_no_one(feed_api: FeedApi) -> Non
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect((host, int(port)))
-    stalled.sendall(f"GET /v1/events/stream?kind={kind} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    authorization = bearer()["Authorization"]
+    stalled.sendall(f"GET /v1/events/stream?kind={kind} HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Authorization: {authorization}\r\n\r\n".encode())
     try:
         async with AsyncExitStack() as streams:
             readers = await open_streams(streams, feed_api.url, 3, kind)

@@ -22,7 +22,7 @@ async def test_mapping_needs_the_admin_token_and_an_existing_pipeline(api: httpx
     admin = {"Authorization": f"Bearer {stack.env['DEVART_ADMIN_TOKEN']}"}
     repo = f"Acme/{unique('Svc')}"
     path = f"/v1/github/repositories/{repo}"
-    assert (await api.put(path, json={"pipeline": "lint-test"})).status_code == 401
+    assert (await api.put(path, json={"pipeline": "lint-test"}, headers={"Authorization": ""})).status_code == 401
     assert (await api.put(path, json={"pipeline": "lint-test"},
                           headers={"Authorization": "Bearer wrong"})).status_code == 401
     missing = await api.put(path, json={"pipeline": "lint-tset"}, headers=admin)
