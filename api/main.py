@@ -27,6 +27,7 @@ from devart.api.routes import (
     identity,
     pipelines,
     runs,
+    secrets,
 )
 from devart.core import bounds, settings
 from devart.core.database import db
@@ -47,6 +48,7 @@ ROUTER_ERRORS = {
     analytics: (401, 403),
     github: (401, 403, 404, 503),  # the webhook's 400 is app-wide; 401 also for an unsigned delivery
     identity: (401, 403, 404, 409),
+    secrets: (401, 403, 404, 409, 422, 503),
 }
 
 

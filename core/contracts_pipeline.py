@@ -45,6 +45,10 @@ class RetrySpec(Strict):
         return value
 
 
+#: What a secret reference names after ``secret:`` or ``env:``: a store secret's or a variable's name.
+SECRET_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
 class SandboxSpec(Strict):
     """What a stage's sandbox needs; the local backend honours what it can, Kubernetes all of it."""
 
@@ -62,16 +66,20 @@ class SandboxSpec(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every command.")
     secrets: dict[str, str] = Field(
         default_factory=dict,
-        description="Variables filled at exec time from the executing process's environment: NAME -> env:VAR. "
-        "Only the reference travels in history and messages, never the value.",
+        description="Variables filled at exec time: NAME -> secret:NAME (the organisation's secret store, "
+        "`devart secrets set`) or NAME -> env:VAR (the agent's environment, only variables an operator allow-listed "
+        "in DEVART_SECRETS_ALLOWED). Only the reference travels in history and messages, never the value, and the "
+        "value is masked in the stage's output.",
     )
 
     @field_validator("secrets")
     @classmethod
     def _references(cls, value: dict[str, str]) -> dict[str, str]:
         for name, ref in value.items():
-            if not ref.startswith("env:") or len(ref) <= 4:
-                raise ValueError(f"secret '{name}' must reference an environment variable as 'env:NAME', got {ref!r}")
+            kind, _, target = ref.partition(":")
+            if kind not in ("env", "secret") or not SECRET_TARGET.match(target):
+                raise ValueError(f"secret '{name}' must reference the organisation's secret store as 'secret:NAME' "
+                                 f"or an environment variable as 'env:NAME', got {ref!r}")
         return value
 
 

@@ -81,12 +81,17 @@ def check_bounds(data: dict[str, Any]) -> list[str]:
 
 
 def _secret_problems(stage: StageSpec) -> list[str]:
-    """A secret may name only an environment variable an operator allow-listed (``DEVART_SECRETS_ALLOWED``)."""
+    """An ``env:`` secret may name only an environment variable an operator allow-listed (``DEVART_SECRETS_ALLOWED``).
+
+    A ``secret:`` reference (the organisation's store) is accepted whether or not the secret exists yet: it may be
+    created after the pipeline is published, and a stage naming a missing one fails with ``SecretMissing``.
+    """
     allowed = settings.secret_sources()
     return [f"stage '{stage.name}': secret '{name}' refers to environment variable "
             f"'{ref.removeprefix('env:')}', which is not allow-listed for secrets (DEVART_SECRETS_ALLOWED lists "
             f"{', '.join(sorted(allowed)) or 'none'})"
-            for name, ref in sorted(stage.sandbox.secrets.items()) if ref.removeprefix("env:") not in allowed]
+            for name, ref in sorted(stage.sandbox.secrets.items())
+            if ref.startswith("env:") and ref.removeprefix("env:") not in allowed]
 
 
 def check_graph(definition: PipelineDefinition, skills: frozenset[str] = BUILTIN_SKILLS) -> list[str]:

@@ -130,6 +130,12 @@ class SecretSettings(BaseSettings):
         description="Names of the agents' environment variables stages may use as secrets, comma-separated; any "
         "other reference is refused when a pipeline is validated, and again before a command runs.",
     )
+    key: str | None = Field(
+        default=None,
+        description="Fernet key encrypting the organisation's secret store at rest (`devart secrets keygen` makes "
+        "one). Unset: the local stack keeps a generated one in the state folder (file secrets-key); a deployment "
+        "whose database password is configured must set it.",
+    )
 
     def names(self) -> frozenset[str]:
         return frozenset(n.strip() for n in self.allowed.split(",") if n.strip())

@@ -6,7 +6,9 @@ The pipeline worker provisions and tears down; the agent only execs. Both talk t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 from pydantic import BaseModel, Field
@@ -73,12 +75,50 @@ class Sandbox(Protocol):
         ...
 
 
+#: The values of the running task's ``secret:`` references, fetched from the API by the agent that holds its claim
+#: (``workers.execution``). A context variable, not an ``exec`` argument: it reaches every backend's command
+#: environment without passing through skills (which may log their arguments) or the sandbox interface.
+_store_values: ContextVar[Mapping[str, str] | None] = ContextVar("devart_store_secrets", default=None)
+
+
+@contextmanager
+def store_secrets(values: Mapping[str, str]) -> Iterator[None]:
+    """Commands run in this block (in this task) get ``values`` for their stage's ``secret:NAME`` references."""
+    token = _store_values.set(dict(values))
+    try:
+        yield
+    finally:
+        _store_values.reset(token)
+
+
+def current_store_secrets() -> Mapping[str, str]:
+    """The store values ``store_secrets`` gave this task (none outside it)."""
+    return _store_values.get() or {}
+
+
+def store_name(reference: str) -> str | None:
+    """The secret a ``secret:NAME`` reference names; None for an ``env:`` reference."""
+    return reference.removeprefix("secret:") if reference.startswith("secret:") else None
+
+
+def store_value(name: str, reference: str, store: Mapping[str, str]) -> str:
+    """The value of a ``secret:NAME`` reference among the values the API gave this task's claim holder."""
+    secret = reference.removeprefix("secret:")
+    if secret not in store:
+        raise SandboxError(f"secret {name!r} refers to {secret!r}, which is not in the organisation's secret store "
+                           "(`devart secrets set` creates it)", reason="SecretMissing")
+    return store[secret]
+
+
 def secret_variable(name: str, reference: str) -> str:
     """The environment variable a secret reference (``env:VAR``) names, if an operator allow-listed it.
 
     Checked again where the value is read, not only when the pipeline was validated: a version published before the
     list was narrowed, or a task message not from the API, still reads nothing the operator has not allowed.
     """
+    if store_name(reference) is not None:
+        raise SandboxError(f"secret {name!r} ({reference!r}) comes from the organisation's secret store, not from "
+                           "an environment variable", reason="SecretNotAllowed")
     variable = reference.removeprefix("env:")
     if variable not in settings.secret_sources():
         raise SandboxError(f"secret {name!r} refers to environment variable {variable!r}, which is not allow-listed "

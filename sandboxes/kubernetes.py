@@ -29,7 +29,15 @@ from devart.core.contracts import SandboxHandle, SandboxSpec, Source
 from devart.core.errors import SandboxError
 from devart.core.settings import KubernetesSettings
 from devart.sandboxes import k8s_manifests as m
-from devart.sandboxes.base import DEFAULT_OUTPUT_CAP, ExecResult, OutputCallback, secret_variable
+from devart.sandboxes.base import (
+    DEFAULT_OUTPUT_CAP,
+    ExecResult,
+    OutputCallback,
+    current_store_secrets,
+    secret_variable,
+    store_name,
+    store_value,
+)
 from devart.sandboxes.k8s_api import VALID_ID, SandboxApi
 from devart.sandboxes.k8s_errors import container_failure, is_running, start_failure
 from devart.sandboxes.k8s_exec import STREAM_GRACE, exec_argv, kill_argv, parse_status, parse_usage
@@ -102,15 +110,18 @@ class KubernetesSandbox:
 
         The container kills the command's process group after ``timeout``; on cancellation or an error of
         ``on_output`` a second exec kills it. Variables in ``env`` are passed in the exec request (the API server
-        may log it): use the stage's secrets, which live in a Secret, for credentials.
+        may log it): use the stage's secrets, which live in a Secret, for credentials. The stage's ``secret:``
+        references (the organisation's store, whose values only the agent holding the task's claim receives, see
+        ``base.store_secrets``) are passed the same way, under ``env``, and masked in the output like the rest.
         """
         name = self._name(handle)
-        variables = dict(env or {})
+        store = _store_values(handle.spec.secrets, current_store_secrets())
+        variables = {**store, **(env or {})}
         m.check_env_names(list(variables))
         pidfile = f"/tmp/.devart-exec-{secrets.token_hex(6)}.pid"
         argv = exec_argv(command, variables, timeout=timeout, workdir=handle.workspace or m.WORKSPACE,
                          pidfile=pidfile)
-        output = OutputBuffer(output_cap, on_output, redact=await self._secrets(name, handle))
+        output = OutputBuffer(output_cap, on_output, redact=[*await self._secrets(name, handle), *store.values()])
         failures: list[BaseException] = []
         stop = threading.Event()
         loop = asyncio.get_running_loop()
@@ -193,8 +204,8 @@ class KubernetesSandbox:
 
     async def _secrets(self, name: str, handle: SandboxHandle) -> Sequence[str]:
         """The stage's secret values, so the output never shows them (read from the sandbox's Secret)."""
-        if not handle.spec.secrets:
-            return []
+        if not any(store_name(ref) is None for ref in handle.spec.secrets.values()):
+            return []  # no env: secret, so no Secret object to read
         if name not in self._redact:
             while len(self._redact) >= REDACT_CACHE:
                 self._redact.pop(next(iter(self._redact)))
@@ -243,9 +254,12 @@ class KubernetesSandbox:
 
 
 def _resolve(refs: Mapping[str, str]) -> dict[str, str]:
-    """Secret values from this process's environment; only their references travel in history and messages."""
+    """``env:`` secret values from this process's environment; only their references travel in history and messages.
+    (``secret:`` references are the agent's to fill in at exec time: the pipeline worker never holds store values.)"""
     values: dict[str, str] = {}
     for name, ref in refs.items():
+        if store_name(ref) is not None:
+            continue
         variable = secret_variable(name, ref)
         if variable not in os.environ:
             raise SandboxError(f"secret {name!r} refers to environment variable {variable!r}, which is not set in "
@@ -253,3 +267,8 @@ def _resolve(refs: Mapping[str, str]) -> dict[str, str]:
                                "there", reason="SecretMissing")
         values[name] = os.environ[variable]
     return values
+
+
+def _store_values(refs: Mapping[str, str], store: Mapping[str, str]) -> dict[str, str]:
+    """The variables of a stage's ``secret:`` references, from the values its claim holder was given."""
+    return {name: store_value(name, ref, store) for name, ref in refs.items() if store_name(ref) is not None}

@@ -19,7 +19,7 @@ import psutil
 
 from devart.core.contracts import SandboxSpec
 from devart.core.errors import SandboxError
-from devart.sandboxes.base import OutputCallback, secret_variable
+from devart.sandboxes.base import OutputCallback, current_store_secrets, secret_variable, store_name, store_value
 
 #: Variable names the sandbox's shell can export.
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -141,24 +141,31 @@ def kill_recorded(folder: Path) -> None:
                 kill_group(record["pid"], record.get("create_time"))
 
 
-def command_environment(directory: Path, spec: SandboxSpec,
-                        env: Mapping[str, str] | None) -> tuple[dict[str, str], list[str]]:
-    """A command's whole environment (nothing leaks from the agent's own), and the secret values in it.
+def command_environment(directory: Path, spec: SandboxSpec, env: Mapping[str, str] | None,
+                        store: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """A command's whole environment (nothing leaks from the agent's own), and the secret values in it (to mask).
 
     The host ``PATH``, ``HOME`` (the sandbox's own), ``LANG`` and ``PYTHONDONTWRITEBYTECODE``, then ``spec.env``,
-    then ``spec.secrets`` read from this process's environment, then ``env``: the most specific wins.
+    then ``spec.secrets`` (``env:VAR`` read from this process's environment, ``secret:NAME`` from ``store``: the
+    values the API gave this task's claim holder, by default those ``base.store_secrets`` set), then ``env``: the
+    most specific wins.
     """
+    store = current_store_secrets() if store is None else store
     variables = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(directory / "home"), "LANG": "C.UTF-8",
                  "PYTHONDONTWRITEBYTECODE": "1"}
     variables.update(spec.env)
     values: list[str] = []
     for name, reference in spec.secrets.items():
-        source = secret_variable(name, reference)
-        value = os.environ.get(source)
-        if value is None:
-            raise SandboxError(f"secret {name!r} refers to environment variable {source!r}, which is not set where "
-                               "this agent runs: set it in the agent's environment, or remove the secret from the "
-                               "stage's sandbox spec", reason="SecretMissing")
+        if store_name(reference) is not None:
+            value: str | None = store_value(name, reference, store)
+        else:
+            source = secret_variable(name, reference)
+            value = os.environ.get(source)
+            if value is None:
+                raise SandboxError(f"secret {name!r} refers to environment variable {source!r}, which is not set "
+                                   "where this agent runs: set it in the agent's environment, or remove the secret "
+                                   "from the stage's sandbox spec", reason="SecretMissing")
+        assert value is not None
         variables[name] = value
         values.append(value)
     variables.update(env or {})

@@ -96,6 +96,12 @@ class AgentClient:
     async def claim(self, task_id: str) -> TaskDetail:
         return TaskDetail.model_validate((await self._call("POST", f"/v1/agent/tasks/{task_id}/claim", {})).json())
 
+    async def task_secrets(self, task: TaskDetail) -> dict[str, Any]:
+        """The values of the task's ``secret:`` references (``values``) and the names its organisation lacks
+        (``missing``); the API answers them to the holder of the task's claim only. Never logged."""
+        path = f"/v1/agent/tasks/{task.task_id}/secrets?claim_id={task.claim_id}"
+        return dict((await self._call("GET", path)).json())
+
     async def heartbeat(self, task: TaskDetail, details: dict[str, Any]) -> bool:
         """Returns whether the run asked to cancel this task."""
         body = {"claim_id": task.claim_id, "details": details}

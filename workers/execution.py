@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from devart.core.contracts import StageResult, TaskDetail
 from devart.core.errors import SkillError
 from devart.core.telemetry import tracing as telemetry
-from devart.sandboxes.base import Sandbox
+from devart.sandboxes.base import Sandbox, store_name, store_secrets
 from devart.workers import outcomes
 from devart.workers.agent_client import AgentClient, Refused
 from devart.workers.skills.base import Skill, SkillContext
@@ -107,7 +107,23 @@ class Runner:
         with telemetry.tracer().start_as_current_span(
             f"skill {ctx.task.skill}", attributes={"devart.skill": ctx.task.skill}
         ):
-            return await self._call_skill(ctx)
+            values = await self._store_secrets(ctx.task)
+            with store_secrets(values):  # the sandbox puts them in the commands' environment, masked in output
+                return await self._call_skill(ctx)
+
+    async def _store_secrets(self, task: TaskDetail) -> dict[str, str]:
+        """The values of the stage's ``secret:`` references, asked of the API now that this agent holds the claim:
+        they never travel in the task's message or Temporal's history. A name the organisation's store lacks fails
+        the stage for good (``SecretMissing``): retrying cannot create it."""
+        if not any(store_name(ref) is not None for ref in task.sandbox.spec.secrets.values()):
+            return {}
+        answer = await self.client.task_secrets(task)
+        missing = [str(name) for name in answer.get("missing", [])]
+        if missing:
+            raise SkillError(f"the stage's secrets name {', '.join(repr(n) for n in missing)}, which the "
+                             "organisation's secret store does not hold: create with `devart secrets set NAME`",
+                             error_type="SecretMissing", non_retryable=True)
+        return {str(k): str(v) for k, v in dict(answer.get("values", {})).items()}
 
     async def _call_skill(self, ctx: SkillContext) -> StageResult:
         skill = self.skills.get(ctx.task.skill)
