@@ -48,17 +48,20 @@ class Dispatcher:
         self._on_published = on_published
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
+        #: Each organisation's task exchange, once declared.
+        self._exchanges: dict[str, AbstractExchange] = {}
         self._bands: set[tuple[str, str, int]] = set()
         self._lock = asyncio.Lock()
 
-    async def _ready(self) -> AbstractExchange:
+    async def _ready(self, org: str) -> AbstractExchange:
+        """The organisation's task exchange (each has its own: ``core.messaging.topology``)."""
         async with self._lock:
-            if self._exchange is None:
+            if self._channel is None:
                 self._connection = await aio_pika.connect_robust(self._url)
                 self._channel = await self._connection.channel(publisher_confirms=True)
-                self._exchange = await self._topology.declare_exchanges(self._channel)
-            return self._exchange
+            if org not in self._exchanges:
+                self._exchanges[org] = await self._topology.for_org(org).declare_exchanges(self._channel)
+            return self._exchanges[org]
 
     async def _ensure_band(self, lane: str, requires: list[str], priority: int, org: str) -> None:
         """Declare the lane's band once per process, register it, and tell the agents it exists.
@@ -69,8 +72,9 @@ class Dispatcher:
         """
         if (org, lane, priority) in self._bands:
             return
-        await self._ready()
+        await self._ready(org)
         assert self._channel is not None
+        topology = self._topology.for_org(org)
         # Registered before it is declared: a worker dying in between leaves a row without a queue (agents and the
         # next attempt declare it), never a queue that nothing lists, which no clean-up would find.
         async with db.session() as s:
@@ -84,9 +88,9 @@ class Dispatcher:
             if priority not in row.priorities:
                 row.priorities = sorted({*row.priorities, priority})  # a new list: JSON columns see no mutation
                 s.add(row)
-        await self._topology.declare_lane(self._channel, lane, priority)
+        await topology.declare_lane(self._channel, lane, priority)
         kind = "lane.declared" if priority == DEFAULT_PRIORITY else "lane.band.declared"
-        control = await self._channel.get_exchange(self._topology.control_exchange)
+        control = await self._channel.get_exchange(topology.control_exchange)
         await control.publish(aio_pika.Message(body=band_key(lane, priority).encode(), type=kind), routing_key="")
         self._bands.add((org, lane, priority))
 
@@ -146,7 +150,7 @@ class Dispatcher:
                                    priority=inp.priority)
         # An older agent's contract forbids unknown fields: the default band's messages stay as they were.
         body = message.model_dump_json(exclude={"priority"} if inp.priority == DEFAULT_PRIORITY else None)
-        exchange = await self._ready()
+        exchange = await self._ready(org)
         with telemetry.tracer().start_as_current_span(
             f"publish {lane}", kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "rabbitmq", "messaging.destination.name": lane, "devart.run_id": inp.run_id,

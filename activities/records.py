@@ -9,6 +9,7 @@ from temporalio import activity
 from devart.core.contracts import RunRecord, RunStatus
 from devart.core.database import db
 from devart.core.database.models import Run, utcnow
+from devart.core.orgs import DEFAULT_ORG
 from devart.core.telemetry import metrics
 from devart.domain.events import add_event
 from devart.github import reporter as github_reporter
@@ -43,11 +44,11 @@ async def record_run(rec: RunRecord) -> None:
         "stages": [s.model_dump(mode="json") for s in rec.stages],
         "finished_at": utcnow() if finished else None,
     }
-    # The API recorded the run, in its organisation, before starting the workflow; the upsert keeps that organisation
-    # (a run never recorded would take the transaction's, and the worker names none: it fails rather than guess).
+    # The API recorded the run, in its organisation, before starting the workflow; the upsert keeps that organisation.
+    # A workflow started without the API (by hand, with Temporal's own tools) belongs to the default organisation.
     runs = Run.__table__.c  # type: ignore[attr-defined]
     org = func.coalesce(select(runs.org_id).where(runs.id == rec.run_id).scalar_subquery(),
-                        func.nullif(func.current_setting("devart.org_id", True), ""))
+                        func.nullif(func.current_setting("devart.org_id", True), ""), DEFAULT_ORG)
     stmt = insert(Run).values(**values, created_at=utcnow(), org_id=org)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
     kind = "run.finished" if finished else "run.started"

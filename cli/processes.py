@@ -109,6 +109,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
 
     from devart.core import settings
     from devart.core.messaging.topology import Topology
+    from devart.core.orgs import DEFAULT_ORG
     from devart.core.telemetry import tracing as telemetry
     from devart.sandboxes.factory import get_sandbox
     from devart.workers.agent import Agent
@@ -117,7 +118,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     telemetry.setup("devart-agent")
     client = AgentClient(settings.api().url, key)
     try:
-        await client.me()
+        me = await client.me()
     except Refused as exc:
         fail(f"the API refused agent {name}: {exc.detail}")
     stop = asyncio.Event()
@@ -130,7 +131,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
         client,
         get_sandbox(),
         settings.amqp().amqp_url,
-        Topology.from_settings(),
+        Topology.from_settings().for_org(str(me.get("org", DEFAULT_ORG))),
         concurrency=concurrency,
         heartbeat_interval=settings.agent().heartbeat_interval,
         keepalive_interval=settings.agent().keepalive_interval,

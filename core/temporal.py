@@ -15,15 +15,18 @@ from devart.core.telemetry import tracing as telemetry
 PIPELINE = SearchAttributeKey.for_keyword("DevartPipeline")
 REPOSITORY = SearchAttributeKey.for_keyword("DevartRepository")
 TRIGGER = SearchAttributeKey.for_keyword("DevartTrigger")
+#: The organisation a run belongs to: the Web UI and ``temporal workflow list`` filter on it.
+ORG = SearchAttributeKey.for_keyword("DevartOrg")
 SEARCH_ATTRIBUTES = (PIPELINE, REPOSITORY, TRIGGER)
 
 
-def search_attributes(pipeline: str, repository: str, trigger: str) -> TypedSearchAttributes:
+def search_attributes(pipeline: str, repository: str, trigger: str, org: str) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
             SearchAttributePair(PIPELINE, pipeline),
             SearchAttributePair(REPOSITORY, repository[:255]),
             SearchAttributePair(TRIGGER, trigger),
+            SearchAttributePair(ORG, org),
         ]
     )
 

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -70,7 +71,11 @@ async def create(session: AsyncSession, name: str, capabilities: list[str], owne
         raise AgentExists(f"agent '{name}' already exists; rotate its key instead (rotate-key)")
     key, prefix, digest = generate_key()
     caps = _caps(capabilities)
-    session.add(Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner))
+    try:
+        async with session.begin_nested():  # a name another organisation's agent has is invisible here, yet taken
+            session.add(Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner))
+    except IntegrityError:
+        raise AgentExists(f"agent name '{name}' is taken (agent names are unique across organisations)") from None
     add_event(session, "agent.created", f"agent {name} created", agent=name, capabilities=caps)
     return key
 

@@ -10,6 +10,7 @@ from devart.core import settings
 from devart.core.database.models import DeadLetter, utcnow
 from devart.core.errors import NotFound, ServiceUnavailable
 from devart.core.messaging.topology import Topology, band_key, parse_band_key
+from devart.core.orgs import DEFAULT_ORG
 from devart.domain.events import add_event
 
 
@@ -41,7 +42,7 @@ async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
     if not letter.lane:
         raise DeadLetterNotFound(f"dead letter {letter_id} has no lane to go back to")
     lane, priority = parse_band_key(letter.lane)
-    topology = Topology.from_settings()
+    topology = Topology.from_settings().for_org(letter.org_id or DEFAULT_ORG)  # back to its organisation's lane
     try:
         connection = await aio_pika.connect(settings.amqp().amqp_url)
     except Exception as exc:  # any connection failure is the broker being unavailable

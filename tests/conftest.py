@@ -101,7 +101,8 @@ def stack() -> Iterator[Stack]:
             stop_postgres(state)
         if s.temporal is not None:
             stop_child(s.temporal, grace=5)
-        shutil.rmtree(state, ignore_errors=True)
+        if not os.environ.get("DEVART_TEST_KEEP_STATE"):  # kept to read its logs after a failure
+            shutil.rmtree(state, ignore_errors=True)
         assert not left, f"left on RabbitMQ: {left}"
 
 

@@ -71,7 +71,8 @@ ALLOWED_ENV = frozenset(
 )
 OTEL_PREFIX = "OTEL_"
 
-SEARCH_ATTRIBUTES = ("DevartPipeline=Keyword", "DevartRepository=Keyword", "DevartTrigger=Keyword")
+SEARCH_ATTRIBUTES = ("DevartPipeline=Keyword", "DevartRepository=Keyword", "DevartTrigger=Keyword",
+                     "DevartOrg=Keyword")
 
 
 def _unavailable(reason: str) -> NoReturn:

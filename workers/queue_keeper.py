@@ -46,7 +46,7 @@ TICK = 0.5
 #: adopts it. Its own keeper heartbeats at a third, so a third is left for adopting before Temporal's timeout.
 ORPHANED_AFTER = 2 / 3
 
-_COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason"
+_COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason, org_id"
 _MINE = text(
     f"SELECT status, heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) AS due, {_COLUMNS} "
     "FROM task_attempts WHERE id = ANY(:ids)"
@@ -59,7 +59,8 @@ _ADOPT = text(
     "UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND status = 'queued' AND heartbeat_at = :seen "
     "RETURNING id"
 )
-_ONLINE = text("SELECT capabilities FROM agents WHERE active AND last_seen_at > :since")
+#: Online agents by organisation: an agent serves only its own organisation's lanes.
+_ONLINE = text("SELECT org_id, capabilities FROM agents WHERE active AND last_seen_at > :since")
 #: Statuses in which an attempt still needs its keeper: waiting, or claimed (a hand-back queues it again).
 _KEPT = tuple(sorted(s.value for s in OPEN))
 
@@ -116,7 +117,7 @@ async def tick(client: Client, leases: Leases) -> None:
             due += [row for row in mine if row.status == "queued" and row.due and row.id not in adopted]
         if not due:
             return
-        online = [set(r[0]) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
+        online = [(r[0], set(r[1])) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
     for row in due:
         await _keep(client, row, online)
 
@@ -136,11 +137,11 @@ async def _adopt(s: AsyncSession, leases: Leases) -> list[Any]:
     return adopted
 
 
-async def _keep(client: Client, row: Any, online: list[set[str]]) -> None:
+async def _keep(client: Client, row: Any, online: list[tuple[str, set[str]]]) -> None:
     task_id, run_id, stage, lane, token = row.id, row.run_id, row.stage, row.lane, row.task_token
     created_at: datetime = row.created_at
     handle = client.get_async_activity_handle(task_token=bytes(token))
-    servable = any(can_serve(caps, lane) for caps in online)
+    servable = any(org == row.org_id and can_serve(caps, lane) for org, caps in online)
     new_reason = None if servable else waiting_reason(lane)
     state, error = AttemptState.QUEUED, None
     try:

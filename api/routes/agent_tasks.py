@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/agent", tags=["agents"])
 
 @router.get("/me", **declared(AGENT))
 async def me(agent: IdentifiedAgent) -> dict[str, object]:
-    return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active}
+    return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active, "org": agent.org_id}
 
 
 @router.post("/keepalive", response_model=KeepaliveReply, **declared(AGENT))

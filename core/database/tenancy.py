@@ -23,8 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-#: The organisation every install starts with; single-user local use never names another.
-DEFAULT_ORG = "default"
+from devart.core.orgs import DEFAULT_ORG as DEFAULT_ORG
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,12 @@ def acting_as(tenant: Tenant) -> Iterator[None]:
 
 def _params(tenant: Tenant) -> dict[str, str]:
     return {"org": tenant.org, "role": tenant.role, "user": tenant.user}
+
+
+def org_of(session: AsyncSession) -> str:
+    """The organisation the session acts for ('' for the system role acting for none)."""
+    tenant = session.info.get("tenant") or _task.get() or _process
+    return tenant.org if tenant is not None else ""
 
 
 async def switch(session: AsyncSession, tenant: Tenant) -> None:

@@ -18,7 +18,7 @@ from devart.core.errors import ServiceUnavailable
 
 SEARCH_ATTRIBUTE_ARGS = [
     arg
-    for name in ("DevartPipeline", "DevartRepository", "DevartTrigger")
+    for name in ("DevartPipeline", "DevartRepository", "DevartTrigger", "DevartOrg")
     for arg in ("--search-attribute", f"{name}=Keyword")
 ]
 

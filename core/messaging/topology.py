@@ -7,19 +7,24 @@ Priorities: quorum queues have no message priorities on RabbitMQ 3.10 (4.x has t
 has one queue per priority *band* in use. Band 3, the default, is the lane's original queue and routing key
 (``<prefix>.lane.python+test``, key ``python+test``), so deployments that never use priorities see no change;
 another band's key appends ``,p<N>`` (``python+test,p5``). Bands are declared when first used.
+
+Organisations: each has its own task exchange, control exchange and lane queues (``for_org``), so an agent, which
+declares and consumes only its organisation's, never receives another's task, even for the same capabilities. The
+default organisation keeps the names above, unchanged. Dead letters share one queue; each names its run.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
 from devart.core import settings
+from devart.core.orgs import DEFAULT_ORG
 
 #: Run priorities, lowest to highest.
 PRIORITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
@@ -68,6 +73,17 @@ class Topology:
 
     prefix: str
     delivery_limit: int
+    org: str = DEFAULT_ORG
+
+    def for_org(self, org: str) -> Topology:
+        """The same broker names, for one organisation's tasks."""
+        return replace(self, org=org)
+
+    @property
+    def _space(self) -> str:
+        """Where the organisation's exchanges and queues live: ``<prefix>.org.<id>``, or the prefix for the default
+        organisation."""
+        return self.prefix if self.org == DEFAULT_ORG else f"{self.prefix}.org.{self.org}"
 
     @classmethod
     def from_settings(cls) -> Topology:
@@ -76,7 +92,7 @@ class Topology:
 
     @property
     def tasks_exchange(self) -> str:
-        return f"{self.prefix}.tasks"
+        return f"{self._space}.tasks"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -88,10 +104,10 @@ class Topology:
 
     @property
     def control_exchange(self) -> str:
-        return f"{self.prefix}.control"
+        return f"{self._space}.control"
 
     def lane_queue(self, lane: str, priority: int = DEFAULT_PRIORITY) -> str:
-        return f"{self.prefix}.lane.{band_key(lane, priority)}"
+        return f"{self._space}.lane.{band_key(lane, priority)}"
 
     def lane_arguments(self) -> dict[str, Any]:
         return {

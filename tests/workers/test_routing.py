@@ -84,7 +84,7 @@ class StandInAPI(AgentClient):
         return None
 
     async def me(self) -> dict[str, Any]:
-        return {"name": self.name, "capabilities": sorted(self.capabilities), "active": self.active}
+        return {"name": self.name, "capabilities": sorted(self.capabilities), "active": self.active, "org": "default"}
 
     async def keepalive(self, status: str, skills: list[str]) -> dict[str, Any]:
         self.keepalives += 1
