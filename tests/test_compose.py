@@ -66,6 +66,8 @@ ALLOWED_ENV = frozenset(
         "DEVART_SANDBOX_ROOT",
         "DEVART_SANDBOX_ISOLATION",
         "DEVART_AGENT_KEY",
+        "DEVART_DB_APP_PASSWORD",
+        "DEVART_SECRETS_KEY",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     }
 )

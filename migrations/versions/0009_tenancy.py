@@ -53,10 +53,14 @@ def upgrade() -> None:
         END IF;
     END $$""")
     op.execute(f"GRANT {APP_ROLE} TO CURRENT_USER")
+    # A service's row about no run it can find (a sandbox swept after its run was deleted, say) is the default
+    # organisation's; a tenant's transaction that names no organisation still fails, on the NOT NULL.
     op.execute(
         "CREATE FUNCTION devart_run_org() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF NEW.org_id IS NULL AND NEW.run_id IS NOT NULL THEN "
-        "SELECT org_id INTO NEW.org_id FROM runs WHERE id = NEW.run_id; END IF; RETURN NEW; END $$"
+        "IF NEW.org_id IS NULL THEN "
+        "NEW.org_id := coalesce((SELECT org_id FROM runs WHERE id = NEW.run_id), "
+        "CASE WHEN current_setting('devart.role', true) = 'system' THEN 'default' END); "
+        "END IF; RETURN NEW; END $$"
     )
     for table in OPERATIONAL:
         op.execute(f"ALTER TABLE {table} ADD COLUMN org_id varchar NOT NULL DEFAULT 'default' "

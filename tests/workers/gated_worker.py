@@ -24,14 +24,14 @@ GATE_DEADLINE = 120.0
 _ensure_band = Dispatcher._ensure_band
 
 
-async def _gated(self: Dispatcher, lane: str, requires: list[str], priority: int) -> None:
+async def _gated(self: Dispatcher, lane: str, requires: list[str], priority: int, org: str) -> None:
     (GATE / "in-flight").touch()
     deadline = time.monotonic() + GATE_DEADLINE
     while not (GATE / "open").exists():
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gate {GATE} was never opened")
         await asyncio.sleep(0.05)
-    await _ensure_band(self, lane, requires, priority)
+    await _ensure_band(self, lane, requires, priority, org)
 
 
 if __name__ == "__main__":
