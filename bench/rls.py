@@ -262,7 +262,7 @@ def explain_run_list(arm: Arm, org: str) -> str:
     query: LiteralString = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + QUERIES[0].rls
     with arm.conn.transaction(force_rollback=True):
         arm.conn.execute(SET_TENANT, {"org": org, "role": "admin", "user": "bench"})
-        lines = [row[0] for row in arm.conn.execute(query).fetchall()]
+        lines = [row[0] for row in arm.conn.execute(query, {"org": org}).fetchall()]
     return "\n".join(lines)
 
 
