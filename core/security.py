@@ -40,6 +40,8 @@ def verify(key: str, stored_hash: str | None) -> bool:
 
 
 TOKEN_SCHEME = "dvt"
+#: A first administrator's token is guessed by nobody: at least this many characters (``devart up`` makes 43).
+MIN_TOKEN_LENGTH = 24
 #: Characters of a personal token shown in listings (the scheme and a few random ones), enough to tell them apart.
 TOKEN_DISPLAY = 12
 

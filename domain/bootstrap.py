@@ -12,11 +12,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from devart.core.errors import Invalid
-from devart.core.security import TOKEN_DISPLAY, hash_key
+from devart.core.security import MIN_TOKEN_LENGTH, TOKEN_DISPLAY, hash_key
 from devart.domain.identity import DEFAULT_ORG, FIRST_ADMIN
-
-#: A first administrator's token is guessed by nobody: at least this many characters (``devart up`` makes 43).
-MIN_TOKEN_LENGTH = 24
 
 
 def bootstrap_admin(token: str, url: str) -> None:
@@ -67,7 +64,8 @@ def prepare_schema() -> list[str]:
     role = settings.DatabaseSettings().app_role
     if role and not settings.DatabaseSettings().app_database_url:
         grant_login(db.database_url(), role, db.app_password(create=True))
-    token = settings.admin().admin_token
+    # Read afresh, not through the cached settings: `devart up` sets the variable after it first read them.
+    token = settings.AdminSettings().admin_token
     if token:
         bootstrap_admin(token, db.database_url())
     return applied

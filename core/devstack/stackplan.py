@@ -29,6 +29,7 @@ from devart.core import settings
 from devart.core.devstack import embedded, services
 from devart.core.devstack.statedir import write_private
 from devart.core.devstack.supervisor import ProcessRef
+from devart.core.security import MIN_TOKEN_LENGTH
 
 #: The default agent pool: together they serve every built-in pipeline, each lane by at least one agent.
 DEFAULT_POOL = {
@@ -137,12 +138,16 @@ def api_healthy(url: str) -> bool:
 
 
 def admin_token(state: Path) -> str:
-    """DEVART_ADMIN_TOKEN, or one generated once and kept (0600) in the state folder for the CLI."""
-    token = settings.admin().admin_token
+    """DEVART_ADMIN_TOKEN, or one generated once and kept (0600) in the state folder for the CLI.
+
+    A stored token too short to be one devart generated (an older release's file, or one written by hand) is
+    replaced: it becomes the first administrator's personal token, so it must be unguessable.
+    """
+    token = settings.AdminSettings().admin_token
     if token:
         return token
     stored = state / "admin-token"
-    if not stored.exists():
+    if not stored.exists() or len(stored.read_text().strip()) < MIN_TOKEN_LENGTH:
         write_private(stored, secrets.token_urlsafe(32))
     return stored.read_text().strip()
 

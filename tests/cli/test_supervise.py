@@ -168,6 +168,11 @@ async def _delete_broker_objects(up: Up) -> None:
 def test_up_runs_each_process_once(up: Up) -> None:
     assert up.record.status == "running"
     assert_each_once(up)
+    # And the CLI acts as the first administrator with the token `devart up` keeps in the state folder (it replaced
+    # the older devart's, too short to be a token)
+    me = devart("whoami", env=up.env)
+    assert me.returncode == 0 and "admin" in me.stdout and "default" in me.stdout, me.stdout + me.stderr
+    assert (up.state / "admin-token").read_text().strip() != "an older devart's"
     done = devart("status", env=up.env)
     assert done.returncode == 0, done.stdout
     for name in EVERY - {"supervisor"}:
