@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +26,18 @@ class Me(BaseModel):
     org: str = Field(description="The organisation of the token used.")
     role: Role
     orgs: list[OrgView]
+
+
+class SourcesPolicy(BaseModel):
+    """Where the organisation's runs may take their sources from, within what the operator allows."""
+
+    roots: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, max_length=32,
+        description="Absolute folders (within DEVART_SOURCE_LOCAL_ROOTS) its runs' local sources must lie in; "
+                    "empty: the operator's folders.")
+    hosts: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=64,
+        description="Host names its runs' remote sources must come from; empty: any public host.")
 
 
 class MemberCreate(BaseModel):

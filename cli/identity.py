@@ -158,6 +158,25 @@ def create_org(org_id: str = typer.Argument(..., metavar="ID", help="A slug: low
                   f"`devart tokens create --org {escape(org['id'])}`", highlight=False)
 
 
+@orgs_app.command("sources")
+def org_sources(
+    roots: list[str] = typer.Option(None, "--root", help="A folder its runs' local sources may come from (repeat)."),
+    hosts: list[str] = typer.Option(None, "--host", help="A host its runs' remote sources may come from (repeat)."),
+    clear: bool = typer.Option(False, "--clear", help="Narrow nothing: the operator's folders, any public host."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Show where the organisation's runs may take their sources from; with --root/--host/--clear, set it (admin)."""
+    if clear or roots or hosts:
+        policy = api_call("PUT", "/v1/orgs/current/sources", json={"roots": roots or [], "hosts": hosts or []})
+    else:
+        policy = api_call("GET", "/v1/orgs/current/sources")
+    if as_json:
+        _print_json(policy)
+        return
+    console.print("local folders: " + escape(", ".join(policy["roots"]) or "the operator's"), highlight=False)
+    console.print("remote hosts: " + escape(", ".join(policy["hosts"]) or "any public host"), highlight=False)
+
+
 # --- members -------------------------------------------------------------------------------------------------------
 
 

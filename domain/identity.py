@@ -102,6 +102,18 @@ async def create_org(session: AsyncSession, creator: Principal, org_id: str, nam
     return org
 
 
+async def set_sources(session: AsyncSession, org: str, roots: list[str], hosts: list[str]) -> None:
+    """Record the organisation's source policy (organisations are written only as the system role: the route has
+    checked the caller is this organisation's admin)."""
+    async with tenancy.as_system(session):
+        row = await session.get(Organisation, org)
+        if row is None:
+            raise NotFound(f"no organisation {org}")
+        row.source_roots, row.source_hosts = roots, hosts
+        session.add(row)
+        await session.flush()
+
+
 async def orgs_of(session: AsyncSession, user_id: int) -> list[tuple[Organisation, Role]]:
     """Every organisation the user belongs to, with their role in each (read across organisations)."""
     async with tenancy.as_system(session):

@@ -27,13 +27,14 @@ from devart.core.contracts import (
 )
 from devart.core.database import tenancy
 from devart.core.database.models import Run, TaskAttempt, utcnow
+from devart.core.database.models_identity import Organisation
 from devart.core.errors import Conflict, DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
 from devart.core.telemetry import metrics
 from devart.core.temporal import search_attributes, ui_link
 from devart.domain import catalog
 from devart.domain.costs import to_money
 from devart.domain.events import add_event
-from devart.domain.sources import check_source
+from devart.domain.sources import SourcePolicy, check_source
 from devart.workflows.pipeline import PipelineWorkflow
 
 #: Temporal's terminal states that the workflow itself could not record (it was not running to do so).
@@ -62,7 +63,7 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     """
     definition = definition or await catalog.get(session, req.pipeline, req.version)
     params = pipelines.resolve_params(definition, req.params)
-    source = check_source(req.repo, req.ref)
+    source = check_source(req.repo, req.ref, await source_policy(session))
     run_id = run_id or new_run_id(definition.name)
     priority = req.priority if req.priority is not None else definition.priority
     run_input = RunInput(run_id=run_id, pipeline=definition, source=source, params=params, trigger=req.trigger,
@@ -160,6 +161,12 @@ async def _not_started(session: AsyncSession, client: Client, run_id: str, exc: 
                   pipeline=run.pipeline, status=RunStatus.FAILED.value)
         await session.commit()
     return error
+
+
+async def source_policy(session: AsyncSession) -> SourcePolicy:
+    """The session's organisation's narrowing of run sources (none for a session of no organisation)."""
+    org = await session.get(Organisation, tenancy.org_of(session)) if tenancy.org_of(session) else None
+    return SourcePolicy(tuple(org.source_roots), tuple(org.source_hosts)) if org is not None else SourcePolicy()
 
 
 async def list_runs(session: AsyncSession, *, pipeline: str | None, status: str | None, limit: int) -> list[Run]:

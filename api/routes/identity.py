@@ -18,6 +18,7 @@ from devart.api.schemas_identity import (
     OrgCreate,
     OrgView,
     RoleChange,
+    SourcesPolicy,
     TokenCreate,
     TokenCreated,
     TokenView,
@@ -26,6 +27,8 @@ from devart.core.database.models_identity import ApiToken, AuditEntry
 from devart.core.errors import NotFound
 from devart.domain import identity
 from devart.domain.identity import Role
+from devart.domain.runs import source_policy
+from devart.domain.sources import SourcePolicy, check_policy
 
 router = APIRouter(prefix="/v1", tags=["identity"])
 
@@ -54,6 +57,21 @@ async def create_org(req: OrgCreate, caller: Caller, session: SessionDep) -> Org
     """A new organisation, with the caller as its first admin (409 if the id is taken)."""
     org = await identity.create_org(session, caller, req.id, req.name)
     return OrgView(id=org.id, name=org.name, role=Role.ADMIN)
+
+
+@router.get("/orgs/current/sources", response_model=SourcesPolicy, **access(Role.VIEWER))
+async def get_sources(caller: Caller, session: SessionDep) -> SourcesPolicy:
+    """Where this organisation's runs may take their sources from."""
+    policy = await source_policy(session)
+    return SourcesPolicy(roots=list(policy.roots), hosts=list(policy.hosts))
+
+
+@router.put("/orgs/current/sources", response_model=SourcesPolicy, **access(Role.ADMIN))
+async def put_sources(req: SourcesPolicy, caller: Caller, session: SessionDep) -> SourcesPolicy:
+    """Narrow where this organisation's runs may take their sources from (422 for a folder outside the operator's)."""
+    policy = check_policy(SourcePolicy(tuple(req.roots), tuple(req.hosts)))
+    await identity.set_sources(session, caller.org, list(policy.roots), list(policy.hosts))
+    return SourcesPolicy(roots=list(policy.roots), hosts=list(policy.hosts))
 
 
 @router.get("/users", response_model=list[MemberView], **access(Role.ADMIN))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 from devart.core.database.models import _created, _ts
@@ -19,6 +19,11 @@ class Organisation(SQLModel, table=True):
     __tablename__ = "organisations"
     id: str = Field(primary_key=True, description="A short slug, e.g. `default` or `platform-team`.")
     name: str
+    source_roots: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
+                                    description="Folders its runs' local sources may come from (within the "
+                                                "operator's); empty: the operator's.")
+    source_hosts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
+                                    description="Hosts its runs' remote sources may come from; empty: any public one.")
     created_at: datetime = _created()
 
 

@@ -26,6 +26,8 @@ def upgrade() -> None:
         "organisations",
         sa.Column("id", sa.String(), primary_key=True),
         sa.Column("name", sa.String(), nullable=False),
+        sa.Column("source_roots", sa.JSON(), nullable=False, server_default="[]"),
+        sa.Column("source_hosts", sa.JSON(), nullable=False, server_default="[]"),
         sa.Column("created_at", _ts, nullable=False, server_default=sa.func.now()),
     )
     op.execute("INSERT INTO organisations (id, name) VALUES ('default', 'Default organisation')")
