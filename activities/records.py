@@ -18,7 +18,7 @@ from devart.github import reporter as github_reporter
 _IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")
 #: Waits for every report still being written on one of the run's attempts: an agent's report holds its attempt's
 #: row lock from before it completes the activity until its result, cost and event are committed.
-_REPORTS_WRITTEN = text("SELECT 1 FROM task_attempts WHERE run_id = :run_id FOR SHARE")
+REPORTS_WRITTEN = text("SELECT 1 FROM task_attempts WHERE run_id = :run_id FOR SHARE")
 
 
 @activity.defn
@@ -56,7 +56,7 @@ async def record_run(rec: RunRecord) -> None:
         if finished:
             # The workflow hears of a stage's end before the report's transaction commits; the run's end waits for
             # it, so a run read as finished always shows its stages' results and costs.
-            await s.execute(_REPORTS_WRITTEN, {"run_id": rec.run_id})
+            await s.execute(REPORTS_WRITTEN, {"run_id": rec.run_id})
         await s.exec(stmt)  # type: ignore[call-overload]
         first = (await s.execute(_IN_FEED, {"run_id": rec.run_id, "kind": kind})).first() is None
         if first:
