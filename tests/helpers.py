@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from temporalio.client import Client, WorkflowExecutionStatus
 
 T = TypeVar("T")
 
@@ -24,6 +25,17 @@ async def poll(check: Callable[[], Awaitable[T | None]], *, deadline: float, wha
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"timed out after {deadline}s waiting for {what} (last: {last!r})")
+
+
+async def closed_status(temporal: Client, run_id: str, *, deadline: float = 30.0) -> WorkflowExecutionStatus:
+    """The run's workflow status once it has closed. The workflow records the run's end, then returns: the API may
+    answer that a run ended a moment before Temporal closes its workflow."""
+
+    async def closed() -> WorkflowExecutionStatus | None:
+        status = (await temporal.get_workflow_handle(run_id).describe()).status
+        return status if status not in (None, WorkflowExecutionStatus.RUNNING) else None
+
+    return await poll(closed, deadline=deadline, what=f"the workflow of {run_id} to close")
 
 
 async def wait_run(api: httpx.AsyncClient, run_id: str, *, deadline: float = 120.0) -> dict[str, Any]:

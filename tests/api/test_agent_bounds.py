@@ -15,7 +15,7 @@ import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from devart.core.bounds import MAX_AGENT_CAPABILITIES, MAX_AGENT_SKILLS, MAX_RESULT_BYTES, MAX_RUN_RESULTS_BYTES
-from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
+from tests.helpers import closed_status, noop_stage, poll, publish, start, unique, wait_run
 from tests.stack import Stack, admin, register_agent, sql
 
 MB = 1_000_000
@@ -57,7 +57,7 @@ async def assert_failed_everywhere(api: httpx.AsyncClient, temporal: Client, run
     assert run["status"] == "failed", run
     stage = run["stages"][0]
     assert stage["status"] == "failed" and reason in stage["error"] and reason in run["error"], stage
-    assert (await temporal.get_workflow_handle(run_id).describe()).status == WorkflowExecutionStatus.FAILED
+    assert await closed_status(temporal, run_id) == WorkflowExecutionStatus.FAILED
     failed = sql("SELECT message FROM events WHERE run_id = :r AND kind = 'stage.attempt.failed'", r=run_id)
     assert failed and reason in failed[0]["message"]
     assert sql("SELECT status FROM task_attempts WHERE run_id = :r", r=run_id) == [{"status": "failed"}]
@@ -137,7 +137,7 @@ async def test_the_results_of_a_run_together_are_bounded(
     error = run["stages"][4]["error"]
     assert error.startswith("ResultTooLarge: result of") and f"stage results of run {run_id} together" in error
     assert f"limit of {MAX_RUN_RESULTS_BYTES} bytes (1 MiB)" in error
-    assert (await temporal.get_workflow_handle(run_id).describe()).status == WorkflowExecutionStatus.FAILED
+    assert await closed_status(temporal, run_id) == WorkflowExecutionStatus.FAILED
     statuses = sql("SELECT stage, status FROM task_attempts WHERE run_id = :r ORDER BY stage", r=run_id)
     assert [r["status"] for r in statuses] == ["succeeded"] * 4 + ["failed"]
 

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from devart.core.contracts import RunResult
 from devart.core.devstack.services import free_port
 from devart.core.devstack.supervisor import Child
-from tests.helpers import noop_stage, poll, publish, unique, wait_stage
+from tests.helpers import closed_status, noop_stage, poll, publish, unique, wait_stage
 from tests.stack import ROOT, Stack, admin, sql
 
 FINAL = {"succeeded", "failed", "skipped", "cancelled"}
@@ -52,7 +52,7 @@ async def assert_verdict(api: httpx.AsyncClient, temporal: Client, run_id: str, 
     assert run["finished_at"] is not None
     expected = {"succeeded": WorkflowExecutionStatus.COMPLETED, "failed": WorkflowExecutionStatus.FAILED,
                 "cancelled": WorkflowExecutionStatus.CANCELED}[status]
-    assert (await temporal.get_workflow_handle(run_id).describe()).status == expected
+    assert await closed_status(temporal, run_id) == expected
     if status != "succeeded":
         assert run["error"], run
     return dict(run)
