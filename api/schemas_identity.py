@@ -7,12 +7,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from devart.api.schemas import Location, Name
 from devart.domain.identity import MAX_TOKEN_DAYS, Role
 
 
 class OrgCreate(BaseModel):
-    id: str = Field(max_length=40, description="A slug: lower-case letters, digits and '-'.")
-    name: str | None = Field(default=None, max_length=200)
+    id: Annotated[Name, Field(max_length=40)] = Field(description="A slug: lower-case letters, digits and '-'.")
+    name: Name | None = None
 
 
 class OrgView(BaseModel):
@@ -31,17 +32,17 @@ class Me(BaseModel):
 class SourcesPolicy(BaseModel):
     """Where the organisation's runs may take their sources from, within what the operator allows."""
 
-    roots: list[Annotated[str, Field(max_length=4096)]] = Field(
+    roots: list[Location] = Field(
         default_factory=list, max_length=32,
         description="Absolute folders (within DEVART_SOURCE_LOCAL_ROOTS) its runs' local sources must lie in; "
                     "empty: the operator's folders.")
-    hosts: list[Annotated[str, Field(max_length=253)]] = Field(
+    hosts: list[Annotated[Name, Field(max_length=253)]] = Field(
         default_factory=list, max_length=64,
         description="Host names its runs' remote sources must come from; empty: any public host.")
 
 
 class MemberCreate(BaseModel):
-    name: str = Field(max_length=64)
+    name: Annotated[Name, Field(max_length=64)]
     role: Role
     token_days: int | None = Field(default=90, ge=1, le=MAX_TOKEN_DAYS,
                                    description="Lifetime of the first token in days; null for no expiry.")
@@ -63,9 +64,10 @@ class MemberCreated(MemberView):
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(default="cli", min_length=1, max_length=100)
-    org: str | None = Field(default=None, max_length=40, description="An organisation the caller belongs to "
-                            "(default: the one of the token used): how a member of several gets a token for each.")
+    name: Annotated[Name, Field(min_length=1, max_length=100)] = "cli"
+    org: Annotated[Name, Field(max_length=40)] | None = Field(
+        default=None, description="An organisation the caller belongs to (default: the one of the token used): how a "
+                                  "member of several gets a token for each.")
     days: int | None = Field(default=90, ge=1, le=MAX_TOKEN_DAYS, description="Lifetime in days; null: none.")
 
 

@@ -71,9 +71,15 @@ def _params(tenant: Tenant) -> dict[str, str]:
     return {"org": tenant.org, "role": tenant.role, "user": tenant.user}
 
 
+def _current(session: AsyncSession | Session) -> Tenant | None:
+    """Whom the session acts for: its own tenant, else the task's, else the process's."""
+    tenant: Tenant | None = session.info.get("tenant")
+    return tenant or _task.get() or _process
+
+
 def org_of(session: AsyncSession) -> str:
     """The organisation the session acts for ('' for the system role acting for none)."""
-    tenant = session.info.get("tenant") or _task.get() or _process
+    tenant = _current(session)
     return tenant.org if tenant is not None else ""
 
 
@@ -88,7 +94,7 @@ async def switch(session: AsyncSession, tenant: Tenant) -> None:
 async def as_system(session: AsyncSession) -> AsyncIterator[None]:
     """Act as devart's own services for a step that crosses organisations (making one, listing a user's), then
     for whom the session acted for before."""
-    before = session.info.get("tenant") or _task.get() or _process
+    before = _current(session)
     await switch(session, SYSTEM)
     try:
         yield
@@ -108,6 +114,6 @@ async def adopt(session: AsyncSession, tenant: Tenant) -> None:
 
 @event.listens_for(Session, "after_begin")
 def _begin(session: Session, transaction: Any, connection: Any) -> None:
-    tenant = session.info.get("tenant") or _task.get() or _process
+    tenant = _current(session)
     if tenant is not None:
         connection.execute(_SET, _params(tenant))

@@ -30,6 +30,13 @@ async def test_an_organisations_runs_keep_to_its_folders_and_hosts(
         refused = await admin.put("/v1/orgs/current/sources", json={"roots": ["/etc"], "hosts": ["not a host"]})
         assert refused.status_code == 422, refused.text
         assert "/etc" in refused.text and "not a host" in refused.text
+        for hostile in ({"roots": [str(allowed) + "\x00x"]}, {"hosts": ["github.com\x00"]}, {"roots": ["x" * 5000]},
+                        {"roots": [str(allowed)] * 33}):
+            answer = await admin.put("/v1/orgs/current/sources", json=hostile)
+            assert answer.status_code == 422, (hostile, answer.text)
+        for hostile_name in ("a\x00b", "x" * 101):
+            answer = await admin.post("/v1/tokens", json={"name": hostile_name})
+            assert answer.status_code == 422, answer.text
         policy = {"roots": [str(allowed)], "hosts": ["github.com"]}
         put = await admin.put("/v1/orgs/current/sources", json=policy)
         assert put.status_code == 200 and put.json() == policy, put.text
