@@ -24,6 +24,8 @@ class Organisation(SQLModel, table=True):
                                                 "operator's); empty: the operator's.")
     source_hosts: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]"),
                                     description="Hosts its runs' remote sources may come from; empty: any public one.")
+    temporal_namespace: str | None = Field(default=None, sa_column=Column(String, nullable=True, unique=True),
+                                           description="Its own Temporal namespace; None: the deployment's.")
     created_at: datetime = _created()
 
 
