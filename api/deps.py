@@ -15,7 +15,9 @@ from temporalio.client import Client
 from devart.core.database import db, tenancy
 from devart.core.database.models import Agent
 from devart.core.database.tenancy import SYSTEM, Tenant
+from devart.core.orgs import DEFAULT_ORG
 from devart.core.security import key_prefix, verify
+from devart.core.temporal_namespaces import Namespaces
 from devart.domain import agents
 
 _bearer = HTTPBearer(auto_error=False, description="The agent's API key")
@@ -26,15 +28,23 @@ async def _session() -> AsyncIterator[AsyncSession]:
         yield s
 
 
-def _temporal(request: Request) -> Client:
-    client: Client = request.app.state.temporal
-    return client
+def _temporal(request: Request) -> Namespaces:
+    """The API's Temporal clients, one per namespace over the app's one connection (made on first use)."""
+    found: Namespaces | None = getattr(request.app.state, "namespaces", None)
+    if found is None:
+        found = request.app.state.namespaces = Namespaces(request.app.state.temporal)
+    return found
+
+
+async def client_for(temporal: Namespaces, session: AsyncSession) -> Client:
+    """The client of the namespace of the organisation the session acts for (the caller's, the agent's)."""
+    return await temporal.for_org(tenancy.org_of(session) or DEFAULT_ORG)
 
 
 #: Ends with the route function, before the answer is sent: a write is committed (or its error answered) before the
 #: client can act on the answer, and a long answer (the live feed) holds no pooled connection.
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
-TemporalDep = Annotated[Client, Depends(_temporal)]
+TemporalDep = Annotated[Namespaces, Depends(_temporal)]
 
 
 async def _identified_agent(

@@ -14,12 +14,16 @@ from devart.domain.identity import MAX_TOKEN_DAYS, Role
 class OrgCreate(BaseModel):
     id: Annotated[Name, Field(max_length=40)] = Field(description="A slug: lower-case letters, digits and '-'.")
     name: Name | None = None
+    temporal_namespace: Annotated[Name, Field(max_length=64)] | None = Field(
+        default=None, description="Run its workflows in this Temporal namespace of their own (hard isolation of "
+                                  "histories); unset: the deployment's namespace. Set once, here.")
 
 
 class OrgView(BaseModel):
     id: str
     name: str
     role: Role = Field(description="The caller's role in it.")
+    temporal_namespace: str | None = Field(default=None, description="Its own Temporal namespace, if any.")
 
 
 class Me(BaseModel):

@@ -146,15 +146,20 @@ def whoami(as_json: bool = JSON_OPTION) -> None:
 @orgs_app.command("list")
 def list_orgs(as_json: bool = JSON_OPTION) -> None:
     """The organisations you belong to, with your role in each."""
-    _listing("/v1/orgs", ("organisation", "name", "role"), lambda o: (o["id"], o["name"], o["role"]), as_json)
+    _listing("/v1/orgs", ("organisation", "name", "role", "Temporal namespace"),
+             lambda o: (o["id"], o["name"], o["role"], o.get("temporal_namespace") or "(the deployment's)"), as_json)
 
 
 @orgs_app.command("create")
 def create_org(org_id: str = typer.Argument(..., metavar="ID", help="A slug: lower-case letters, digits and '-'."),
-               name: str | None = typer.Option(None, "--name", help="Display name (default: the id).")) -> None:
+               name: str | None = typer.Option(None, "--name", help="Display name (default: the id)."),
+               namespace: str | None = typer.Option(
+                   None, "--temporal-namespace",
+                   help="Run its workflows in this Temporal namespace of their own (set once, here).")) -> None:
     """Create an organisation with you as its first admin (needs admin); log in with a token issued there to use it."""
-    org = api_call("POST", "/v1/orgs", json={"id": org_id, "name": name})
-    console.print(f"organisation {escape(org['id'])} created; you are its admin. A token there: "
+    org = api_call("POST", "/v1/orgs", json={"id": org_id, "name": name, "temporal_namespace": namespace})
+    where = f" in Temporal namespace {escape(org['temporal_namespace'])}" if org.get("temporal_namespace") else ""
+    console.print(f"organisation {escape(org['id'])} created{where}; you are its admin. A token there: "
                   f"`devart tokens create --org {escape(org['id'])}`", highlight=False)
 
 

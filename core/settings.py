@@ -46,6 +46,11 @@ class TemporalSettings(BaseSettings):
     address: str = Field(default="127.0.0.1:7233", description="Temporal frontend host:port.")
     namespace: str = Field(default="default", description="Temporal namespace.")
     task_queue: str = Field(default="devart-pipelines", description="Task queue of the pipeline worker.")
+    register_namespaces: bool = Field(
+        default=True, description="Register an organisation's own namespace (and devart's search attributes in it) "
+                                  "when the organisation is made; false: it must already exist.")
+    namespace_refresh_seconds: float = Field(
+        default=10.0, gt=0, description="How often the pipeline worker looks for organisations' new namespaces.")
     ui_url: str = Field(
         default="http://127.0.0.1:8233", validation_alias="DEVART_UI_URL", description="Temporal Web UI base URL."
     )

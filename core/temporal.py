@@ -50,7 +50,7 @@ async def connect(address: str | None = None, namespace: str | None = None, runt
         ) from exc
 
 
-def ui_link(run_id: str) -> str:
-    """The Web UI page of a run."""
+def ui_link(run_id: str, namespace: str | None = None) -> str:
+    """The Web UI page of a run (in its organisation's namespace; None: the deployment's)."""
     cfg = settings.temporal()
-    return f"{cfg.ui_url.rstrip('/')}/namespaces/{cfg.namespace}/workflows/{run_id}"
+    return f"{cfg.ui_url.rstrip('/')}/namespaces/{namespace or cfg.namespace}/workflows/{run_id}"

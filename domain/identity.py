@@ -28,6 +28,7 @@ from devart.core.security import generate_token, hash_key
 FIRST_ADMIN = "admin"
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$")
 #: A token's last use is written at most this often: a write per read would double the cost of every GET.
 LAST_USED_EVERY = timedelta(minutes=1)
 MAX_TOKEN_DAYS = 3650
@@ -86,20 +87,32 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
 # --- organisations ---------------------------------------------------------------------------------------------
 
 
-async def create_org(session: AsyncSession, creator: Principal, org_id: str, name: str | None) -> Organisation:
-    """A new organisation; its creator is its first admin (and may then add its members)."""
+async def create_org(session: AsyncSession, creator: Principal, org_id: str, name: str | None,
+                     namespace: str | None = None) -> Organisation:
+    """A new organisation; its creator is its first admin (and may then add its members). ``namespace``: its own
+    Temporal namespace (already made usable by the caller, ``core.temporal_namespaces.ensure``)."""
     if not SLUG.match(org_id):
         raise Invalid(f"organisation id {org_id!r}: use 1-40 lower-case letters, digits and '-', starting with one "
                       "of the first two")
     async with tenancy.as_system(session):  # another organisation's rows
         if await session.get(Organisation, org_id) is not None:
             raise Conflict(f"organisation {org_id} already exists")
-        org = Organisation(id=org_id, name=name or org_id)
+        if namespace is not None and (await session.exec(
+                select(Organisation.id).where(Organisation.temporal_namespace == namespace))).first() is not None:
+            raise Conflict(f"Temporal namespace {namespace} is another organisation's")
+        org = Organisation(id=org_id, name=name or org_id, temporal_namespace=namespace)
         session.add(org)
         await session.flush()
         session.add(Membership(user_id=creator.user_id, org_id=org_id, role=Role.ADMIN.value))
         await session.flush()
     return org
+
+
+def check_namespace(namespace: str) -> None:
+    """A Temporal namespace name devart accepts: what Temporal accepts, in the plainest form."""
+    if not NAMESPACE.match(namespace):
+        raise Invalid(f"Temporal namespace {namespace!r}: use 2-64 letters, digits, '.', '_' and '-', starting with "
+                      "a letter or digit")
 
 
 async def set_sources(session: AsyncSession, org: str, roots: list[str], hosts: list[str]) -> None:

@@ -100,7 +100,8 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
             raise refusal from exc
     metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()
     return RunCreated(
-        run_id=run_id, pipeline=definition.name, version=definition.version, status="running", ui_url=ui_link(run_id)
+        run_id=run_id, pipeline=definition.name, version=definition.version, status="running",
+        ui_url=ui_link(run_id, client.namespace),
     )
 
 
@@ -264,7 +265,7 @@ async def view(session: AsyncSession, client: Client, run_id: str) -> RunView:
         created_at=run.created_at,
         finished_at=run.finished_at,
         stages=views,
-        cost=to_money(sum(a.cost_micros for a in attempts)), ui_url=ui_link(run.id),
+        cost=to_money(sum(a.cost_micros for a in attempts)), ui_url=ui_link(run.id, client.namespace),
     )
 
 

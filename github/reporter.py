@@ -22,6 +22,7 @@ from githubkit import GitHub
 from githubkit.exception import RequestFailed
 from sqlalchemy import or_, update
 from sqlmodel import col, select
+from temporalio import activity
 
 from devart.core import settings as core_settings
 from devart.core.contracts import GitHubReport, RunRecord, RunStatus, StageState, StageStatus
@@ -146,7 +147,12 @@ def _links(ctx: GitHubRun) -> fmt.Links:
     base = (cfg.public_url or core_settings.api().url).rstrip("/")
     trace = cfg.trace_url.format(trace_id=ctx.trace_id, run_id=ctx.run_id) if cfg.trace_url and ctx.trace_id else None
     return fmt.Links(run=f"{base}/v1/runs/{ctx.run_id}", trace=trace, trace_id=ctx.trace_id,
-                     history=ui_link(ctx.run_id))
+                     history=ui_link(ctx.run_id, _namespace()))
+
+
+def _namespace() -> str | None:
+    """The run's Temporal namespace: its workflow's, when reporting from the workflow's activity."""
+    return activity.info().workflow_namespace if activity.in_activity() else None
 
 
 async def _send(gh: GitHub[Any], ctx: GitHubRun, row: GitHubCheck, fields: dict[str, Any],

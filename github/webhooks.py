@@ -22,6 +22,8 @@ from devart.core.bounds import MAX_NAME_CHARS, text_problem
 from devart.core.database import db, tenancy
 from devart.core.database.models import GitHubCheck, GitHubDelivery, GitHubRepository, utcnow
 from devart.core.database.tenancy import SYSTEM, system_in
+from devart.core.orgs import DEFAULT_ORG
+from devart.core.temporal_namespaces import Namespaces
 from devart.domain import catalog
 from devart.domain.events import add_event
 from devart.github.client import (
@@ -59,7 +61,7 @@ def _ignored(message: str) -> WebhookReply:
     return WebhookReply(status="ignored", message=message)
 
 
-async def receive(session: AsyncSession, client: Client, *, event: str | None, delivery: str | None,
+async def receive(session: AsyncSession, temporal: Namespaces, *, event: str | None, delivery: str | None,
                   signature: str | None, body: bytes) -> WebhookReply:
     """Handle one delivery; raises ``WebhookSignatureInvalid`` before reading anything unsigned."""
     try:
@@ -92,7 +94,7 @@ async def receive(session: AsyncSession, client: Client, *, event: str | None, d
         return WebhookReply(status="duplicate", message=f"delivery {delivery} was already handled")
     await session.commit()
     try:
-        reply = await _dispatch(session, client, event, payload)
+        reply = await _dispatch(session, temporal, event, payload)
     except BaseException:
         await _forget(delivery)  # nothing was started: GitHub's redelivery may try again
         raise
@@ -127,12 +129,14 @@ async def _forget(delivery: str) -> None:
         log.exception("could not forget delivery %s", delivery)
 
 
-async def _dispatch(session: AsyncSession, client: Client, event: str, payload: Any) -> WebhookReply:
+async def _dispatch(session: AsyncSession, temporal: Namespaces, event: str, payload: Any) -> WebhookReply:
     full_name = payload.repository.full_name.lower()
     installation_id = payload.installation.id if payload.installation else None
     mapped = await session.get(GitHubRepository, full_name)
+    org = mapped.org_id if mapped is not None and mapped.org_id is not None else DEFAULT_ORG
     if mapped is not None and mapped.org_id is not None:
         await tenancy.adopt(session, system_in(mapped.org_id))  # the runs it starts are the organisation's
+    client = await temporal.for_org(org)  # in the organisation's namespace
     if event == "check_run":
         return await _check_run(session, client, full_name, payload, installation_id)
     mapping = await session.get(GitHubRepository, full_name)

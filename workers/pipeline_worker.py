@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from contextlib import suppress
 from datetime import timedelta
 
 from prometheus_client import start_http_server
@@ -19,9 +20,11 @@ from devart.activities.records import record_run
 from devart.activities.sandbox import provision_sandbox, teardown_sandbox
 from devart.core import settings
 from devart.core.database import db, tenancy
+from devart.core.errors import ServiceUnavailable
 from devart.core.messaging.topology import Topology
 from devart.core.telemetry import tracing as telemetry
 from devart.core.temporal import connect
+from devart.core.temporal_namespaces import Namespaces, ensure
 from devart.workers.dead_letters import collect
 from devart.workers.queue_keeper import Leases, keep_queued_tasks_alive, sample_gauges
 from devart.workers.sweeper import keep_sweeping, retire_schedule
@@ -72,26 +75,60 @@ async def serve(task_queue: str | None = None) -> None:
     await asyncio.to_thread(db.require_current_schema)  # `devart db upgrade` migrates, before the services start
     runtime = _metrics_runtime(settings.worker())
     client = await connect(runtime=runtime)
+    temporal = Namespaces(client)
+    queue = task_queue or settings.temporal().task_queue
     leases = Leases()  # the queued attempts this worker keeps alive (workers.queue_keeper)
     dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, dispatcher, task_queue)
-    await retire_schedule(client, task_queue or settings.temporal().task_queue)
-    keeper = asyncio.create_task(keep_queued_tasks_alive(client, stop, leases))
-    sweeper = asyncio.create_task(keep_sweeping(client, stop))
+    await retire_schedule(client, queue)
+    keeper = asyncio.create_task(keep_queued_tasks_alive(temporal, stop, leases))
+    sweeper = asyncio.create_task(keep_sweeping(temporal, stop))
     sampler = asyncio.create_task(sample_gauges(stop))
     collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))
-    async with worker:
-        log.info("pipeline worker polling %s", task_queue or settings.temporal().task_queue)
-        await stop.wait()
-        log.info("pipeline worker stopping: in-flight activities get up to %.0fs to finish",
-                 GRACEFUL_SHUTDOWN.total_seconds())
+    await poll_every_namespace(temporal, dispatcher, queue, stop)
     await keeper
     await sweeper
     await sampler
     await collector
     await dispatcher.close()
     telemetry.shutdown()
+
+
+async def poll_every_namespace(temporal: Namespaces, dispatcher: Dispatcher, queue: str, stop: asyncio.Event) -> None:
+    """Poll ``queue`` in the deployment's namespace and in every organisation's own, picking up an organisation's
+    new namespace within ``namespace_refresh_seconds``, until ``stop``; then let in-flight activities finish."""
+    polling: dict[str, Worker] = {}
+    running: list[asyncio.Task[None]] = []
+    every = settings.temporal().namespace_refresh_seconds
+    try:
+        while not stop.is_set():
+            try:
+                namespaces = await temporal.refresh()
+            except Exception:  # the database may be restarting: the namespaces polled so far go on
+                if not polling:
+                    raise
+                log.warning("could not read the organisations' namespaces", exc_info=True)
+                namespaces = set()
+            for namespace in sorted(namespaces - set(polling)):
+                try:
+                    if namespace != temporal.default.namespace:
+                        await ensure(temporal.default, namespace)  # a Temporal whose data was lost heals here
+                except ServiceUnavailable as exc:
+                    log.warning("not polling namespace %s yet: %s", namespace, exc)
+                    continue
+                worker = polling[namespace] = build_worker(temporal.client(namespace), dispatcher, queue)
+                task = asyncio.create_task(worker.run(), name=f"worker {namespace}")
+                task.add_done_callback(lambda _: stop.set())  # a worker that fails stops the process
+                running.append(task)
+                log.info("pipeline worker polling %s in namespace %s", queue, namespace)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+    finally:
+        log.info("pipeline worker stopping: in-flight activities get up to %.0fs to finish",
+                 GRACEFUL_SHUTDOWN.total_seconds())
+        await asyncio.gather(*(w.shutdown() for w in polling.values()), return_exceptions=True)
+    for task in running:
+        task.result()  # a worker's fatal error ends the process with it (its supervisor starts it again)

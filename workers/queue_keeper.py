@@ -34,6 +34,7 @@ from devart.core.database import db
 from devart.core.database.models import utcnow
 from devart.core.messaging.topology import can_serve, lane_requirements
 from devart.core.telemetry import metrics
+from devart.core.temporal_namespaces import Namespaces
 from devart.domain.agents import OFFLINE_AFTER
 from devart.domain.attempt_states import OPEN, AttemptState, IllegalTransition, can_move
 from devart.domain.events import add_event
@@ -87,7 +88,7 @@ class Leases:
         return sorted(self._ids)
 
 
-async def keep_queued_tasks_alive(client: Client, stop: asyncio.Event, leases: Leases) -> None:
+async def keep_queued_tasks_alive(client: Namespaces, stop: asyncio.Event, leases: Leases) -> None:
     """Run until ``stop`` is set."""
     while not stop.is_set():
         try:
@@ -104,7 +105,7 @@ def waiting_reason(lane: str) -> str:
     return f"waiting for an agent with capabilities {', '.join(sorted(lane_requirements(lane))) or '(any)'}"
 
 
-async def tick(client: Client, leases: Leases) -> None:
+async def tick(client: Namespaces, leases: Leases) -> None:
     """Heartbeat the leased attempts that are due, after adopting those whose keeper is gone."""
     async with db.session() as s:
         due = await _adopt(s, leases)
@@ -119,7 +120,7 @@ async def tick(client: Client, leases: Leases) -> None:
             return
         online = [(r[0], set(r[1])) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
     for row in due:
-        await _keep(client, row, online)
+        await _keep(await client.for_org(row.org_id), row, online)  # the token is of its organisation's namespace
 
 
 async def _adopt(s: AsyncSession, leases: Leases) -> list[Any]:

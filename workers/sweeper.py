@@ -29,7 +29,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from devart.core.contracts import SandboxHandle
 from devart.core.database import db
 from devart.core.database.models import Run, utcnow
+from devart.core.orgs import DEFAULT_ORG
 from devart.core.settings import SweepSettings
+from devart.core.temporal_namespaces import Namespaces
 from devart.domain.events import add_event
 from devart.sandboxes import artifacts
 from devart.sandboxes.base import Sandbox
@@ -73,9 +75,9 @@ def _why(handle: SandboxHandle, run_status: str | None, cfg: SweepSettings) -> s
     return None
 
 
-async def _temporal_status(client: Client, run_id: str) -> str | None:
+async def _temporal_status(temporal: Namespaces, run_id: str, org: str | None) -> str | None:
     try:
-        described = await client.get_workflow_handle(run_id).describe()
+        described = await (await temporal.for_org(org or DEFAULT_ORG)).get_workflow_handle(run_id).describe()
     except RPCError:
         return None
     if described.status in (None, WorkflowExecutionStatus.RUNNING):
@@ -83,7 +85,7 @@ async def _temporal_status(client: Client, run_id: str) -> str | None:
     return described.status.name.lower()
 
 
-async def _unstarted(client: Client, cfg: SweepSettings) -> list[str]:
+async def _unstarted(temporal: Namespaces, cfg: SweepSettings) -> list[str]:
     """Fail the runs older than the grace period that still say "running" but whose workflow Temporal does not know.
 
     The grace period covers a start in progress (recorded, its workflow about to start). A run whose workflow ended
@@ -92,12 +94,12 @@ async def _unstarted(client: Client, cfg: SweepSettings) -> list[str]:
     """
     cutoff = utcnow() - timedelta(seconds=cfg.grace_seconds)
     async with db.session() as s:
-        candidates = (await s.exec(select(Run.id).where(Run.status == "running", Run.created_at < cutoff)
+        candidates = (await s.exec(select(Run.id, Run.org_id).where(Run.status == "running", Run.created_at < cutoff)
                                    .order_by(func.random()).limit(UNSTARTED_BATCH))).all()
     failed = []
-    for run_id in candidates:
+    for run_id, org in candidates:
         try:
-            await client.get_workflow_handle(run_id).describe()
+            await (await temporal.for_org(org or DEFAULT_ORG)).get_workflow_handle(run_id).describe()
             continue
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
@@ -113,18 +115,19 @@ async def _unstarted(client: Client, cfg: SweepSettings) -> list[str]:
 
 
 
-async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
+async def sweep(temporal: Namespaces, cfg: SweepSettings) -> SweepResult:
     """Fail the runs whose workflow never started, tear down every leftover sandbox, and report each in the feed."""
-    result = SweepResult(runs_failed=await _unstarted(client, cfg))
+    result = SweepResult(runs_failed=await _unstarted(temporal, cfg))
     sandbox = get_sandbox()
     handles = await sandbox.list()
     run_ids = {h.run_id for h in handles if h.run_id}
     async with db.session() as s:
-        rows = (await s.exec(select(Run.id, Run.status).where(col(Run.id).in_(run_ids)))).all() if run_ids else []
-    statuses = {run_id: status for run_id, status in rows}
-    for run_id, status in list(statuses.items()):
+        rows = (await s.exec(select(Run.id, Run.status, Run.org_id).where(col(Run.id).in_(run_ids)))).all() \
+            if run_ids else []
+    statuses = {run_id: status for run_id, status, _ in rows}
+    for run_id, status, org in rows:
         if status == "running":  # PostgreSQL may not know yet that the workflow was terminated from outside
-            statuses[run_id] = await _temporal_status(client, run_id) or status
+            statuses[run_id] = await _temporal_status(temporal, run_id, org) or status
     for handle in handles:
         reason = _why(handle, statuses.get(handle.run_id), cfg)
         if reason is None:
@@ -132,7 +135,7 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
             continue
         await sandbox.teardown(handle)
         result.removed[handle.id] = reason
-    result.artifacts_removed = await _prune_artifacts(client, sandbox)
+    result.artifacts_removed = await _prune_artifacts(temporal, sandbox)
     if result.removed:
         async with db.session() as s:
             owners = {h.id: h.run_id or None for h in handles}
@@ -142,7 +145,7 @@ async def sweep(client: Client, cfg: SweepSettings) -> SweepResult:
     return result
 
 
-async def _prune_artifacts(client: Client, sandbox: Sandbox) -> list[str]:
+async def _prune_artifacts(temporal: Namespaces, sandbox: Sandbox) -> list[str]:
     """Drop the files stages handed on (``sandboxes/artifacts.py``) of every run that is no longer going."""
     from devart.sandboxes.local import LocalSandbox
 
@@ -152,31 +155,31 @@ async def _prune_artifacts(client: Client, sandbox: Sandbox) -> list[str]:
     if not stored:
         return []
     async with db.session() as s:
-        rows = (await s.exec(select(Run.id).where(col(Run.id).in_(stored), Run.status == "running"))).all()
-    going = {run_id for run_id in rows if await _temporal_status(client, run_id) is None}
+        rows = (await s.exec(select(Run.id, Run.org_id).where(col(Run.id).in_(stored), Run.status == "running"))).all()
+    going = {run_id for run_id, org in rows if await _temporal_status(temporal, run_id, org) is None}
     return await asyncio.to_thread(sandbox.remove_artifacts, going)
 
 
-async def sweep_if_alone(client: Client, cfg: SweepSettings) -> SweepResult | None:
+async def sweep_if_alone(temporal: Namespaces, cfg: SweepSettings) -> SweepResult | None:
     """One sweep, unless another worker holds the sweeper's lock (then None: that one is sweeping)."""
     async with db.engine().connect() as conn:
         locked = (await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})).scalar_one()
         if not locked:
             return None
         try:
-            return await sweep(client, cfg)
+            return await sweep(temporal, cfg)
         finally:
             # A session lock outlives transactions, so it is released by hand before the connection is pooled again.
             await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
             await conn.commit()
 
 
-async def keep_sweeping(client: Client, stop: asyncio.Event, cfg: SweepSettings | None = None) -> None:
+async def keep_sweeping(temporal: Namespaces, stop: asyncio.Event, cfg: SweepSettings | None = None) -> None:
     """Sweep now and then every ``cfg.every`` seconds until ``stop``; a failed sweep is logged, the next one runs."""
     cfg = cfg or SweepSettings()
     while not stop.is_set():
         try:
-            result = await sweep_if_alone(client, cfg)
+            result = await sweep_if_alone(temporal, cfg)
             if result is not None and result.removed:
                 log.info("swept %d sandbox(es): %s", len(result.removed), result.removed)
             if result is not None and result.runs_failed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from devart.api.auth import AGENT, declared
-from devart.api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep
+from devart.api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep, client_for
 from devart.api.schemas import (
     CancelledRequest,
     CompleteRequest,
@@ -46,48 +46,49 @@ async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskDetail, **declared(AGENT))
-async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, client: TemporalDep) -> TaskDetail:
-    return await tasks.claim(session, client, task_id, agent)
+async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, temporal: TemporalDep) -> TaskDetail:
+    return await tasks.claim(session, await client_for(temporal, session), task_id, agent)
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply, **declared(AGENT))
 async def heartbeat(
-    task_id: str, req: HeartbeatRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: HeartbeatRequest, agent: IdentifiedAgent, session: SessionDep, temporal: TemporalDep
 ) -> HeartbeatReply:
     """Keep the claim alive; 403 for a task this agent did not claim, 413 for details past the limit."""
+    client = await client_for(temporal, session)
     return await tasks.heartbeat(session, client, task_id, agent, req.claim_id, req.details)
 
 
 @router.post("/tasks/{task_id}/complete", status_code=204, **declared(AGENT))
 async def complete(
-    task_id: str, req: CompleteRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: CompleteRequest, agent: IdentifiedAgent, session: SessionDep, temporal: TemporalDep
 ) -> None:
     """Report the stage's result. 403 for a task this agent did not claim (nothing is written); 413 naming the limit
     for a result Temporal or the run's record cannot carry: nothing is stored and the task stays claimed, so the
     agent can report a smaller result or fail the stage."""
-    await tasks.complete(session, client, task_id, agent, req)
+    await tasks.complete(session, await client_for(temporal, session), task_id, agent, req)
 
 
 @router.post("/tasks/{task_id}/fail", status_code=204, **declared(AGENT))
 async def fail(
-    task_id: str, req: FailRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: FailRequest, agent: IdentifiedAgent, session: SessionDep, temporal: TemporalDep
 ) -> None:
     """Report the stage's failure; 403 and 413 as for ``complete`` (without its result, a report whose message is
     within the limit always fits)."""
-    await tasks.fail(session, client, task_id, agent, req)
+    await tasks.fail(session, await client_for(temporal, session), task_id, agent, req)
 
 
 @router.post("/tasks/{task_id}/cancelled", status_code=204, **declared(AGENT))
 async def cancelled(
-    task_id: str, req: CancelledRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: CancelledRequest, agent: IdentifiedAgent, session: SessionDep, temporal: TemporalDep
 ) -> None:
-    await tasks.cancelled(session, client, task_id, agent, req.claim_id)
+    await tasks.cancelled(session, await client_for(temporal, session), task_id, agent, req.claim_id)
 
 
 @router.post("/tasks/{task_id}/release", status_code=204, **declared(AGENT))
 async def release(
-    task_id: str, req: ReleaseRequest, agent: IdentifiedAgent, session: SessionDep, client: TemporalDep
+    task_id: str, req: ReleaseRequest, agent: IdentifiedAgent, session: SessionDep, temporal: TemporalDep
 ) -> None:
     """Hand the task back (the agent is draining or was deactivated): it is queued again, in the same attempt, for
     another agent; the caller can no longer report on it."""
-    await tasks.release(session, client, task_id, agent, req.claim_id, req.reason)
+    await tasks.release(session, await client_for(temporal, session), task_id, agent, req.claim_id, req.reason)

@@ -65,14 +65,14 @@ class MappingView(BaseModel):
 
 @router.post("/webhook", response_model=WebhookReply, status_code=202, responses=_DELIVERY_ANSWERS,
               **declared(GITHUB))
-async def webhook(request: Request, response: Response, session: SessionDep, client: TemporalDep) -> WebhookReply:
+async def webhook(request: Request, response: Response, session: SessionDep, temporal: TemporalDep) -> WebhookReply:
     """GitHub's deliveries; the signature is verified on the raw body before anything else.
 
     A body past ``MAX_WEBHOOK_BYTES`` (1 MiB) is refused with 413 by ``api.edge`` before it is read whole, so before
     its signature is checked: the body is counted as it arrives, never held past the limit.
     """
     headers = request.headers
-    reply = await github.receive(session, client, event=headers.get("X-GitHub-Event"),
+    reply = await github.receive(session, temporal, event=headers.get("X-GitHub-Event"),
                                  delivery=headers.get("X-GitHub-Delivery"),
                                  signature=headers.get("X-Hub-Signature-256"), body=await request.body())
     response.status_code = reply.http_status

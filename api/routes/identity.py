@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query
 from sqlmodel import col, select
 
 from devart.api.auth import Caller, access
-from devart.api.deps import SessionDep
+from devart.api.deps import SessionDep, TemporalDep
 from devart.api.schemas_identity import (
     AuditView,
     Me,
@@ -23,8 +23,9 @@ from devart.api.schemas_identity import (
     TokenCreated,
     TokenView,
 )
-from devart.core.database.models_identity import ApiToken, AuditEntry
+from devart.core.database.models_identity import ApiToken, AuditEntry, Organisation
 from devart.core.errors import NotFound
+from devart.core.temporal_namespaces import ensure
 from devart.domain import identity
 from devart.domain.identity import Role
 from devart.domain.runs import source_policy
@@ -40,23 +41,34 @@ def _token_view(token: ApiToken, user: str) -> TokenView:
                      active=token.revoked_at is None and not identity.expired(token))
 
 
+def _org_view(org: Organisation, role: Role) -> OrgView:
+    return OrgView(id=org.id, name=org.name, role=role, temporal_namespace=org.temporal_namespace)
+
+
 @router.get("/me", response_model=Me, **access(Role.VIEWER))
 async def me(caller: Caller, session: SessionDep) -> Me:
     """The caller, the organisation and role of the token used, and every organisation they belong to."""
-    orgs = [OrgView(id=o.id, name=o.name, role=r) for o, r in await identity.orgs_of(session, caller.user_id)]
+    orgs = [_org_view(o, r) for o, r in await identity.orgs_of(session, caller.user_id)]
     return Me(user=caller.user, org=caller.org, role=caller.role, orgs=orgs)
 
 
 @router.get("/orgs", response_model=list[OrgView], **access(Role.VIEWER))
 async def list_orgs(caller: Caller, session: SessionDep) -> list[OrgView]:
-    return [OrgView(id=o.id, name=o.name, role=r) for o, r in await identity.orgs_of(session, caller.user_id)]
+    return [_org_view(o, r) for o, r in await identity.orgs_of(session, caller.user_id)]
 
 
 @router.post("/orgs", status_code=201, response_model=OrgView, **access(Role.ADMIN))
-async def create_org(req: OrgCreate, caller: Caller, session: SessionDep) -> OrgView:
-    """A new organisation, with the caller as its first admin (409 if the id is taken)."""
-    org = await identity.create_org(session, caller, req.id, req.name)
-    return OrgView(id=org.id, name=org.name, role=Role.ADMIN)
+async def create_org(req: OrgCreate, caller: Caller, session: SessionDep, temporal: TemporalDep) -> OrgView:
+    """A new organisation, with the caller as its first admin (409 if the id or the namespace is taken). With a
+    ``temporal_namespace``, its runs' workflows live there: the namespace is registered (or must exist) first."""
+    namespace = req.temporal_namespace
+    if namespace == temporal.default.namespace:
+        namespace = None  # the deployment's own: nothing to isolate
+    if namespace is not None:
+        identity.check_namespace(namespace)
+        await ensure(temporal.default, namespace)
+    org = await identity.create_org(session, caller, req.id, req.name, namespace)
+    return _org_view(org, Role.ADMIN)
 
 
 @router.get("/orgs/current/sources", response_model=SourcesPolicy, **access(Role.VIEWER))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from devart.api.auth import access
-from devart.api.deps import SessionDep, TemporalDep
+from devart.api.deps import SessionDep, TemporalDep, client_for
 from devart.api.schemas import RunCreated, RunRequest, RunView
 from devart.core.bounds import MAX_NAME_CHARS
 from devart.domain import runs
@@ -19,9 +19,9 @@ RunId = Annotated[str, Path(max_length=MAX_NAME_CHARS, description="The run's id
 
 
 @router.post("", status_code=201, response_model=RunCreated, **access(Role.SUPERVISOR))
-async def start_run(req: RunRequest, session: SessionDep, client: TemporalDep) -> RunCreated:
+async def start_run(req: RunRequest, session: SessionDep, temporal: TemporalDep) -> RunCreated:
     """Validate the pipeline, parameters and repository, then start the run."""
-    return await runs.start(session, client, req)
+    return await runs.start(session, await client_for(temporal, session), req)
 
 
 @router.get("", **access(Role.VIEWER))
@@ -49,19 +49,19 @@ async def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunView, **access(Role.VIEWER))
-async def get_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> RunView:
+async def get_run(run_id: RunId, session: SessionDep, temporal: TemporalDep) -> RunView:
     """The run with every stage's state, result, reason, failing tests and log tail."""
-    return await runs.view(session, client, run_id)
+    return await runs.view(session, await client_for(temporal, session), run_id)
 
 
 @router.post("/{run_id}/cancel", status_code=202, **access(Role.SUPERVISOR))
-async def cancel_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> dict[str, str]:
-    await runs.cancel(session, client, run_id)
+async def cancel_run(run_id: RunId, session: SessionDep, temporal: TemporalDep) -> dict[str, str]:
+    await runs.cancel(session, await client_for(temporal, session), run_id)
     return {"run_id": run_id, "status": "cancelling"}
 
 
 @router.post("/{run_id}/approve", status_code=202, **access(Role.SUPERVISOR))
-async def approve_run(run_id: RunId, session: SessionDep, client: TemporalDep) -> dict[str, str]:
+async def approve_run(run_id: RunId, session: SessionDep, temporal: TemporalDep) -> dict[str, str]:
     """Approve a run paused on a soft budget limit (administrator)."""
-    await runs.approve(session, client, run_id)
+    await runs.approve(session, await client_for(temporal, session), run_id)
     return {"run_id": run_id, "status": "approved"}

@@ -155,11 +155,12 @@ def _sweep_once(address: str) -> dict[str, str] | None:
 
     Without a grace period: the batch is over, so no run is being started, and whatever has no run is left over.
     """
+    from devart.core.temporal_namespaces import Namespaces
     from devart.workers.sweeper import sweep_if_alone
 
     async def sweep() -> dict[str, str] | None:
         try:
-            result = await sweep_if_alone(await connect(address), SweepSettings(grace_seconds=0))
+            result = await sweep_if_alone(Namespaces(await connect(address)), SweepSettings(grace_seconds=0))
             return None if result is None else result.removed
         finally:
             await db.engine().dispose()

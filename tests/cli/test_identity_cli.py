@@ -144,6 +144,14 @@ def test_orgs_create_makes_the_creator_its_admin(admin: dict[str, str]) -> None:
     assert me["org"] == org and me["role"] == "admin"
     taken = devart("orgs", "create", org, env=admin)
     assert taken.returncode == 1 and "already exists" in taken.stderr
+    # An organisation of its own Temporal namespace says so
+    isolated, namespace = unique("team"), unique("devart-ns")
+    made = ok("orgs", "create", isolated, "--temporal-namespace", namespace, env=admin).stdout
+    assert f"in Temporal namespace {namespace}" in made
+    listed = {o["id"]: o for o in json.loads(ok("orgs", "list", "--json", env=admin).stdout)}
+    assert listed[isolated]["temporal_namespace"] == namespace and listed[org]["temporal_namespace"] is None
+    bad = devart("orgs", "create", unique("team"), "--temporal-namespace", "no spaces", env=admin)
+    assert bad.returncode == 1 and "Temporal namespace" in bad.stderr
 
 
 def test_audit_shows_the_writes_by_user_and_route(admin: dict[str, str]) -> None:

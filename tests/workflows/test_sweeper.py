@@ -25,6 +25,7 @@ from temporalio.service import RPCError
 
 from devart.core.database import db
 from devart.core.settings import SweepSettings
+from devart.core.temporal_namespaces import Namespaces
 from devart.sandboxes import artifacts
 from devart.sandboxes.layout import create_layout
 from devart.workers.sweeper import LOCK_KEY, OLD_SCHEDULE_ID, sweep_if_alone
@@ -101,7 +102,7 @@ async def test_only_the_lock_holder_sweeps(temporal: Client, stack: Stack, fast_
         with engine.connect() as holder:
             assert holder.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar_one()
             # Then a sweep elsewhere stands aside, and the orphan stays
-            assert await sweep_if_alone(temporal, SweepSettings()) is None
+            assert await sweep_if_alone(Namespaces(temporal), SweepSettings()) is None
             assert orphan.exists()
             holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
             holder.commit()
