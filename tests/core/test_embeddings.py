@@ -262,3 +262,12 @@ def test_settings_choose_the_embedder(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(other, OpenAIEmbedder) and other.base_url == "http://127.0.0.1:9/v1"
     own = embedder(EmbeddingSettings(model="text-embedding-3-small", base_url="http://127.0.0.1:10/v1"))
     assert isinstance(own, OpenAIEmbedder) and own.base_url == "http://127.0.0.1:10/v1"
+
+
+async def test_the_benchmark_runs_and_reports() -> None:
+    from bench import embeddings as bench
+
+    lines = await bench.measure(singles=2, batches=1, chars=200, warmup=0)
+    assert lines[0].startswith(f"model {LOCAL_MODEL} (384 dimensions)")
+    assert [line.split(" | ")[0] for line in lines[4:6]] == ["| single query", "| batch of 32 passages"]
+    assert lines[-1].endswith("yes")
