@@ -13,10 +13,11 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import devart.core.database.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from devart.core.database.models_knowledge import declared  # the per-model HNSW indexes are made at run time
 
 
 def run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=SQLModel.metadata)
+    context.configure(connection=connection, target_metadata=SQLModel.metadata, include_name=declared)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -271,4 +271,5 @@ class Budget(SQLModel, table=True):
 
 # The identity tables (organisations, which every org_id above references, users, tokens, the audit trail).
 from devart.core.database import models_identity as models_identity  # noqa: E402
+from devart.core.database import models_knowledge as models_knowledge  # noqa: E402
 from devart.core.database import models_secrets as models_secrets  # noqa: E402
