@@ -25,6 +25,7 @@ from devart.api.routes import (
     events,
     github,
     identity,
+    knowledge,
     pipelines,
     runs,
     secrets,
@@ -49,6 +50,7 @@ ROUTER_ERRORS = {
     github: (401, 403, 404, 503),  # the webhook's 400 is app-wide; 401 also for an unsigned delivery
     identity: (401, 403, 404, 409),
     secrets: (401, 403, 404, 409, 422, 503),
+    knowledge: (401, 403, 404, 422, 503),
 }
 
 

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from devart.cli import agents, budgets, events, github, identity, pipelines, processes, runs, secrets, stack, stats
+from devart.cli import agents, budgets, events, github, identity, kb, pipelines, processes, runs, secrets, stack, stats
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="devart: durable multi-stage pipelines run by agents."
@@ -27,6 +27,7 @@ app.add_typer(identity.orgs_app, name="orgs")
 app.add_typer(identity.users_app, name="users")
 app.add_typer(identity.tokens_app, name="tokens")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(kb.app, name="kb")  # issue 15
 app.command()(identity.login)
 app.command()(identity.logout)
 app.command()(identity.whoami)

@@ -154,6 +154,8 @@ POLICY = {
     ("POST", "/v1/users"): "admin", ("PUT", "/v1/users/{name}"): "admin", ("GET", "/v1/audit"): "admin",
     ("PUT", "/v1/github/repositories/{owner}/{repo}"): "admin", ("DELETE", "/v1/dlq"): "admin",
     ("GET", "/v1/runs"): "viewer", ("GET", "/v1/events/stream"): "viewer", ("POST", "/v1/tokens"): "viewer",
+    ("GET", "/v1/knowledge"): "viewer", ("GET", "/v1/knowledge/search"): "viewer",
+    ("POST", "/v1/knowledge"): "supervisor", ("POST", "/v1/knowledge/reembed"): "admin",
     ("POST", "/v1/agent/tasks/{task_id}/complete"): AGENT, ("POST", "/v1/github/webhook"): GITHUB,
     ("GET", "/healthz"): PUBLIC,
 }
