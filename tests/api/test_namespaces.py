@@ -11,13 +11,14 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from devart.core.temporal import ORG
+from devart.core.temporal_namespaces import Namespaces
 from tests.api.test_organisations import agent, bearer
 from tests.helpers import noop_stage, poll, unique, wait_run
 from tests.stack import Stack
 
 
 def in_namespace(temporal: Client, namespace: str) -> Client:
-    return Client(**{**temporal.config(), "namespace": namespace})
+    return Namespaces(temporal).client(namespace)
 
 
 async def test_an_organisation_runs_in_its_own_namespace_and_nowhere_else(
