@@ -20,6 +20,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import bindparam, cast, func, select, text
+from sqlalchemy.orm import defer
 from sqlalchemy.sql import Select
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -80,7 +81,10 @@ def nearest(vector: Sequence[float], model: str, limit: int, *, org: str | None 
     if not 0 < len(vector) <= MAX_INDEXED_DIMENSION:
         raise ValueError(f"a query vector has 1 to {MAX_INDEXED_DIMENSION} dimensions, not {len(vector)}")
     gap = distance(vector)
-    query = select(KnowledgeEntry, gap.label("distance")).where(
+    # The entries' own vectors stay in the database: a hint does not need them, and reading k of them as text
+    # costs more than the index scan.
+    unread = defer(KnowledgeEntry.embedding)  # type: ignore[arg-type]
+    query = select(KnowledgeEntry, gap.label("distance")).options(unread).where(
         col(KnowledgeEntry.model) == bindparam("model", model, literal_execute=True))
     if with_remedy:
         query = query.where(col(KnowledgeEntry.remedy).isnot(None) | col(KnowledgeEntry.guidance).isnot(None))
