@@ -11,8 +11,9 @@ A task goes to the band of its run's priority (see ``core.topology``). A band is
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio import activity
 
+from devart.activities.selfheal import heal
 from devart.core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from devart.core.database import db, tenancy
 from devart.core.database.models import Lane, TaskAttempt, utcnow
@@ -32,10 +34,23 @@ from devart.core.telemetry import tracing as telemetry
 from devart.domain.attempt_states import AttemptState, movable_from
 from devart.domain.events import add_event
 
+log = logging.getLogger(__name__)
+
 _PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 
 #: States in which an attempt may still be reported on; anything else is final.
 OPEN_STATES = tuple(movable_from(AttemptState.SUPERSEDED))
+
+
+async def _beating(work: Awaitable[AgentTaskInput]) -> AgentTaskInput:
+    """``work``'s result, heartbeating meanwhile: a first embedding loads the model, which may take longer than
+    the stage's heartbeat timeout."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if done:
+            return task.result()
+        activity.heartbeat("looking up the knowledge base")
 
 
 class Dispatcher:
@@ -102,6 +117,12 @@ class Dispatcher:
     async def run_agent_task(self, inp: AgentTaskInput) -> StageResult:
         """Record this attempt, publish it to the lane with publisher confirms, and hand completion to the API."""
         info = activity.info()
+        if info.attempt > 1 and inp.self_heal != "off":
+            try:
+                inp = await _beating(heal(inp, info.attempt))  # the knowledge base's hints and remedies
+            except Exception:  # the retry goes on as Temporal asked, without them; the log says why
+                log.warning("no knowledge-base hints for %s/%s attempt %d", inp.run_id, inp.stage, info.attempt,
+                            exc_info=True)
         lane = lane_name(inp.requires)
         task_id = str(uuid.uuid4())
         row = {

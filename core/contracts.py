@@ -29,8 +29,9 @@ from devart.core.contracts_pipeline import check_capabilities as check_capabilit
 #: stages prepare, 5 gives every stage a verdict (any error fails it), bounds the wait for an approval and ends a
 #: failed run as a failed workflow, 6 provisions and tears sandboxes down as regular activities with heartbeats,
 #: reports to GitHub from activities of its own and names each activity's stage in its summary, 7 keeps the
-#: sandbox steps that do not go over the network (a local folder's copy, a local sandbox's removal) local.
-ENGINE = 7
+#: sandbox steps that do not go over the network (a local folder's copy, a local sandbox's removal) local, 8 lets a
+#: stage that needed a retry, or failed, teach the knowledge base (``learn_from_stage``).
+ENGINE = 8
 
 
 #: ``RunInput.trigger`` of the runs a GitHub webhook starts: only they report to GitHub.
@@ -102,6 +103,29 @@ class Usage(Strict):
     sandbox_cpu_seconds: float = 0.0
 
 
+class AppliedRemedy(Strict):
+    """A remedy the knowledge base had applied to a retry: what changed, why, and from which entry."""
+
+    name: str = Field(description="A built-in remedy, e.g. more_memory.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    attempt: int = Field(description="The attempt it was applied to.")
+    after: str = Field(description="The failure it answers: the previous attempt's error type.")
+    entry_id: int | None = Field(default=None, description="The knowledge entry that suggested it; None: tried "
+                                 "because the failure's kind has this built-in remedy and no entry knew better.")
+    change: str = Field(description="What it changed, e.g. 'memory 128 -> 256 MiB'.")
+
+
+class TaskHint(Strict):
+    """A knowledge-base entry handed to a retry: for the agent's skill and its model prompt."""
+
+    entry_id: int
+    remedy: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    guidance: str | None = None
+    similarity: float
+    success_rate: float
+
+
 class StageResult(Strict):
     """What an agent reports when a task finishes (successfully or not)."""
 
@@ -113,6 +137,8 @@ class StageResult(Strict):
     attempt: int = Field(default=0, description="Attempt that produced this result (set by the API).")
     cost: float = Field(default=0.0, description="Cost of this attempt's usage under the price table (set by the API).")
     agent: str | None = Field(default=None, description="Agent that produced it (set by the API).")
+    remedies: list[AppliedRemedy] = Field(default_factory=list,
+                                          description="Remedies applied to this attempt's task (set by the API).")
 
 
 class StageState(Strict):
@@ -173,6 +199,9 @@ class AgentTaskInput(Strict):
     source: Source
     wait_timeout: float = Field(default=600.0, description="Seconds the task may wait with no agent able to serve it.")
     priority: int = Field(default=3, ge=1, le=5, description="The run's priority: higher runs first within a lane.")
+    self_heal: Literal["apply", "suggest", "off"] = Field(default="apply", description="The stage's policy.")
+    hints: list[TaskHint] = Field(default_factory=list, description="Knowledge-base entries for a retry's failure.")
+    remedies: list[AppliedRemedy] = Field(default_factory=list, description="Remedies applied to this task so far.")
 
 
 class AgentTaskMessage(Strict):
@@ -234,3 +263,15 @@ class BudgetDecision(Strict):
 
     state: Literal["ok", "soft", "hard"]
     message: str = ""
+
+
+class LearnInput(Strict):
+    """Input of ``learn_from_stage`` (engine 8): how a stage's agent task ended, after retries or failing."""
+
+    run_id: str
+    pipeline: str
+    stage: str
+    skill: str
+    status: Literal["succeeded", "failed"]
+    attempts: int
+    remedies: list[AppliedRemedy] = Field(default_factory=list)

@@ -113,6 +113,11 @@ class StageSpec(Strict):
     )
     retry: RetrySpec = Field(default_factory=RetrySpec)
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+    self_heal: Literal["apply", "suggest", "off"] = Field(
+        default="apply",
+        description="What a retry does with the knowledge base: apply a built-in remedy whose record is good "
+        "(and pass the hints on), only suggest (the hints reach the agent and its model), or nothing.",
+    )
 
     @field_validator("requires")
     @classmethod

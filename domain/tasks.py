@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from devart.api.schemas import CompleteRequest, FailRequest, HeartbeatReply
 from devart.core import reports, settings
 from devart.core.bounds import MAX_FAILURE_MESSAGE_CHARS, MAX_HEARTBEAT_BYTES, size
-from devart.core.contracts import AgentTaskInput, StageResult, TaskDetail
+from devart.core.contracts import AgentTaskInput, AppliedRemedy, StageResult, TaskDetail
 from devart.core.database.models import Agent, TaskAttempt, utcnow
 from devart.core.errors import TooLarge
 from devart.core.messaging.topology import can_serve
@@ -107,9 +107,12 @@ async def heartbeat(
 
 
 def _stamped(row: TaskAttempt, agent: Agent, report: StageResult, **update: Any) -> StageResult:
-    """The report as the API forwards and records it: with its attempt, agent and cost."""
+    """The report as the API forwards and records it: with its attempt, agent, cost and the remedies its task had
+    (so they stand in the run's record and in the workflow's history)."""
+    remedies = [AppliedRemedy.model_validate(r) for r in (row.input or {}).get("remedies") or []]
     return report.model_copy(update={"attempt": row.attempt, "agent": agent.name,
-                                     "cost": to_money(prices().cost_micros(report.usage)), **update})
+                                     "cost": to_money(prices().cost_micros(report.usage)), "remedies": remedies,
+                                     **update})
 
 
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:

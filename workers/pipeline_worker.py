@@ -18,6 +18,7 @@ from devart.activities.dispatch import Dispatcher
 from devart.activities.github import report_github
 from devart.activities.records import record_run
 from devart.activities.sandbox import provision_sandbox, teardown_sandbox
+from devart.activities.selfheal import learn_from_stage
 from devart.core import settings
 from devart.core.database import db, tenancy
 from devart.core.errors import ServiceUnavailable
@@ -62,7 +63,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         task_queue=task_queue or settings.temporal().task_queue,
         workflows=[PipelineWorkflow],
         activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget,
-                    report_github],
+                    report_github, learn_from_stage],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )

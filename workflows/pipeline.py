@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         BudgetCheck,
         BudgetDecision,
         EngineUnknown,
+        LearnInput,
         ProvisionInput,
         RunInput,
         RunRecord,
@@ -193,6 +194,7 @@ class PipelineWorkflow:
                 source=inp.source,
                 wait_timeout=spec.wait_timeout.total_seconds(),
                 priority=inp.priority,
+                self_heal=spec.self_heal,
             )
             result = await workflow.execute_activity(
                 "run_agent_task",
@@ -234,6 +236,31 @@ class PipelineWorkflow:
                     policies.TEARDOWN_RETRY, policies.SANDBOX_HEARTBEAT, summary(spec.name, "tear the sandbox down"),
                     networked=handle.backend != "local",
                 )
+        if self._engine >= 8:
+            await self._learn(inp, spec, state)
+
+    async def _learn(self, inp: RunInput, spec: StageSpec, state: StageState) -> None:
+        """Teach the knowledge base how a stage that needed a retry, or failed, ended (engine 8). The remedies its
+        attempts had are the step's input, so the history shows them. A stage that succeeded at once teaches
+        nothing and costs no step; a failure to learn never changes the stage's verdict."""
+        result = state.result
+        if result is None or spec.self_heal == "off" or state.status not in (StageStatus.SUCCEEDED,
+                                                                            StageStatus.FAILED):
+            return
+        if state.status == StageStatus.SUCCEEDED and result.attempt <= 1:
+            return
+        learned = LearnInput(run_id=inp.run_id, pipeline=inp.pipeline.name, stage=spec.name, skill=spec.skill,
+                             status="succeeded" if state.status == StageStatus.SUCCEEDED else "failed",
+                             attempts=result.attempt, remedies=result.remedies)
+        try:
+            # A regular activity, not a local one: its input, with every remedy applied, stands in the history.
+            await workflow.execute_activity(
+                "learn_from_stage", learned, start_to_close_timeout=policies.RECORD_TIMEOUT,
+                retry_policy=policies.LEARN_RETRY,
+                summary=summary(spec.name, f"learn from {result.attempt} attempt(s)" + (
+                    f", remedies: {', '.join(r.name for r in result.remedies)}" if result.remedies else "")))
+        except ActivityError as err:
+            workflow.logger.warning("stage %s: the knowledge base learned nothing: %s", spec.name, err)
 
     async def _within_budget(self, inp: RunInput, state: StageState) -> bool:
         """Check the budgets before dispatch: pause on a soft limit until approved, stop on a hard one."""

@@ -53,3 +53,11 @@ GITHUB_REPORT_RETRY = RetryPolicy(
 #: A sandbox step that waits on the network (clone, pod start or deletion) heartbeats every third of this; a
 #: worker that dies mid-step is noticed this soon, not when the step's whole timeout runs out.
 SANDBOX_HEARTBEAT = timedelta(seconds=30)
+
+#: Learning from a stage is worth a few tries, never a stuck run: it gives up within about a minute.
+LEARN_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)

@@ -176,7 +176,7 @@ async def test_a_fork_bomb_is_stopped_by_the_pids_limit(sandbox: LocalSandbox, p
     await eventually(lambda: not processes_with(tag), "every process of the bomb to be gone")
     with pytest.raises(SkillError) as caught:
         await commands(sandbox, handle).run("bomb", ["sh", "-c", bomb], timeout=3)
-    assert caught.value.error_type == "PidsLimit" and caught.value.non_retryable
+    assert caught.value.error_type == "PidsLimit" and not caught.value.non_retryable  # a remedy may give more
     assert str(caught.value) == "bomb was stopped: too many processes (limit 32)"
 
 
@@ -190,7 +190,7 @@ async def test_allocating_2_gib_under_256_mib_is_reported_as_out_of_memory(
     assert result.limits == sandbox.limits
     with pytest.raises(SkillError) as caught:
         await commands(sandbox, handle).run("allocate", hog)
-    assert caught.value.error_type == "OutOfMemory" and caught.value.non_retryable
+    assert caught.value.error_type == "OutOfMemory" and not caught.value.non_retryable  # a remedy may give more
     assert str(caught.value) == "allocate was killed: out of memory (limit 256 MiB)"
 
 

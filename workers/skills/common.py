@@ -118,7 +118,10 @@ class Commands:
         else:
             return
         self._log.append(f"[{message}]\n")
-        raise SkillError(message, error_type=error_type, non_retryable=True, log_tail=self.log_tail)
+        # A retry with the same limits fails alike; a self-healing stage's retry gets a remedy (more memory or
+        # processes, within the operator's caps: ``domain/remedies.py``), so only it is worth one.
+        healable = error_type != "DiskLimit" and self.ctx.task.self_heal == "apply"
+        raise SkillError(message, error_type=error_type, non_retryable=not healable, log_tail=self.log_tail)
 
     async def read_text(self, path: str) -> str | None:
         """The content of a file in the workspace, read through the sandbox (so any backend works); None if absent."""
