@@ -28,7 +28,7 @@ async def _history_kinds(temporal: Client, run_id: str) -> tuple[list[int], Work
     return [e.event_type for e in history.events], history
 
 
-@pytest.mark.parametrize("engine", [1, 2, 3, 4, 5, 6, ENGINE])
+@pytest.mark.parametrize("engine", [1, 2, 3, 4, 5, 6, 7, ENGINE])
 async def test_each_engine_runs_and_replays(
     engine: int, stack: Stack, api: httpx.AsyncClient, temporal: Client, tmp_path: Path
 ) -> None:
