@@ -82,6 +82,11 @@ def figures(result: StageResult | None, seconds: float | None) -> list[str]:
             lines.append("")
     if "wheel" in out:
         lines += [f"Built `{out['wheel']}` ({out.get('size_bytes', 0):,} bytes).", ""]
+    if result is not None and result.remedies:
+        lines += ["**Self-healing**: " + "; ".join(
+            f"attempt {r.attempt}: `{r.name}` ({_cell(r.change)}) after {_cell(r.after)}"
+            + (f", as knowledge entry {r.entry_id} suggested" if r.entry_id is not None else "")
+            for r in result.remedies), ""]
     facts = []
     if seconds is not None:
         facts.append(f"duration {seconds:.1f}s")

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from githubkit.exception import RequestFailed
 
-from devart.core.contracts import StageResult, StageStatus
+from devart.core.contracts import AppliedRemedy, StageResult, StageStatus
 from devart.core.devstack.services import free_port
 from devart.github import format as fmt
 from devart.github.client import GitHubNotConfigured, GitHubSettings, client, signature, verify_signature
@@ -117,3 +117,15 @@ def test_rendering_respects_github_limits() -> None:
 def test_commentable_lines_follow_the_diff_hunks() -> None:
     diff = "+++ b/m.py\n@@ -1,2 +1,3 @@\n a\n+b\n c\n@@ -10 +11,0 @@\n-d\n"
     assert commentable(diff) == {("m.py", 1), ("m.py", 2), ("m.py", 3)}
+
+
+def test_a_check_run_names_the_remedies_a_retry_had() -> None:
+    remedy = AppliedRemedy(name="more_memory", attempt=2, after="OutOfMemory", entry_id=7,
+                           change="memory 128 -> 256 MiB")
+    result = StageResult(status="succeeded", summary="tests passed", attempt=2, remedies=[remedy])
+    summary = fmt.check_output("test", StageStatus.SUCCEEDED, result, None, 3.0, _links())["summary"]
+    assert ("**Self-healing**: attempt 2: `more_memory` (memory 128 -> 256 MiB) after OutOfMemory, as knowledge "
+            "entry 7 suggested") in summary
+    plain = fmt.check_output("test", StageStatus.SUCCEEDED, result.model_copy(update={"remedies": []}), None, 3.0,
+                             _links())["summary"]
+    assert "Self-healing" not in plain
