@@ -60,6 +60,10 @@ def stage_details_cell(stage: dict[str, Any]) -> Text:
     more = stage_details.failure_count(stage) - min(len(tests), TESTS_SHOWN)
     if tests and more > 0:
         cell.append(f"\n… and {more} more", style="dim")
+    for remedy in stage_details.result_of(stage).get("remedies") or []:
+        cell.append("\n↻ ", style="cyan")
+        cell.append(f"attempt {remedy.get('attempt')}: {remedy.get('name')} ({remedy.get('change')}) after "
+                    f"{remedy.get('after')}", style="cyan")
     return cell
 
 
