@@ -10,7 +10,6 @@ from temporalio.exceptions import ApplicationError
 from devart.activities.records import REPORTS_WRITTEN
 from devart.core.contracts import BudgetCheck, BudgetDecision
 from devart.core.database import db, tenancy
-from devart.core.database.tenancy import Tenant
 from devart.domain import budgets
 from devart.domain.events import add_event
 
@@ -27,7 +26,7 @@ async def check_budget(inp: BudgetCheck) -> BudgetDecision:
     async with db.session() as s:
         org = (await s.execute(_ORG, {"run_id": inp.run_id})).scalar_one_or_none()
         if org is not None:  # the run's organisation's budgets and spending, not every organisation's
-            await tenancy.switch(s, Tenant(org=org, role="worker", user="devart"))
+            await tenancy.switch(s, tenancy.service_in(org))
         # The workflow hears of the last stage's end before its report (and cost) is committed: wait for it, or the
         # spending would miss the stage that just ended.
         await s.execute(REPORTS_WRITTEN, {"run_id": inp.run_id})

@@ -38,6 +38,8 @@ class Tenant:
 #: devart's own services acting across organisations: they see every row; a row they insert names its organisation
 #: (explicitly, or through its run).
 SYSTEM = Tenant(org="", role="system", user="devart")
+#: The role of ``service_in``: devart's services confined to one organisation.
+SERVICE_ROLE = "service"
 
 _task: ContextVar[Tenant | None] = ContextVar("devart_tenant", default=None)
 _process: Tenant | None = None
@@ -48,6 +50,13 @@ _SET = text("SELECT set_config('devart.org_id', :org, true), set_config('devart.
 def system_in(org: str) -> Tenant:
     """The system role, inserting rows of ``org`` by default."""
     return Tenant(org=org, role="system", user="devart")
+
+
+def service_in(org: str) -> Tenant:
+    """devart's own services acting *within* ``org`` only: its rows and no other's, like an organisation's member
+    (the role is neither ``system`` nor ``viewer``, so the tenant policy applies and writes are allowed). For a step
+    that must see one organisation's rows alone, such as its budgets and spending."""
+    return Tenant(org=org, role=SERVICE_ROLE, user="devart")
 
 
 def serve_all(org: str = "") -> None:
