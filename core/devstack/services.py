@@ -12,7 +12,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
+
+import httpx
 
 from devart.core.errors import ServiceUnavailable
 
@@ -143,3 +145,53 @@ def start_rabbitmq() -> None:
         )
     subprocess.run([binary, "-detached"], check=False, capture_output=True)
     wait_for_port("127.0.0.1", 5672, 90, "RabbitMQ")
+
+
+#: The management API's port on a local RabbitMQ (the plugin's default).
+MANAGEMENT_PORT = 15672
+
+
+def local_management_url(amqp_url: str) -> str:
+    """The management API of the RabbitMQ ``amqp_url`` names, with the same credentials (``guest`` by default)."""
+    parsed = urlparse(amqp_url)
+    user, password = unquote(parsed.username or "guest"), unquote(parsed.password or "guest")
+    host = parsed.hostname or "127.0.0.1"
+    return f"http://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{MANAGEMENT_PORT}"
+
+
+def management_answers(admin_url: str) -> bool:
+    """Whether RabbitMQ's management API answers ``admin_url``'s administrator (``GET /api/overview``)."""
+    parsed = urlparse(admin_url)
+    base = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl().rstrip("/")
+    auth = (unquote(parsed.username or ""), unquote(parsed.password or ""))
+    try:
+        return httpx.get(f"{base}/api/overview", auth=auth, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_rabbitmq_management(admin_url: str, deadline_seconds: float = 60.0) -> None:
+    """Make sure RabbitMQ's management API answers at ``admin_url``; enable the plugin on this machine if it is off.
+
+    Agents' own broker users are created through this API (``core.messaging.broker_users``). ``rabbitmq-plugins
+    enable`` is idempotent and enables the plugin on the running node (and for its next starts); the listener then
+    takes a few seconds to open, so this polls until the API answers or the deadline passes.
+    """
+    if management_answers(admin_url):
+        return
+    plugins = shutil.which("rabbitmq-plugins") or next(
+        (p for p in ("/usr/sbin/rabbitmq-plugins", "/usr/lib/rabbitmq/bin/rabbitmq-plugins") if Path(p).exists()), None)
+    host = urlparse(admin_url).hostname or ""
+    if plugins is None or host not in ("127.0.0.1", "localhost", "::1"):
+        raise ServiceUnavailable(f"RabbitMQ's management API does not answer at {host}:"
+                                 f"{urlparse(admin_url).port or MANAGEMENT_PORT}: enable it on the broker "
+                                 "(`rabbitmq-plugins enable rabbitmq_management`) or unset DEVART_AMQP_ADMIN_URL")
+    done = subprocess.run([plugins, "enable", "rabbitmq_management"], capture_output=True, text=True, check=False)
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if management_answers(admin_url):
+            return
+        time.sleep(0.2)
+    raise ServiceUnavailable(f"RabbitMQ's management API did not answer within {deadline_seconds:.0f}s after "
+                             f"`rabbitmq-plugins enable rabbitmq_management` (exit {done.returncode}: "
+                             f"{(done.stderr or done.stdout).strip()[-300:]})")
