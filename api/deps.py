@@ -74,6 +74,16 @@ async def _identified_agent(
 IdentifiedAgent = Annotated[Agent, Depends(_identified_agent)]
 
 
+async def _presented_key(
+    agent: IdentifiedAgent, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The key the identified agent presented: its broker password derives from it. Never stored nor logged."""
+    return creds.credentials if creds else ""
+
+
+PresentedKey = Annotated[str, Depends(_presented_key)]
+
+
 async def _current_agent(agent: IdentifiedAgent) -> Agent:
     """An active agent; 403 for a deactivated one (it may still finish the task it holds, see the task routes)."""
     if not agent.active:

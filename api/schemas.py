@@ -229,6 +229,13 @@ class KeepaliveReply(BaseModel):
     handback: bool = Field(description="Deactivated with hand-back: release the current task now.")
 
 
+class BrokerAccess(BaseModel):
+    enforced: bool = Field(description="The agent has a RabbitMQ user of its own, limited to its organisation's "
+                                       "queues; false: it uses AMQP_URL's credentials.")
+    user: str | None = Field(default=None, description="That user; its password is derived from the agent's key "
+                                                       "(devart.core.messaging.broker_users.broker_password).")
+
+
 class AgentCreate(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     capabilities: list[str] = Field(min_length=1, max_length=bounds.MAX_ITEMS)

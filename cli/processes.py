@@ -108,6 +108,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     import signal
 
     from devart.core import settings
+    from devart.core.messaging.broker_users import agent_amqp_url, broker_password
     from devart.core.messaging.topology import Topology
     from devart.core.orgs import DEFAULT_ORG
     from devart.core.telemetry import tracing as telemetry
@@ -119,8 +120,13 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     client = AgentClient(settings.api().url, key)
     try:
         me = await client.me()
+        broker = await client.broker()
     except Refused as exc:
         fail(f"the API refused agent {name}: {exc.detail}")
+    amqp_url = settings.amqp().amqp_url
+    if broker.get("enforced"):
+        # RabbitMQ itself limits this user to the organisation's queues; AMQP_URL gives only the host and vhost.
+        amqp_url = agent_amqp_url(amqp_url, str(broker["user"]), broker_password(key))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,13 +136,14 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
         caps,
         client,
         get_sandbox(),
-        settings.amqp().amqp_url,
+        amqp_url,
         Topology.from_settings().for_org(str(me.get("org", DEFAULT_ORG))),
         concurrency=concurrency,
         heartbeat_interval=settings.agent().heartbeat_interval,
         keepalive_interval=settings.agent().keepalive_interval,
         drain_grace=settings.agent().drain_grace,
         skills=custom,
+        own_broker_user=bool(broker.get("enforced")),
     )
     try:
         await worker_agent.run(stop)

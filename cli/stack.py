@@ -30,6 +30,26 @@ if TYPE_CHECKING:
 __all__ = ["doctor", "down", "status", "supervise", "up"]
 
 
+def _broker_administration(amqp_url: str) -> None:
+    """Give every agent of the stack a RabbitMQ user of its own (``core.messaging.broker_users``): on a local
+    RabbitMQ, turn broker administration on with AMQP_URL's credentials unless DEVART_AMQP_ADMIN_URL is set (empty:
+    off), enable the management plugin if it is off, and wait until its API answers. The supervisor and the
+    processes it starts inherit the setting."""
+    import os
+
+    from devart.core import settings
+    from devart.core.devstack import services
+    from devart.core.devstack.stackplan import is_local
+
+    if settings.amqp().amqp_admin_url is None and is_local(urlparse(amqp_url).hostname or ""):
+        os.environ["DEVART_AMQP_ADMIN_URL"] = services.local_management_url(amqp_url)
+        settings.amqp.cache_clear()
+    admin_url = settings.amqp().amqp_admin_url
+    if admin_url is not None and admin_url.get_secret_value():
+        console.print("checking RabbitMQ's management API …")
+        services.ensure_rabbitmq_management(admin_url.get_secret_value())
+
+
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Start everything and return (stop with devart down)."),
 ) -> None:
@@ -49,6 +69,7 @@ def up(
                 fail(f"RabbitMQ is not reachable at {amqp_url}")
             console.print("starting RabbitMQ …")
             services.start_rabbitmq()
+        _broker_administration(amqp_url)
         host, port = temporal_host_port()
         if not is_local(host) and not services.port_open(host, port):
             fail(f"Temporal is not reachable at {host}:{port}")

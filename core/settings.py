@@ -79,6 +79,13 @@ class AmqpSettings(BaseSettings):
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
     amqp_prefix: str = Field(default="devart", description="Prefix of every exchange and queue devart declares.")
     amqp_delivery_limit: int = Field(default=5, description="Deliveries before a task message is dead-lettered.")
+    amqp_admin_url: SecretStr | None = Field(
+        default=None, validation_alias="DEVART_AMQP_ADMIN_URL",
+        description="RabbitMQ's management HTTP API with an administrator's credentials, e.g. "
+                    "http://guest:guest@127.0.0.1:15672. Set: each agent gets a broker user of its own that may "
+                    "touch only its organisation's queues (core.messaging.broker_users); unset or empty: every agent "
+                    "uses AMQP_URL's credentials and organisations are kept apart by devart's code only. `devart up` "
+                    "sets it for a local RabbitMQ unless it is set (empty: off).")
 
 
 class ApiSettings(BaseSettings):

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from devart.core.bounds import MAX_AGENT_CAPABILITIES, skills_problem
 from devart.core.database.models import Agent, AgentSkillStat, Lane, utcnow
 from devart.core.errors import Conflict, Invalid, NotFound
+from devart.core.messaging import broker_users
 from devart.core.messaging.topology import band_key, can_serve
 from devart.core.security import generate_key
 from devart.domain.events import add_event
@@ -71,11 +72,13 @@ async def create(session: AsyncSession, name: str, capabilities: list[str], owne
         raise AgentExists(f"agent '{name}' already exists; rotate its key instead (rotate-key)")
     key, prefix, digest = generate_key()
     caps = _caps(capabilities)
+    agent = Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner)
     try:
         async with session.begin_nested():  # a name another organisation's agent has is invisible here, yet taken
-            session.add(Agent(name=name, capabilities=caps, key_prefix=prefix, key_hash=digest, owner=owner))
+            session.add(agent)
     except IntegrityError:
         raise AgentExists(f"agent name '{name}' is taken (agent names are unique across organisations)") from None
+    await _new_broker_key(agent, key)
     add_event(session, "agent.created", f"agent {name} created", agent=name, capabilities=caps)
     return key
 
@@ -95,6 +98,7 @@ async def rotate_key(session: AsyncSession, name: str, agent: Agent | None = Non
     key, prefix, digest = generate_key()
     agent.key_prefix, agent.key_hash = prefix, digest
     session.add(agent)
+    await _new_broker_key(agent, key)
     add_event(session, "agent.key_rotated", f"agent {name} got a new key", agent=name)
     return key
 
@@ -113,9 +117,33 @@ async def set_active(session: AsyncSession, name: str, active: bool, *, handback
 
 
 async def remove(session: AsyncSession, name: str) -> None:
+    """Delete the agent and its broker user (RabbitMQ closes its connections); nothing is deleted if the broker's
+    administration does not answer, so no agent is left gone from devart yet able to consume."""
     agent = await get(session, name)
+    if (admin := broker_users.admin()) is not None:
+        await admin.remove_agent(name)
     await session.delete(agent)
     add_event(session, "agent.removed", f"agent {name} removed", agent=name)
+
+
+async def _new_broker_key(agent: Agent, key: str) -> None:
+    """Give the agent's broker user (when broker administration is configured) the password of its new key.
+
+    Before the caller commits: if RabbitMQ's management API fails, the key is not issued. The old key's
+    connections are closed (``BrokerAdmin.ensure_agent``).
+    """
+    if (admin := broker_users.admin()) is not None:
+        assert agent.org_id is not None  # filled in by PostgreSQL on insert (migration 0009)
+        await admin.ensure_agent(agent.name, agent.org_id, key, new_key=True)
+
+
+async def broker_access(agent: Agent, key: str) -> str | None:
+    """The agent's broker user, set again for ``key`` (the one it presented); None when broker administration is
+    off. Idempotent: the same key derives the same password, and the agent's open connections stay open."""
+    if (admin := broker_users.admin()) is None:
+        return None
+    assert agent.org_id is not None
+    return await admin.ensure_agent(agent.name, agent.org_id, key, new_key=False)
 
 
 async def list_agents(session: AsyncSession) -> list[Agent]:

@@ -60,6 +60,7 @@ ALLOWED_ENV = frozenset(
     {
         "DATABASE_URL",
         "AMQP_URL",
+        "DEVART_AMQP_ADMIN_URL",
         "TEMPORAL_ADDRESS",
         "DEVART_UI_URL",
         "DEVART_API_URL",

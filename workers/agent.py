@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable
 
 import aio_pika
@@ -63,7 +64,11 @@ class Agent:
         keepalive_interval: float = 2.0,
         drain_grace: float = 30.0,
         skills: dict[str, Skill] | None = None,
+        own_broker_user: bool = False,
     ) -> None:
+        """``own_broker_user``: ``amqp_url`` holds the agent's own RabbitMQ user, which may not declare the shared
+        dead-letter exchange and queue (``Topology.agent_permissions``), so the agent leaves them to devart's
+        services."""
         self.name = name
         self.capabilities = set(capabilities)
         self.client = client
@@ -73,6 +78,8 @@ class Agent:
             raise ValueError(f"agent {name}: {problem}")
         self._amqp_url = amqp_url
         self._topology = topology
+        self._dead_letters = not own_broker_user
+        self._instance = uuid.uuid4().hex[:8]
         self._concurrency = concurrency
         self._intake = Intake(concurrency, self._take)
         self._runner = Runner(name, client, sandbox, self.skills, heartbeat_interval)
@@ -99,8 +106,9 @@ class Agent:
         self._connection = await aio_pika.connect_robust(self._amqp_url)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._concurrency)
-        await self._topology.declare_exchanges(self._channel)
-        control = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._topology.declare_exchanges(self._channel, dead_letters=self._dead_letters)
+        control = await self._channel.declare_queue(self._topology.control_queue(self.name, self._instance),
+                                                    exclusive=True, auto_delete=True)
         await control.bind(self._topology.control_exchange)
         await control.consume(self._on_control, no_ack=True)
         await _unless_stopped(self._begin(), stop)  # a refusal here ends the agent; a stop, its start
@@ -171,7 +179,8 @@ class Agent:
     async def _serve_band(self, lane: str, priority: int) -> None:
         if self._intake.serves(lane, priority) or not can_serve(self.capabilities, lane) or self._channel is None:
             return
-        await self._intake.serve(lane, priority, await self._topology.declare_lane(self._channel, lane, priority))
+        queue = await self._topology.declare_lane(self._channel, lane, priority, dead_letters=self._dead_letters)
+        await self._intake.serve(lane, priority, queue)
 
     async def _start_consuming(self) -> None:
         if self._accepting:

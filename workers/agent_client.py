@@ -82,6 +82,11 @@ class AgentClient:
     async def me(self) -> dict[str, Any]:
         return dict((await self._call("GET", "/v1/agent/me")).json())
 
+    async def broker(self) -> dict[str, Any]:
+        """The agent's own RabbitMQ user (``enforced``, ``user``), set by the API for this key; see
+        ``core.messaging.broker_users``."""
+        return dict((await self._call("POST", "/v1/agent/broker", {})).json())
+
     async def keepalive(self, status: str, skills: list[str]) -> dict[str, Any]:
         """Report liveness; the reply says whether the agent is still active and must hand back its task."""
         return dict((await self._call("POST", "/v1/agent/keepalive", {"status": status, "skills": skills})).json())

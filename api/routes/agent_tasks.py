@@ -5,8 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from devart.api.auth import AGENT, declared
-from devart.api.deps import CurrentAgent, IdentifiedAgent, PreviousSeen, SessionDep, TemporalDep, client_for
+from devart.api.deps import (
+    CurrentAgent,
+    IdentifiedAgent,
+    PresentedKey,
+    PreviousSeen,
+    SessionDep,
+    TemporalDep,
+    client_for,
+)
 from devart.api.schemas import (
+    BrokerAccess,
     CancelledRequest,
     CompleteRequest,
     FailRequest,
@@ -25,6 +34,15 @@ router = APIRouter(prefix="/v1/agent", tags=["agents"])
 @router.get("/me", **declared(AGENT))
 async def me(agent: IdentifiedAgent) -> dict[str, object]:
     return {"name": agent.name, "capabilities": agent.capabilities, "active": agent.active, "org": agent.org_id}
+
+
+@router.post("/broker", response_model=BrokerAccess, **declared(AGENT))
+async def broker(agent: IdentifiedAgent, key: PresentedKey) -> BrokerAccess:
+    """The agent's own RabbitMQ user, set (again) for the key presented, so an agent registered before broker
+    administration was configured, or on a broker since reset, gets one; 503 when the management API does not
+    answer. ``enforced`` false: broker administration is off, use AMQP_URL's credentials."""
+    user = await agents.broker_access(agent, key)
+    return BrokerAccess(enforced=user is not None, user=user)
 
 
 @router.post("/keepalive", response_model=KeepaliveReply, **declared(AGENT))

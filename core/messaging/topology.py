@@ -10,12 +10,15 @@ another band's key appends ``,p<N>`` (``python+test,p5``). Bands are declared wh
 
 Organisations: each has its own task exchange, control exchange and lane queues (``for_org``), so an agent, which
 declares and consumes only its organisation's, never receives another's task, even for the same capabilities. The
-default organisation keeps the names above, unchanged. Dead letters share one queue; each names its run.
+default organisation keeps the names above, unchanged. Dead letters share one queue; each names its run. With broker
+administration configured, each agent connects as a RabbitMQ user of its own whose permissions
+(``agent_permissions``) cover its organisation's names only, so RabbitMQ itself refuses it any other's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -106,6 +109,12 @@ class Topology:
     def control_exchange(self) -> str:
         return f"{self._space}.control"
 
+    def control_queue(self, agent: str, instance: str) -> str:
+        """An agent's exclusive queue of control broadcasts, named in its organisation's space (not server-named),
+        so that its broker user's permissions need cover nothing outside it; ``instance`` tells apart two processes
+        started with the same agent's key."""
+        return f"{self.control_exchange}.{agent}.{instance}"
+
     def lane_queue(self, lane: str, priority: int = DEFAULT_PRIORITY) -> str:
         return f"{self._space}.lane.{band_key(lane, priority)}"
 
@@ -116,19 +125,44 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
         }
 
-    async def declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
-        """Declare the shared exchanges and the dead-letter queue; returns the task exchange."""
-        dlx = await channel.declare_exchange(self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        dlq = await channel.declare_queue(self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"})
-        await dlq.bind(dlx)
+    def agent_permissions(self) -> dict[str, str]:
+        """The RabbitMQ permissions (Erlang ``re`` regexes) of an agent of this organisation, by operation.
+
+        What an agent does, and what RabbitMQ checks for it: declaring its organisation's task and control exchanges
+        and its lanes (configure); declaring a lane with its dead-letter argument (read on the lane, write on the
+        dead-letter exchange); binding a lane or its control queue (write on the queue, read on the exchange);
+        consuming and fetching (read); republishing a poison message to the dead-letter exchange (write). Its
+        control queue (``control_queue``) is exclusive: no other connection may use it. It may not publish to a task
+        or control exchange, nor touch the shared dead-letter queue, which holds every organisation's dead letters.
+        The default organisation's names are ``<prefix>.tasks|control|lane…``, so a name under ``<prefix>.org.``
+        never matches its patterns; an organisation's id has no dot (``domain.identity.SLUG``), so neither does a
+        name of another organisation whose id starts like its own.
+        """
+        space = re.escape(self._space)
+        own = rf"^{space}\.(tasks|control(\..+)?|lane\..+)$"
+        bindable = rf"^({space}\.(control|lane)\..+|{re.escape(self.dead_letter_exchange)})$"
+        return {"configure": own, "write": bindable, "read": own}
+
+    async def declare_exchanges(self, channel: AbstractChannel, *, dead_letters: bool = True) -> AbstractExchange:
+        """Declare the organisation's exchanges and, unless ``dead_letters`` is false, the shared dead-letter exchange
+        and queue; returns the task exchange.
+
+        An agent with a broker user of its own passes false: it may not configure the shared ones (devart's
+        services declare them); a lane's dead-letter argument may name an exchange declared later.
+        """
+        if dead_letters:
+            dlx = await channel.declare_exchange(self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+            dlq = await channel.declare_queue(self.dead_letter_queue, durable=True,
+                                              arguments={"x-queue-type": "quorum"})
+            await dlq.bind(dlx)
         await channel.declare_exchange(self.control_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
         return await channel.declare_exchange(self.tasks_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
 
     async def declare_lane(
-        self, channel: AbstractChannel, lane: str, priority: int = DEFAULT_PRIORITY
+        self, channel: AbstractChannel, lane: str, priority: int = DEFAULT_PRIORITY, *, dead_letters: bool = True
     ) -> AbstractQueue:
         """Declare the queue of a lane's priority band and bind it to the task exchange with the band's key."""
-        exchange = await self.declare_exchanges(channel)
+        exchange = await self.declare_exchanges(channel, dead_letters=dead_letters)
         name = self.lane_queue(lane, priority)
         queue = await channel.declare_queue(name, durable=True, arguments=self.lane_arguments())
         await queue.bind(exchange, routing_key=band_key(lane, priority))
