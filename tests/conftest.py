@@ -29,7 +29,16 @@ from devart.core.devstack.supervisor import Child, Supervisor, stop_child
 from devart.domain.bootstrap import prepare_schema
 from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
-from tests.stack import Stack, admin, clear_settings_caches, delete_broker_objects, register_agent, require, sql
+from tests.stack import (
+    Stack,
+    admin,
+    clear_settings_caches,
+    delete_broker_objects,
+    delete_broker_users,
+    register_agent,
+    require,
+    sql,
+)
 
 #: The agent plugins of the test suite (``tests/plugins``), loaded by every agent it starts.
 PLUGINS = "tests.plugins.noop"
@@ -50,6 +59,9 @@ def announce_plugins(sup: Supervisor) -> None:
 def stack() -> Iterator[Stack]:
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url} (rabbitmq-server -detached)")
+    # Every agent of the session connects as a RabbitMQ user of its own (core.messaging.broker_users).
+    admin_url = os.environ.get("DEVART_AMQP_ADMIN_URL") or services.local_management_url(amqp_url)
+    services.ensure_rabbitmq_management(admin_url)
     # Not under pytest's own folder: any pytest run as root (a project's suite run directly, for comparison)
     # makes /tmp/pytest-of-root 0700 again, and the embedded PostgreSQL, running as its own user, would lose its
     # way to its data folder (its next checkpoint then fails and the server stops).
@@ -57,6 +69,7 @@ def stack() -> Iterator[Stack]:
     receiver = OtlpReceiver()
     env = {
         **services.isolated_env(state, "devart-test", amqp_url),
+        "DEVART_AMQP_ADMIN_URL": admin_url,
         "DEVART_AGENT_HEARTBEAT_INTERVAL": "0.5",
         "DEVART_AGENT_KEEPALIVE_INTERVAL": "1.0",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
@@ -96,7 +109,7 @@ def stack() -> Iterator[Stack]:
         sup.stop_all(grace=5)
         receiver.close()
         # The processes are gone, so nothing declares the lanes again: leave the shared broker as it was.
-        left = delete_broker_objects(env)
+        left = delete_broker_objects(env) + delete_broker_users(env)
         if embedded:
             stop_postgres(state)
         if s.temporal is not None:

@@ -25,6 +25,7 @@ from devart.core import settings
 from devart.core.database import db
 from devart.core.devstack import services
 from devart.core.devstack.supervisor import Child, Supervisor, stop_child
+from devart.core.messaging import broker_users
 from devart.core.messaging.topology import Topology
 from tests.otlp_receiver import OtlpReceiver
 
@@ -43,7 +44,7 @@ def require(condition: bool, why: str) -> None:
 def clear_settings_caches() -> None:
     for fn in (settings.state, settings.temporal, settings.amqp, settings.api, settings.sandbox, settings.agent,
                settings.admin, settings.k8s, settings.package_index, settings.run_policy,
-               db.database_url, db.engine, db._sessions):
+               db.database_url, db.engine, db._sessions, broker_users.admin):
         fn.cache_clear()
     from devart.sandboxes.factory import get_sandbox
 
@@ -211,6 +212,26 @@ def delete_broker_objects(env: dict[str, str]) -> list[str]:
             return await topology.delete(connection, lanes)
 
     return asyncio.run(delete())
+
+
+def delete_broker_users(env: dict[str, str]) -> list[str]:
+    """Delete the RabbitMQ users of the session's agents (the suite never deletes its agents); returns any left."""
+    from urllib.parse import quote
+
+    import httpx
+
+    admin_url = env.get("DEVART_AMQP_ADMIN_URL")
+    if not admin_url:
+        return []
+    parsed = httpx.URL(admin_url)
+    base, auth = str(parsed.copy_with(username=None, password=None)).rstrip("/"), (parsed.username, parsed.password)
+    mine = broker_users.broker_username(env["AMQP_PREFIX"], "")
+    with httpx.Client(base_url=base, auth=auth, timeout=10.0) as http:
+        users = [u["name"] for u in http.get("/api/users").raise_for_status().json() if u["name"].startswith(mine)]
+        for user in users:
+            http.delete(f"/api/users/{quote(user, safe='')}")
+        left = [u["name"] for u in http.get("/api/users").json() if u["name"].startswith(mine)]
+    return [f"broker user {u}" for u in left]
 
 
 def admin(stack: Stack) -> dict[str, str]:

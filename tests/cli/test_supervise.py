@@ -33,7 +33,7 @@ from devart.core.devstack import embedded, services, stackctl
 from devart.core.devstack.services import free_port
 from devart.core.devstack.stackfile import StackRecord
 from devart.core.messaging.topology import Topology
-from tests.stack import require
+from tests.stack import delete_broker_users, require
 
 POOL = ("agent-builder", "agent-tester", "agent-reviewer")
 EVERY = {"supervisor", "postgres", "temporal", "api", "worker", *POOL}
@@ -156,7 +156,11 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
         asyncio.run(_delete_broker_objects(stack))
+        # `devart up` gave its pool's agents broker users of their own (a local RabbitMQ): delete them too.
+        admin_url = services.local_management_url(amqp_url)
+        users_left = delete_broker_users({**stack.env, "DEVART_AMQP_ADMIN_URL": admin_url})
         assert not left, f"left running: {left}"
+        assert not users_left, users_left
 
 
 async def _delete_broker_objects(up: Up) -> None:
