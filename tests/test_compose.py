@@ -240,9 +240,22 @@ def test_app_environment_uses_only_known_names(compose: dict[str, Any]) -> None:
         assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
         unknown = set(environment) - ALLOWED_ENV
         assert not unknown, f"{name} sets unknown variables {sorted(unknown)}"
-        for required in ("DATABASE_URL", "AMQP_URL", "TEMPORAL_ADDRESS", "DEVART_API_URL"):
+        needed = ("AMQP_URL", "DEVART_API_URL") if name == "agent" else (
+            "DATABASE_URL", "AMQP_URL", "TEMPORAL_ADDRESS", "DEVART_API_URL")
+        for required in needed:
             assert required in environment, f"{name} lacks {required}"
     assert "DEVART_AGENT_KEY" in _service(compose, "agent")["environment"]
+
+
+def test_agents_hold_no_credentials_of_the_control_plane(compose: dict[str, Any]) -> None:
+    """An agent runs untrusted code's sandboxes: a compromised agent host must find no database URL or password,
+    no secrets key, no broker credentials and no Temporal address; it reaches everything through the API."""
+    environment = _service(compose, "agent")["environment"]
+    forbidden = ("DATABASE_URL", "DEVART_DB_APP_PASSWORD", "DEVART_APP_DATABASE_URL", "DEVART_SECRETS_KEY",
+                 "DEVART_AMQP_ADMIN_URL", "TEMPORAL_ADDRESS")
+    held = {name for name in forbidden if environment.get(name)}
+    assert not held, f"the agent's environment holds {sorted(held)}"
+    assert "@" not in environment["AMQP_URL"], "the agent's AMQP_URL carries credentials"
 
 
 def test_allowed_names_are_read_by_settings() -> None:
