@@ -95,10 +95,12 @@ async def heal(inp: AgentTaskInput, attempt: int) -> AgentTaskInput:
         if inp.self_heal != "apply":
             return task
         caps = remedies.SelfHealSettings()
+        failure = remedies.Failure(error_type=signature.error_type, message=signature.message,
+                                   output=_output(previous))
         for name, parameters, entry_id in _choose(hints, signature.error_type, caps):
-            change = remedies.apply(name, task, parameters, caps)
+            change = remedies.apply(name, task, parameters, caps, failure)
             if change is None:
-                continue  # at its cap: it would change nothing
+                continue  # at its cap, or not a failure it can answer: it would change nothing
             applied = AppliedRemedy(name=name, parameters=parameters, attempt=attempt, after=signature.error_type,
                                     entry_id=entry_id, change=change.change)
             add_event(s, "stage.remedy", f"attempt {attempt}: {name} ({change.change}) after "
@@ -143,6 +145,12 @@ async def learn_from_stage(inp: LearnInput) -> None:
         if inp.status == "failed" and last is not None and (signature := signature_of(last, inp.skill)):
             await knowledge.record_failure(s, signature, FailureContext(pipeline=inp.pipeline, stage=inp.stage),
                                            inp.run_id, last.attempt)
+
+
+def _output(row: TaskAttempt) -> dict[str, Any]:
+    """The skill's structured output of a failed attempt (the diagnosis some remedies act on); {} when none."""
+    output = (row.result or {}).get("output")
+    return output if isinstance(output, dict) else {}
 
 
 async def _org(s: AsyncSession, run_id: str) -> str:

@@ -1,15 +1,18 @@
 """The built-in remedies a retry can apply: each a named, bounded change to the failed task, for the failure kinds
 it answers. The knowledge base says which one worked for a similar failure; this module says what each does.
 
-A remedy changes only the task the next attempt receives (its sandbox limits, its command time limit), never the
-stage's definition, and never past the caps the operator sets (``DEVART_SELFHEAL_*``): a failure that more memory
-cannot fix costs at most the cap once. A remedy that would change nothing (the limit is at its cap) is not applied.
+A remedy changes only the task the next attempt receives (its sandbox limits, its command time limit, the skill
+inputs that make it diagnose or propose), never the stage's definition, and never past the caps the operator sets
+(``DEVART_SELFHEAL_*``): a failure that more memory cannot fix costs at most the cap once. A remedy that would change
+nothing (the limit is at its cap, the failure is not one it can answer) is not applied. Each remedy reads the
+previous attempt's failure (``Failure``): some answer any failure of their kind, others only the diagnosis the
+skill wrote into its output (the failed tests' node ids, a build backend missing offline, fixable lint findings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +38,16 @@ class SelfHealSettings(BaseSettings):
 
 
 @dataclass(frozen=True)
+class Failure:
+    """The previous attempt's failure, as its row holds it: what a remedy answers."""
+
+    error_type: str
+    message: str = ""
+    #: The skill's structured output of the failed attempt (its diagnosis: test node ids, the failed step...).
+    output: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Change:
     """A remedy's effect on a task: the new task and what changed, in words."""
 
@@ -50,7 +63,8 @@ def _factor(parameters: Mapping[str, Any]) -> float:
     return min(max(factor, 1.1), 8.0)
 
 
-def more_memory(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings) -> Change | None:
+def more_memory(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+                failure: Failure) -> Change | None:
     spec = task.sandbox.spec
     wanted = min(int(spec.memory_mb * _factor(parameters)), caps.max_memory_mb)
     if wanted <= spec.memory_mb:
@@ -59,7 +73,8 @@ def more_memory(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfH
     return Change(_with_spec(task, healed), f"memory {spec.memory_mb} -> {wanted} MiB")
 
 
-def more_processes(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings) -> Change | None:
+def more_processes(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+                   failure: Failure) -> Change | None:
     spec = task.sandbox.spec
     wanted = min(int(spec.pids * _factor(parameters)), caps.max_pids)
     if wanted <= spec.pids:
@@ -67,7 +82,8 @@ def more_processes(task: AgentTaskInput, parameters: Mapping[str, Any], caps: Se
     return Change(_with_spec(task, spec.model_copy(update={"pids": wanted})), f"processes {spec.pids} -> {wanted}")
 
 
-def longer_timeout(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings) -> Change | None:
+def longer_timeout(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+                   failure: Failure) -> Change | None:
     """A longer limit per command. The stage's own timeout (Temporal's start-to-close) still bounds the attempt."""
     spec = task.sandbox.spec
     now = spec.timeout.total_seconds()
@@ -82,7 +98,7 @@ def _with_spec(task: AgentTaskInput, spec: Any) -> AgentTaskInput:
     return task.model_copy(update={"sandbox": task.sandbox.model_copy(update={"spec": spec})})
 
 
-Remedy = Callable[[AgentTaskInput, Mapping[str, Any], SelfHealSettings], Change | None]
+Remedy = Callable[[AgentTaskInput, Mapping[str, Any], SelfHealSettings, Failure], Change | None]
 
 #: Each built-in remedy, and the error types it answers (what the knowledge base explores first for them).
 REMEDIES: dict[str, tuple[Remedy, frozenset[str]]] = {
@@ -97,10 +113,14 @@ def answering(error_type: str) -> list[str]:
     return [name for name, (_, kinds) in REMEDIES.items() if error_type in kinds]
 
 
-def apply(name: str, task: AgentTaskInput, parameters: Mapping[str, Any],
-          caps: SelfHealSettings | None = None) -> Change | None:
-    """``name``'s change to ``task``; None for an unknown remedy or one that would change nothing."""
+def apply(name: str, task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings | None = None,
+          failure: Failure | None = None) -> Change | None:
+    """``name``'s change to ``task`` after ``failure``; None for an unknown remedy, a failure of a kind it does not
+    answer, or one it would change nothing for."""
     found = REMEDIES.get(name)
     if found is None:
         return None
-    return found[0](task, parameters, caps or SelfHealSettings())
+    function, kinds = found
+    if failure is not None and failure.error_type not in kinds:
+        return None
+    return function(task, parameters, caps or SelfHealSettings(), failure or Failure(error_type=""))

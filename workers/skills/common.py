@@ -98,28 +98,33 @@ class Commands:
                 self._log.append(f"[timed out after {timeout:g}s]\n")
             elif result.exit_code != 0:
                 self._log.append(f"[exit code {result.exit_code}]\n")
-        self._check_limits(step, result)
+        self._check_limits(step, result, timeout)
         return result
 
-    def _check_limits(self, step: str, result: ExecResult) -> None:
-        """Fail the task with the limit a command hit, not as a generic failure, and never retry it.
+    def _check_limits(self, step: str, result: ExecResult, timeout: float) -> None:
+        """Fail the task with the sandbox limit a command hit, not as a generic failure.
 
         Memory and process limits count only when the command failed: a build may survive a killed helper. The
-        disk limit always counts, since the post-command check is its only enforcement.
+        disk limit always counts, since the post-command check is its only enforcement. A command stopped by the
+        sandbox's command time limit (``spec.timeout``, when it is the shorter of it and the step's own
+        ``timeout``) is a ``CommandTimeout``; a step's own limit is the skill's to report.
         """
         spec = self.ctx.task.sandbox.spec
         failed = result.exit_code != 0 or result.timed_out
+        limit = spec.timeout.total_seconds()
         if result.oom_killed and failed:
             error_type, message = "OutOfMemory", f"{step} was killed: out of memory (limit {spec.memory_mb} MiB)"
         elif result.pids_limited and failed:
             error_type, message = "PidsLimit", f"{step} was stopped: too many processes (limit {spec.pids})"
         elif result.disk_exceeded:
             error_type, message = "DiskLimit", f"{step} filled the sandbox: over its disk limit ({spec.disk_mb} MiB)"
+        elif result.timed_out and limit <= timeout:
+            error_type, message = "CommandTimeout", f"{step} outlived the sandbox's command time limit ({limit:g}s)"
         else:
             return
         self._log.append(f"[{message}]\n")
-        # A retry with the same limits fails alike; a self-healing stage's retry gets a remedy (more memory or
-        # processes, within the operator's caps: ``domain/remedies.py``), so only it is worth one.
+        # A retry with the same limits fails alike; a self-healing stage's retry gets a remedy (more memory,
+        # processes or time, within the operator's caps: ``domain/remedies.py``), so only it is worth one.
         healable = error_type != "DiskLimit" and self.ctx.task.self_heal == "apply"
         raise SkillError(message, error_type=error_type, non_retryable=not healable, log_tail=self.log_tail)
 
