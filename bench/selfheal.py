@@ -43,12 +43,13 @@ from bench.selfheal_scenarios import KINDS, Scenario, scenarios, split
 
 #: Scenarios per kind, warm-up scenarios per kind, agents × tasks each, pairs of held-out runs at once; the
 #: knowledge-base search's size.
-FULL: dict[str, Any] = {"kinds": list(KINDS), "per_kind": 4, "warmup": 2, "agents": 2, "concurrency": 4, "parallel": 2,
-        "entries": 100_000, "queries": 1000, "base": 400, "ef": [40, 64, 100]}
-#: A slice for the smoke test: the kinds whose remedies need no package index, one scenario each to learn from
-#: and one held out, and a small knowledge base for the search.
-QUICK: dict[str, Any] = {"kinds": ["memory", "processes", "control"], "per_kind": 2, "warmup": 1, "agents": 1, "concurrency": 4,
-         "parallel": 3, "entries": 2000, "queries": 60, "base": 20, "ef": [40]}
+FULL: dict[str, Any] = {"kinds": list(KINDS), "per_kind": 4, "warmup": 2, "agents": 2, "concurrency": 4,
+                        "parallel": 2, "entries": 100_000, "queries": 1000, "base": 400, "ef": [40, 64, 100]}
+#: A slice for the smoke test: kinds whose stages need no package index, one scenario each to learn from and one
+#: held out (the control: two held out), and a small knowledge base for the search.
+QUICK: dict[str, Any] = {"kinds": ["memory", "processes", "timeout", "control"], "per_kind": 2, "warmup": 1,
+                         "agents": 1, "concurrency": 4, "parallel": 3, "entries": 2000, "queries": 60, "base": 20,
+                         "ef": [40]}
 
 
 async def held_out(api: httpx.AsyncClient, held: list[Scenario], capability: str, tag: str,

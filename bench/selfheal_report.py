@@ -30,11 +30,12 @@ def by_kind(figures: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for pair in figures["held_out"]:
         blind, assisted = pair["blind"], pair["assisted"]
         row = kinds.setdefault(blind["kind"], {"held_out": 0, "blind": 0, "assisted": 0, "remedies": 0,
-                                               "blind_remedies": 0, "top3": 0, "searched": 0})
+                                               "from_knowledge": 0, "blind_remedies": 0, "top3": 0, "searched": 0})
         row["held_out"] += 1
         row["blind"] += blind["status"] == "succeeded"
         row["assisted"] += assisted["status"] == "succeeded"
         row["remedies"] += len(assisted["remedies"])
+        row["from_knowledge"] += assisted["from_knowledge"]
         row["blind_remedies"] += len(blind["remedies"])
     for top in figures["top3"]:
         row = kinds[top["kind"]]
@@ -70,6 +71,7 @@ def goals(figures: dict[str, Any]) -> dict[str, Any]:
         "search_arm": arm, "search_p99_ms": search["p99_ms"], "search_recall": search["recall"],
         "search_met": search["p99_ms"] <= GOAL_P99_MS and search["recall"] >= GOAL_RECALL,
         "remedies_applied": sum(len(p["assisted"]["remedies"]) for p in figures["held_out"]),
+        "remedies_from_knowledge": sum(p["assisted"]["from_knowledge"] for p in figures["held_out"]),
         "remedies_applied_blind": sum(len(p["blind"]["remedies"]) for p in figures["held_out"]),
         "controls": len(controls),
         "control_failed_both": all(p["blind"]["status"] == "failed" and p["assisted"]["status"] == "failed"
@@ -91,12 +93,12 @@ def render(figures: dict[str, Any]) -> str:
         b, a = pair["blind"], pair["assisted"]
         lines.append(f"| {b['scenario']} | {b['status']} | {len(b['attempts'])} | {a['status']} | "
                      f"{len(a['attempts'])} | {'; '.join(a['remedies']) or '-'} |")
-    lines += ["", "| kind | remedy built | held out | blind healed | assisted healed | remedies applied | "
-              "right remedy in top 3 |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| kind | remedy built | held out | blind healed | assisted healed | remedies applied "
+              "(named by an entry) | right remedy in top 3 |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, k in g["kinds"].items():
         top = f"{k['top3']}/{k['searched']}" if k["searched"] else "(control)"
         lines.append(f"| {name} | {'yes' if k['available'] else 'no'} | {k['held_out']} | {k['blind']} | "
-                     f"{k['assisted']} | {k['remedies']} | {top} |")
+                     f"{k['assisted']} | {k['remedies']} ({k['from_knowledge']}) | {top} |")
     search = figures["search"]
     lines += ["", f"Knowledge-base search over {search['entries']:,} entries, k = {search['k']}, "
               f"{search['queries']} queries per arm:", "",
@@ -113,6 +115,7 @@ def render(figures: dict[str, Any]) -> str:
               f"{g['search_p99_ms']} ms, recall {g['search_recall']} | {yes[g['search_met']]} |",
               f"| deterministic control fails in both modes | {g['controls']} control(s) | "
               f"{yes[g['control_failed_both']]} |",
-              "", f"Remedies applied on held-out runs: {g['remedies_applied']} assisted, "
-              f"{g['remedies_applied_blind']} blind."]
+              "", f"Remedies applied on held-out runs: {g['remedies_applied']} assisted "
+              f"({g['remedies_from_knowledge']} named by a knowledge entry, the others built-in for the failure's "
+              f"kind), {g['remedies_applied_blind']} blind."]
     return "\n".join(lines)

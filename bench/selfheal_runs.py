@@ -85,12 +85,14 @@ async def run(api: httpx.AsyncClient, scenario: Scenario, mode: str, capability:
     stage = found["stages"][0]
     log = stage.get("attempt_log") or []
     result = stage.get("result") or {}
+    applied = result.get("remedies") or []
     return Outcome(
         scenario.id, scenario.kind, mode, run_id, found["status"],
         attempts=[str(a.get("status")) for a in log],
         errors=[str(a.get("error"))[:160] for a in log if a.get("error")],
-        remedies=[f"{r['name']} ({r.get('change', '')})" for r in result.get("remedies") or []],
-        from_knowledge=sum(r.get("entry_id") is not None for r in result.get("remedies") or []), seconds=round(time.monotonic() - started, 1))
+        remedies=[f"{r['name']} ({r.get('change', '')})" for r in applied],
+        from_knowledge=sum(r.get("entry_id") is not None for r in applied),
+        seconds=round(time.monotonic() - started, 1))
 
 
 async def newest_entry() -> int:
