@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 from temporalio.api.enums.v1 import EventType
@@ -26,7 +27,7 @@ def oom_stage(cap: str, memory_mb: int = 128, **extra: object) -> dict[str, obje
     return {**stage, **extra}
 
 
-async def learn_steps(temporal: Client, run_id: str) -> list[dict[str, object]]:
+async def learn_steps(temporal: Client, run_id: str) -> list[dict[str, Any]]:
     """The inputs of the run's ``learn_from_stage`` activities, as the history holds them."""
     history = await temporal.get_workflow_handle(run_id).fetch_history()
     return [json.loads(event.activity_task_scheduled_event_attributes.input.payloads[0].data)
