@@ -28,6 +28,7 @@ from devart.core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from devart.core.database import db, tenancy
 from devart.core.database.models import Lane, TaskAttempt, utcnow
 from devart.core.database.tenancy import system_in
+from devart.core.messaging.broker_users import amqp_user
 from devart.core.messaging.topology import DEFAULT_PRIORITY, Topology, band_key, lane_name
 from devart.core.telemetry import metrics
 from devart.core.telemetry import tracing as telemetry
@@ -58,6 +59,9 @@ class Dispatcher:
 
     def __init__(self, amqp_url: str, topology: Topology, on_published: Callable[[str], None] | None = None) -> None:
         self._url = amqp_url
+        #: Set as every task's ``user_id``, which RabbitMQ checks: a task of ours that dies keeps it, and the
+        #: dead-letter collector files it by its lane only then (``workers.dead_letters``).
+        self._user = amqp_user(amqp_url)
         self._topology = topology
         #: Told each attempt's id once it waits in its lane: this worker's queue keeper keeps it alive from then on.
         self._on_published = on_published
@@ -182,6 +186,7 @@ class Dispatcher:
                     body=body.encode(),
                     content_type="application/json",
                     message_id=task_id,
+                    user_id=self._user,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     priority=inp.priority,
                     type="agent.task",

@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from devart.core import settings
 from devart.core.database.models import DeadLetter, utcnow
 from devart.core.errors import NotFound, ServiceUnavailable
+from devart.core.messaging.broker_users import amqp_user
 from devart.core.messaging.topology import Topology, band_key, parse_band_key
 from devart.core.orgs import DEFAULT_ORG
 from devart.domain.events import add_event
@@ -44,7 +45,8 @@ async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
     lane, priority = parse_band_key(letter.lane)
     topology = Topology.from_settings().for_org(letter.org_id or DEFAULT_ORG)  # back to its organisation's lane
     try:
-        connection = await aio_pika.connect(settings.amqp().amqp_url)
+        amqp_url = settings.amqp().amqp_url
+        connection = await aio_pika.connect(amqp_url)
     except Exception as exc:  # any connection failure is the broker being unavailable
         raise ServiceUnavailable(f"RabbitMQ is not reachable: {exc}") from exc
     async with connection:
@@ -52,8 +54,10 @@ async def redrive(session: AsyncSession, letter_id: int) -> DeadLetter:
         await topology.declare_lane(channel, lane, priority)
         exchange = await channel.get_exchange(topology.tasks_exchange)
         await exchange.publish(
+            # user_id as the dispatcher sets it: should the task die again, the collector files it by its lane
             aio_pika.Message(body=letter.body.encode(), message_id=letter.message_id, content_type="application/json",
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=priority, type="agent.task"),
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT, priority=priority, type="agent.task",
+                             user_id=amqp_user(amqp_url)),
             routing_key=band_key(lane, priority),
         )
     letter.redriven_at = utcnow()

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from devart.core.bounds import skills_problem
 from devart.core.contracts import AgentTaskMessage
+from devart.core.messaging.broker_users import amqp_user
 from devart.core.messaging.topology import Topology, can_serve, parse_band_key
 from devart.core.telemetry import tracing as telemetry
 from devart.sandboxes.base import Sandbox
@@ -196,7 +197,8 @@ class Agent:
         try:
             envelope = AgentTaskMessage.model_validate_json(message.body)
         except ValidationError as exc:
-            await dead_letter(self._channel, self._topology, message, f"unreadable task message: {exc.errors()[0]}")
+            await dead_letter(self._channel, self._topology, message, f"unreadable task message: {exc.errors()[0]}",
+                              user_id=amqp_user(self._amqp_url))  # RabbitMQ checks it: the letter is ours
             return Settle.SETTLED
         parent = telemetry.extract(message.headers)
         attributes: dict[str, str | int] = {

@@ -50,6 +50,22 @@ def broker_username(prefix: str, agent_name: str) -> str:
     return f"{prefix}.agent.{agent_name}"
 
 
+def agent_of_user(prefix: str, user: str) -> str | None:
+    """The agent whose broker user ``user`` is (``broker_username``), or None for any other user."""
+    head = f"{prefix}.agent."
+    name = user[len(head):] if user.startswith(head) else ""
+    return name or None
+
+
+def amqp_user(amqp_url: str) -> str:
+    """The RabbitMQ user a connection to ``amqp_url`` authenticates as (aio-pika's ``guest`` when it names none).
+
+    What a publisher puts in a message's ``user_id``: RabbitMQ refuses a publish whose ``user_id`` is not the
+    connection's user, so the property tells the dead-letter collector who really sent a message.
+    """
+    return unquote(urlsplit(amqp_url).username or "") or "guest"
+
+
 def vhost_of(amqp_url: str) -> str:
     """The virtual host an AMQP URL names (``amqp://h/`` and ``amqp://h`` both mean ``/``)."""
     path = urlsplit(amqp_url).path
@@ -113,6 +129,11 @@ class BrokerAdmin:
         async with self._client() as http:
             await self._call(http, "DELETE", f"users/{user}")
         log.info("broker user of agent %s deleted", agent_name)
+
+
+def enforced() -> bool:
+    """Whether agents connect as broker users of their own (``DEVART_AMQP_ADMIN_URL`` set)."""
+    return admin() is not None
 
 
 @lru_cache

@@ -118,6 +118,22 @@ class Topology:
     def lane_queue(self, lane: str, priority: int = DEFAULT_PRIORITY) -> str:
         return f"{self._space}.lane.{band_key(lane, priority)}"
 
+    def org_of_lane_queue(self, queue: str) -> str | None:
+        """The organisation whose lane ``queue`` is (``lane_queue`` read backwards), or None for any other queue.
+
+        The dead-letter collector reads it from the queue RabbitMQ names in a dead letter's ``x-death``: the lane
+        a task died in says whose task it was, whatever its body claims. An organisation's id has no dot, and
+        ``lane.`` is looked for first, so a capability that looks like a name (``org.x.lane.y``) is still read
+        as the default organisation's lane.
+        """
+        rest = queue.removeprefix(f"{self.prefix}.")
+        if rest == queue:
+            return None
+        if rest.startswith("lane."):
+            return DEFAULT_ORG
+        org, _, tail = rest.removeprefix("org.").partition(".")
+        return org if rest.startswith("org.") and org and tail.startswith("lane.") else None
+
     def lane_arguments(self) -> dict[str, Any]:
         return {
             "x-queue-type": "quorum",

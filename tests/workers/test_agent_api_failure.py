@@ -19,6 +19,7 @@ import pytest
 
 from devart.core.contracts import AgentTaskMessage
 from devart.core.devstack.services import free_port
+from devart.core.messaging.broker_users import amqp_user
 from devart.core.messaging.topology import Topology, lane_name
 from tests.helpers import poll, unique
 from tests.stack import Stack, admin, sql
@@ -82,10 +83,12 @@ async def test_a_task_the_agent_cannot_claim_is_given_back_until_dead_lettered(
         exchange = await topology.declare_exchanges(channel)
         await topology.declare_lane(channel, lane)
         stack.start_agent(unique("agent"), [cap], DEVART_API_URL=failing_api)
-        # When a task arrives on its lane
+        # When a task arrives on its lane, sent as the dispatcher sends one (a dead letter without its user_id is
+        # dropped: workers.dead_letters)
         task = AgentTaskMessage(task_id=unique("task"), run_id="r", stage="s", attempt=1, lane=lane)
         await exchange.publish(aio_pika.Message(task.model_dump_json(exclude={"priority"}).encode(),
-                                                message_id=task.task_id), routing_key=lane)
+                                                message_id=task.task_id, user_id=amqp_user(stack.env["AMQP_URL"])),
+                                routing_key=lane)
 
         # Then each failed claim gives the message back, and past the delivery limit it is a dead letter
         async def dead() -> list[dict[str, Any]]:
