@@ -64,7 +64,9 @@ def _choose(hints: list[Hint], error_type: str,
         if hint.remedy in remedies.REMEDIES and error_type in remedies.REMEDIES[hint.remedy][1] \
                 and hint.record.rate >= caps.min_success_rate:
             chosen.append((hint.remedy, dict(hint.parameters), hint.entry_id))
-    named = {name for name, _, _ in chosen} | {h.remedy for h in hints if h.remedy}
+    # A diagnostic remedy (re-run the failed tests) comes even when a hint naming it has a poor record.
+    named = {name for name, _, _ in chosen} | {h.remedy for h in hints
+                                               if h.remedy and h.remedy not in remedies.DIAGNOSTIC}
     chosen += [(name, {}, None) for name in remedies.answering(error_type) if name not in named]
     return chosen
 

@@ -24,6 +24,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Error types a self-healing stage (``self_heal: apply``, engine 8 on) leaves to its skill although the default
+#: retry policy lists them as final: the skill allows a retry only when a remedy answers that very failure (re-run
+#: the failed tests, build without isolation offline, propose ``ruff --fix``), never a blind re-run.
+REMEDY_DIAGNOSED_ERROR_TYPES: frozenset[str] = frozenset({"TestsFailed", "BuildFailed", "LintFailed"})
+
+
 class RetrySpec(Strict):
     """How Temporal retries one stage's agent task (maps onto ``temporalio.common.RetryPolicy``)."""
 

@@ -94,6 +94,87 @@ def longer_timeout(task: AgentTaskInput, parameters: Mapping[str, Any], caps: Se
     return Change(_with_spec(task, healed), f"command time limit {now:g} -> {wanted:g} s")
 
 
+#: The most times a retry re-runs the failed tests, and the most failed tests it re-runs: past that many the
+#: suite is broken, not flaky, and a re-run would cost a whole suite's time.
+MAX_RERUNS, MAX_RERUN_TESTS = 5, 50
+
+
+def failed_test_ids(output: Mapping[str, Any]) -> list[str] | None:
+    """The node ids of every test a ``TestsFailed`` report names, or None when they cannot be re-run alone: the
+    report lists fewer failures than it counts (cut short), a collection error, or more than ``MAX_RERUN_TESTS``.
+
+    The test skill asks this before it lets a self-healing stage retry, and the remedy reads the same ids: the
+    retry re-runs exactly those tests, never the whole suite blindly.
+    """
+    failures = output.get("failures")
+    if not isinstance(failures, list) or not failures:
+        return None
+    ids: list[str] = []
+    for failure in failures:
+        if not isinstance(failure, dict) or failure.get("outcome") not in ("failed", "error"):
+            return None
+        test = str(failure.get("test") or "")
+        if not test or test == "<session>":
+            return None
+        if test not in ids:
+            ids.append(test)
+    try:
+        counted = int(output.get("failed") or 0) + int(output.get("errors") or 0)
+    except (TypeError, ValueError):
+        return None
+    return ids if len(failures) == counted and len(ids) <= MAX_RERUN_TESTS else None
+
+
+def rerun_failed_tests(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+                       failure: Failure) -> Change | None:
+    """Re-run only the tests the previous attempt saw fail, up to ``runs`` times (default 2), to tell a flaky test
+    (it passes on a re-run: the stage succeeds, naming it flaky) from a broken one (it fails every time: the stage
+    fails, naming it broken). A re-run's own failure is final: its verdict is the diagnosis."""
+    tests = failed_test_ids(failure.output)
+    if tests is None or task.inputs.get("rerun_tests"):
+        return None
+    try:
+        runs = min(max(int(parameters.get("runs", 2)), 1), MAX_RERUNS)
+    except (TypeError, ValueError):
+        runs = 2
+    inputs = {**task.inputs, "rerun_tests": tests, "rerun_times": runs}
+    noun = "test" if len(tests) == 1 else "tests"
+    return Change(task.model_copy(update={"inputs": inputs}),
+                  f"re-run only the {len(tests)} failed {noun}, up to {runs} times")
+
+
+#: The build skill's diagnosis (its output's ``cause``) of a build whose declared backend cannot be fetched: the
+#: stage has no network, and PEP 517 isolation wants the backend from the package index.
+BUILD_BACKEND_OFFLINE = "build_backend_offline"
+
+
+def build_without_isolation(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+                            failure: Failure) -> Change | None:
+    """Build without PEP 517 isolation, with the backend the project declares taken from the agent's own
+    environment, when the isolated build failed only because that backend could not be fetched offline. The stage's
+    network stays as its template set it: the remedy never opens a way out of the sandbox."""
+    if failure.output.get("cause") != BUILD_BACKEND_OFFLINE or task.inputs.get("build_isolation") in (False, "false"):
+        return None
+    inputs = {**task.inputs, "build_isolation": False}
+    return Change(task.model_copy(update={"inputs": inputs}),
+                  "build without isolation, with the declared backend from the agent's environment")
+
+
+def ruff_fix(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
+             failure: Failure) -> Change | None:
+    """Propose ``ruff check --fix``'s changes as a patch in the retry's output, when the lint findings include
+    fixable ones. The patch is made on a copy and never applied or pushed, and the verdict stays the repository's:
+    the retry still fails while findings remain there."""
+    try:
+        fixable = int(failure.output.get("fixable") or 0)
+    except (TypeError, ValueError):
+        return None
+    if fixable < 1 or task.inputs.get("propose_fix") in (True, "true"):
+        return None
+    return Change(task.model_copy(update={"inputs": {**task.inputs, "propose_fix": True}}),
+                  f"propose ruff --fix for {fixable} fixable findings as a patch (not applied)")
+
+
 def _with_spec(task: AgentTaskInput, spec: Any) -> AgentTaskInput:
     return task.model_copy(update={"sandbox": task.sandbox.model_copy(update={"spec": spec})})
 
@@ -105,7 +186,13 @@ REMEDIES: dict[str, tuple[Remedy, frozenset[str]]] = {
     "more_memory": (more_memory, frozenset({"OutOfMemory"})),
     "more_processes": (more_processes, frozenset({"PidsLimit"})),
     "longer_timeout": (longer_timeout, frozenset({"CommandTimeout", "Timeout"})),
+    "rerun_failed_tests": (rerun_failed_tests, frozenset({"TestsFailed"})),
+    "build_without_isolation": (build_without_isolation, frozenset({"BuildFailed"})),
+    "ruff_fix": (ruff_fix, frozenset({"LintFailed"})),
 }
+#: Remedies that only diagnose or propose, never change what the stage judges: a poor record (their attempts fail
+#: when the failure is real) does not stop them, since skipping them would leave a blind re-run or none.
+DIAGNOSTIC: frozenset[str] = frozenset({"rerun_failed_tests", "ruff_fix"})
 
 
 def answering(error_type: str) -> list[str]:

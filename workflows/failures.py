@@ -15,17 +15,27 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from devart.core.contracts import StageResult, StageSpec
+    from devart.core.contracts_pipeline import REMEDY_DIAGNOSED_ERROR_TYPES
 
 
-def stage_retry_policy(stage: StageSpec) -> RetryPolicy:
-    """The template's retry settings as a Temporal ``RetryPolicy``."""
+def stage_retry_policy(stage: StageSpec, *, self_heal: bool = False) -> RetryPolicy:
+    """The template's retry settings as a Temporal ``RetryPolicy``.
+
+    With ``self_heal`` (engine 8 on) a ``self_heal: apply`` stage leaves the error types a remedy diagnoses
+    (``REMEDY_DIAGNOSED_ERROR_TYPES``) to the agent's non-retryable flag: its skill marks such a failure
+    retryable only when a remedy can answer it (the failed tests' node ids for a re-run of them alone), so the
+    policy must not refuse it first. Every other such failure the skill still marks final.
+    """
     r = stage.retry
+    final = list(r.non_retryable_error_types)
+    if self_heal and stage.self_heal == "apply":
+        final = [kind for kind in final if kind not in REMEDY_DIAGNOSED_ERROR_TYPES]
     return RetryPolicy(
         initial_interval=r.initial_interval,
         backoff_coefficient=r.backoff_coefficient,
         maximum_interval=r.maximum_interval,
         maximum_attempts=r.maximum_attempts,
-        non_retryable_error_types=r.non_retryable_error_types,
+        non_retryable_error_types=final,
     )
 
 

@@ -202,7 +202,7 @@ class PipelineWorkflow:
                 result_type=StageResult,
                 start_to_close_timeout=spec.timeout,
                 heartbeat_timeout=spec.heartbeat_timeout,
-                retry_policy=stage_retry_policy(spec),
+                retry_policy=stage_retry_policy(spec, self_heal=self._engine >= 8),
                 # On cancel, wait for the agent to stop (it learns on its next heartbeat, or the heartbeat times
                 # out) so the sandbox is torn down only once nothing runs in it.
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

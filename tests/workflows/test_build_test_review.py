@@ -93,7 +93,9 @@ async def test_failing_test_fails_the_run_through_the_cli(stack: Stack, pool: di
     stages = {s["name"]: s for s in run["stages"]}
     assert stages["test"]["status"] == "failed" and stages["test"]["result"]["output"]["failed"] == 1
     assert "TestsFailed" in stages["test"]["error"]
-    assert len(stages["test"]["attempt_log"]) == 1  # TestsFailed is not retried
+    # The retry re-ran only the failing test, which failed again: broken, so the stage failed
+    assert [a["status"] for a in stages["test"]["attempt_log"]] == ["failed", "failed"]
+    assert "broken: tests/test_slug.py::test_slugify_transliterates_accented_letters" in stages["test"]["error"]
     assert stages["review"]["status"] == "skipped" and stages["lint"]["status"] == "succeeded"
     if RECORD:
         history = await temporal.get_workflow_handle(run["run_id"]).fetch_history()

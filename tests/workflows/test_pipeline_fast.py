@@ -162,7 +162,9 @@ async def test_retries_follow_the_stage_policy(env: WorkflowEnvironment) -> None
         "refused": fail("TestsFailed", "2 tests failed", non_retryable=False),  # non-retryable by the policy
     })
     hopeless = stage("hopeless", retry=QUICK_RETRY.model_copy(update={"maximum_attempts": 2}))
-    async with pipeline(env, standins, stage("flaky"), hopeless, stage("refused")) as handle:
+    # (a self-healing stage leaves TestsFailed to its skill, which allows a retry only to re-run the failed tests)
+    refused = stage("refused", self_heal="suggest")
+    async with pipeline(env, standins, stage("flaky"), hopeless, refused) as handle:
         result = await failed(handle)
     stages = by_name(result.stages)
     # Then the flaky one succeeded on attempt 3, in one sandbox

@@ -90,7 +90,7 @@ def failure(step: str, result: ExecResult, ctx: SkillContext, cmd: Commands, *, 
     if network == "none" and ("network was disabled" in result.output or _NETWORK.search(result.output)):
         return SkillError(f"{step} needs the package index, but the stage has no network: set the stage's "
                           f"`sandbox: {{network: packages}}` ({why})", error_type=error_type, non_retryable=True,
-                          output={"failed_step": step, **(output or {})}, log_tail=cmd.log_tail)
+                          output={"failed_step": step, "offline": True, **(output or {})}, log_tail=cmd.log_tail)
     unreachable = bool(_NETWORK.search(result.output)) and not _RESOLUTION.search(why)
     return SkillError(f"{step} failed: {why}", error_type="PackageIndexUnreachable" if unreachable else error_type,
                       non_retryable=not unreachable, output={"failed_step": step, **(output or {})},

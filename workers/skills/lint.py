@@ -1,6 +1,13 @@
 """The ``lint`` skill: ``ruff check`` with the repository's own configuration.
 
-Inputs: ``fail_on_findings`` (default false): fail the stage when ruff reports anything.
+A self-healing stage (``self_heal: apply``) that fails on findings ruff can fix is retried with the ``ruff_fix``
+remedy (``propose_fix: true``): the retry attaches ``ruff check --fix``'s changes, made on a copy, as a proposed
+patch (``workers/skills/lint_fix.py``). The rule: a proposal never changes the verdict. The stage judges the
+repository as given, so it still fails while findings remain there, with the patch in its output for a person to
+apply; nothing is written to the repository or pushed.
+
+Inputs: ``fail_on_findings`` (default false): fail the stage when ruff reports anything; ``propose_fix`` (default
+false): attach ruff's safe fixes as a patch.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from devart.core.contracts import StageResult
 from devart.core.errors import SkillError
 from devart.workers.skills.base import SkillContext
 from devart.workers.skills.common import DATA_OUTPUT_CAP, Commands, input_bool, input_float, tail
+from devart.workers.skills.lint_fix import propose_fix
 
 #: Directories devart itself writes into a workspace; they are never the repository's code.
 DEVART_DIRS = ".devart,.devart-venv"
@@ -61,10 +69,19 @@ async def run(ctx: SkillContext) -> StageResult:
     by_severity = dict(Counter(f["severity"] for f in findings))
     codes = ", ".join(f"{code} x{count}" if count > 1 else code for code, count in by_code.items())
     summary = f"{len(findings)} ruff findings ({codes})" if findings else "no ruff findings"
-    output = {"findings": findings, "counts": by_code, "by_severity": by_severity, "total": len(findings)}
+    fixable = sum(f["fixable"] for f in findings)
+    output: dict[str, Any] = {"findings": findings, "counts": by_code, "by_severity": by_severity,
+                              "total": len(findings), "fixable": fixable}
+    proposed = input_bool(ctx, "propose_fix") and fixable > 0
+    if proposed:
+        patch = output["proposed_patch"] = await propose_fix(ctx, cmd, DEVART_DIRS)
+        summary += (f"; ruff --fix proposes a patch to {len(patch['files'])} files leaving {patch['remaining']} "
+                    "findings (not applied)")
     if fail_on_findings and findings:
-        raise SkillError(f"lint failed: {summary}", error_type="LintFailed", non_retryable=True, output=output,
-                         log_tail=cmd.log_tail)
+        # Worth a retry only to propose the fixes (the retry still fails: the repository is judged as given).
+        healable = ctx.task.self_heal == "apply" and fixable and not proposed
+        raise SkillError(f"lint failed: {summary}", error_type="LintFailed", non_retryable=not healable,
+                         output=output, log_tail=cmd.log_tail)
     return StageResult(status="succeeded", summary=summary, output=output, log_tail=cmd.log_tail,
                        usage=cmd.usage())
 
@@ -84,5 +101,7 @@ def _finding(item: dict[str, Any], workspace: str) -> dict[str, Any]:
     if posixpath.isabs(filename):
         filename = posixpath.relpath(filename, workspace)
     location = item.get("location") or {}
+    fix = item.get("fix") or {}
     return {"file": filename, "line": location.get("row", 0), "column": location.get("column", 0),
-            "code": code, "message": item.get("message", ""), "severity": severity(code)}
+            "code": code, "message": item.get("message", ""), "severity": severity(code),
+            "fixable": fix.get("applicability") == "safe"}  # what ``ruff check --fix`` applies

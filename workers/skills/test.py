@@ -9,11 +9,15 @@ put there. Counts come from pytest's statistics (``workers/skills/pytest_report.
 closing line.
 
 A failing test fails the stage; so does a collection error (naming the missing module when that is the cause),
-and neither is retried: a rerun would fail the same way. An unreachable package index and a timed-out run are
-retried.
+and neither is retried blindly: a rerun of everything would fail the same way, or pass and hide a flaky test. A
+self-healing stage (``self_heal: apply``) may retry failed tests whose node ids the report holds: the retry gets
+the ``rerun_failed_tests`` remedy and re-runs only those (``workers/skills/reruns.py``), naming each flaky or
+broken. An unreachable package index and a timed-out run are retried.
 
 Inputs: ``pytest_args`` (a string split like a shell would, may be empty), ``path`` (the project folder inside
-the repository), ``timeout`` (seconds, default 600), ``exclude_newer`` (a date: resolve as the index was then).
+the repository), ``timeout`` (seconds, default 600), ``exclude_newer`` (a date: resolve as the index was then),
+``rerun_tests`` (node ids: run only these, up to ``rerun_times`` times, default 2, and tell flaky from broken;
+set by the remedy, kept beside ``pytest_args``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 
 from devart.core.contracts import StageResult
 from devart.core.errors import SkillError
+from devart.domain.remedies import failed_test_ids
 from devart.sandboxes import artifacts
-from devart.workers.skills import project_deps, pytest_report
+from devart.sandboxes.base import ExecResult
+from devart.workers.skills import project_deps, pytest_report, reruns
 from devart.workers.skills.base import SkillContext
 from devart.workers.skills.common import Commands, input_float, input_subdir, invalid_input
 from devart.workers.skills.environments import create_venv, freeze, install
@@ -78,24 +84,20 @@ async def run(ctx: SkillContext) -> StageResult:
     environment = {"tested": tested, "sources": deps["sources"], "extras": deps["extras"],
                    "installed": await freeze(ctx, cmd, python)}
 
-    argv = [python, "-P", "-c", _PYTEST_REPORT, f"{workspace}/{REPORT_PATH}", project, "-q", "-rfE",
-            "-p", "no:cacheprovider", *extra]
+    argv = pytest_argv(python, workspace, project, extra)
+    if rerun := reruns.requested(ctx):
+        return await reruns.rerun(ctx, cmd, argv, rerun, timeout=timeout, environment=environment)
     result = await cmd.run("pytest", argv, timeout=timeout)
-    report = _load_report(await cmd.read_text(REPORT_PATH)) if not result.timed_out else None
+    report = load_report(await cmd.read_text(REPORT_PATH)) if not result.timed_out else None
     if report is None:
-        # No session: timed out (worth a retry), or refused to start: a usage error or a conftest that does not
-        # import (deterministic, so not).
-        deterministic = not result.timed_out and result.exit_code in (EXIT_INTERRUPTED, 3, 4)
-        why = (f"timed out after {timeout:g}s" if result.timed_out
-               else f"pytest exited with code {result.exit_code}: {_startup_error(result.output)}")
-        raise SkillError(f"test run error: {why}"[:600], error_type="TestRunError", non_retryable=deterministic,
-                         output={"exit_code": result.exit_code, "timed_out": result.timed_out,
-                                 "environment": environment}, log_tail=cmd.log_tail)
+        raise no_session(result, timeout, environment, cmd)
     report.update(duration=round(result.duration, 3), exit_code=result.exit_code, environment=environment)
     summary = summarize(report)
     code = result.exit_code
     if code == EXIT_TESTS_FAILED:
-        raise SkillError(f"tests failed: {summary}", error_type="TestsFailed", non_retryable=True,
+        # Worth a retry only where the remedy can re-run exactly these tests (a self-healing stage).
+        rerunnable = ctx.task.self_heal == "apply" and failed_test_ids(report) is not None
+        raise SkillError(f"tests failed: {summary}", error_type="TestsFailed", non_retryable=not rerunnable,
                          output=report, log_tail=cmd.log_tail)
     if code not in (EXIT_OK, EXIT_NO_TESTS) or report["errors"]:
         raise _run_error(code, report, summary, cmd)
@@ -103,6 +105,23 @@ async def run(ctx: SkillContext) -> StageResult:
         summary = "no tests were collected"
     return StageResult(status="succeeded", summary=summary, output=report, log_tail=cmd.log_tail,
                        usage=cmd.usage())
+
+
+def pytest_argv(python: str, workspace: str, project: str, extra: list[str]) -> list[str]:
+    """pytest through the report plugin, in the project's environment, with the task's own arguments."""
+    return [python, "-P", "-c", _PYTEST_REPORT, f"{workspace}/{REPORT_PATH}", project, "-q", "-rfE",
+            "-p", "no:cacheprovider", *extra]
+
+
+def no_session(result: ExecResult, timeout: float, environment: dict[str, Any], cmd: Commands) -> SkillError:
+    """The error for a pytest run that wrote no report: timed out (worth a retry), or refused to start: a usage
+    error or a conftest that does not import (deterministic, so not)."""
+    deterministic = not result.timed_out and result.exit_code in (EXIT_INTERRUPTED, 3, 4)
+    why = (f"timed out after {timeout:g}s" if result.timed_out
+           else f"pytest exited with code {result.exit_code}: {_startup_error(result.output)}")
+    return SkillError(f"test run error: {why}"[:600], error_type="TestRunError", non_retryable=deterministic,
+                      output={"exit_code": result.exit_code, "timed_out": result.timed_out,
+                              "environment": environment}, log_tail=cmd.log_tail)
 
 
 def _run_error(code: int, report: dict[str, Any], summary: str, cmd: Commands) -> SkillError:
@@ -134,7 +153,7 @@ def _startup_error(output: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def _load_report(text: str | None) -> dict[str, Any] | None:
+def load_report(text: str | None) -> dict[str, Any] | None:
     """The plugin's JSON report, or None when pytest never got to write it."""
     if not text:
         return None
