@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from devart.core.contracts import BUILTIN_SKILLS, SandboxHandle, SandboxSpec, Source, StageResult, TaskDetail
+from devart.core.contracts import (
+    BUILTIN_SKILLS,
+    SandboxHandle,
+    SandboxSpec,
+    Source,
+    StageResult,
+    TaskDetail,
+    TaskHint,
+)
 from devart.core.errors import SkillError
 from devart.sandboxes.base import Sandbox
 from devart.workers.skills.base import SkillContext
@@ -394,6 +402,36 @@ async def test_review_merges_model_findings_and_counts_tokens(
     sent = _FakeOpenAI.requests[-1]
     assert sent["response_format"] == {"type": "json_object"}
     assert "breakpoint()" in sent["messages"][1]["content"]  # the diff went to the model
+
+
+#: A retry's knowledge-base hints: guidance, a remedy that worked, and one with neither.
+HINTS = [
+    TaskHint(entry_id=7, guidance="slugify must stay pure: flag any I/O in it", similarity=0.91, success_rate=0.8),
+    TaskHint(entry_id=9, remedy="more_memory", parameters={"factor": 2}, similarity=0.5, success_rate=0.6),
+    TaskHint(entry_id=11, similarity=0.4, success_rate=0.5),
+]
+
+
+async def test_the_review_prompt_carries_the_retrys_hints(
+        sandbox: Sandbox, provision: Provision, git_sample: Path, fake_openai: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a review retry whose task carries the knowledge base's hints, and a model
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai)
+    handle = await provision(git_sample)
+    retry = task(handle, "review", {"model": "review-model"}, attempt=2).model_copy(update={"hints": HINTS})
+    # When it runs
+    result = await get_skill("review")(SkillContext(retry, sandbox, python=sys.executable))
+    # Then the model was asked with the guidance and the remedy that worked, ahead of the change itself
+    assert result.output["reviewer"] == "model"
+    prompt = _FakeOpenAI.requests[-1]["messages"][1]["content"]
+    assert "- similarity 0.91, success rate 0.80: slugify must stay pure: flag any I/O in it\n" in prompt
+    assert '- similarity 0.50, success rate 0.60: remedy that worked: more_memory {"factor": 2}\n' in prompt
+    assert prompt.count("- similarity") == 2  # a hint with nothing to say is left out
+    assert prompt.index("Knowledge base:") < prompt.index("Static findings:") < prompt.index("breakpoint()")
+    # And a first attempt's prompt has no such section
+    await run_skill(sandbox, handle, "review", {"model": "review-model"})
+    assert "Knowledge base:" not in _FakeOpenAI.requests[-1]["messages"][1]["content"]
 
 
 async def test_review_falls_back_to_static_when_the_model_fails(

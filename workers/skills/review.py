@@ -2,7 +2,9 @@
 
 Inputs: ``base`` (ref to diff against; ``HEAD~1`` when empty and it exists) and ``model`` (default from
 ``DEVART_REVIEW_MODEL``, else ``gpt-4o-mini``). Without git history every file is reviewed. The review reports
-findings; it never fails because of them.
+findings; it never fails because of them. A retry's knowledge-base hints (the guidance and remedies of similar
+past failures, ``ctx.task.hints``) go into the model's prompt: the model is the part of this skill that can use
+written guidance.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devart.core import settings
-from devart.core.contracts import StageResult
+from devart.core.contracts import StageResult, TaskHint
 from devart.core.errors import SkillError
 from devart.workers.skills.base import SkillContext
 from devart.workers.skills.common import DATA_OUTPUT_CAP, Commands, invalid_input, tail
@@ -106,7 +108,8 @@ async def run(ctx: SkillContext) -> StageResult:
         model = str(ctx.task.inputs.get("model") or cfg.devart_review_model)
         ctx.progress(f"asking {model} for a review")
         try:
-            model_findings = await _model_review(model, material, findings, usage.model_tokens)
+            model_findings = await _model_review(model, material, findings, usage.model_tokens,
+                                                 hints=ctx.task.hints)
             findings += [{**f, "source": "model", "in_diff": bool(base)} for f in model_findings]
             reviewer = "model"
         except Exception as exc:  # any failure of the model falls back to the static review, and says so
@@ -236,13 +239,32 @@ def _is_test(path: str) -> bool:
             or bool({"tests", "test"} & set(path.split("/")[:-1])))
 
 
-async def _model_review(model: str, material: str, static: list[dict[str, Any]],
-                        tokens: dict[str, int]) -> list[dict[str, Any]]:
+def hints_prompt(hints: list[TaskHint]) -> str:
+    """The knowledge base's hints as a prompt section ("" without any): each similar past failure's guidance and
+    the remedy that fixed it, with how similar and how reliable it is, so the model can weigh them."""
+    lines = []
+    for hint in hints:
+        said = [hint.guidance.strip()] if hint.guidance and hint.guidance.strip() else []
+        if hint.remedy:
+            said.append(f"remedy that worked: {hint.remedy}"
+                        + (f" {json.dumps(hint.parameters, sort_keys=True)}" if hint.parameters else ""))
+        if said:
+            lines.append(f"- similarity {hint.similarity:.2f}, success rate {hint.success_rate:.2f}: "
+                         + "; ".join(said))
+    if not lines:
+        return ""
+    return ("Knowledge base: an earlier attempt of this stage failed; similar past failures were resolved as "
+            "follows (use what applies, ignore what does not):\n" + "\n".join(lines) + "\n\n")
+
+
+async def _model_review(model: str, material: str, static: list[dict[str, Any]], tokens: dict[str, int], *,
+                        hints: list[TaskHint] | None = None) -> list[dict[str, Any]]:
     """The model's findings on ``material``; its token use is added to ``tokens`` even if its answer is bad."""
     from openai import AsyncOpenAI  # imported here: an agent without a key never needs it
 
     known = [{k: f[k] for k in ("file", "line", "rule", "message")} for f in static]
-    user = f"Static findings:\n{json.dumps(known)}\n\nChange:\n{material[:MODEL_INPUT_CHARS]}"
+    user = (f"{hints_prompt(hints or [])}Static findings:\n{json.dumps(known)}\n\n"
+            f"Change:\n{material[:MODEL_INPUT_CHARS]}")
     cfg = settings.model()
     key = cfg.openai_api_key.get_secret_value() if cfg.openai_api_key else None
     async with AsyncOpenAI(api_key=key, base_url=cfg.openai_base_url or None, timeout=MODEL_TIMEOUT,
