@@ -2,8 +2,8 @@
 
 Seeded failure scenarios of several kinds (``bench.selfheal_scenarios``: real small repositories that run out of
 memory, fork too many processes, run past their command limit, have a flaky test, a fixable lint finding, a build
-backend out of reach offline, and a control no remedy can fix) run on a stack of the benchmark's own
-(``bench.stack``, the agents loading the noop plugin next to the built-in skills):
+backend out of reach offline, and two controls no remedy can fix: a check and a test with a real bug) run on a
+stack of the benchmark's own (``bench.stack``, the agents loading the noop plugin next to the built-in skills):
 
 1. **warm-up**: the first scenarios of each kind run once with ``self_heal: apply``, filling the knowledge base
    with what the learning loop learns from them;
@@ -39,17 +39,17 @@ from bench import stack as bench_stack
 from bench.report import RESULTS, progress
 from bench.selfheal_report import goals, render
 from bench.selfheal_runs import Outcome, knowledge_size, newest_entry, run, top_hints
-from bench.selfheal_scenarios import KINDS, Scenario, scenarios, split
+from bench.selfheal_scenarios import KINDS, Scenario, is_control, scenarios, split
 
 #: Scenarios per kind, warm-up scenarios per kind, agents × tasks each, pairs of held-out runs at once; the
 #: knowledge-base search's size.
 FULL: dict[str, Any] = {"kinds": list(KINDS), "per_kind": 4, "warmup": 2, "agents": 2, "concurrency": 4,
                         "parallel": 2, "entries": 100_000, "queries": 1000, "base": 400, "ef": [40, 64, 100]}
-#: A slice for the smoke test: kinds whose stages need no package index, one scenario each to learn from and one
-#: held out (the control: two held out), and a small knowledge base for the search.
-QUICK: dict[str, Any] = {"kinds": ["memory", "processes", "timeout", "control"], "per_kind": 2, "warmup": 1,
-                         "agents": 1, "concurrency": 4, "parallel": 3, "entries": 2000, "queries": 60, "base": 20,
-                         "ef": [40]}
+#: A slice for the smoke test: the resource kinds, one scenario each to learn from and one held out, one of each
+#: control, and a small knowledge base for the search.
+QUICK: dict[str, Any] = {"kinds": ["memory", "processes", "timeout", "control", "broken_test"], "per_kind": 2,
+                         "warmup": 1, "agents": 1, "concurrency": 4, "parallel": 3, "entries": 2000, "queries": 60,
+                         "base": 20, "ef": [40]}
 
 
 async def held_out(api: httpx.AsyncClient, held: list[Scenario], capability: str, tag: str,
@@ -73,7 +73,7 @@ async def on_stack(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     stack = bench_stack.start()
     try:
         # In the stack's state folder: where its runs may take local sources from, removed with it.
-        made = scenarios(seed, stack.state / "repos", cfg["kinds"], cfg["per_kind"])
+        made = scenarios(seed, stack.state / "repos", cfg["kinds"], cfg["per_kind"], cfg["warmup"])
         warm, held = split(made, cfg["warmup"])
         await bench_stack.start_agents(stack, cfg["agents"], cfg["concurrency"])
         tag = uuid.uuid4().hex[:4]
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"knowledge-base search over {cfg['entries']:,} entries")
     figures["search"] = search_at_scale(cfg, args.seed)
     figures["available"] = {k: KINDS[k].available for k in cfg["kinds"]}
+    figures["controls"] = [k for k in cfg["kinds"] if is_control(k)]
     figures["goals"] = goals(figures)
     figures["settings"] = {**cfg, "seed": args.seed, "quick": args.quick, "seconds": round(time.monotonic() - started)}
     print(render(figures))

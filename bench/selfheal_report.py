@@ -1,7 +1,7 @@
 """The self-healing benchmark's figures read against the issue's goals, and printed as Markdown tables.
 
-Success rates count the held-out scenarios a remedy could fix (every kind but the control); the control is
-reported on its own, since it must fail in both modes. A ratio with no blind success is infinite when the assisted
+Success rates count the held-out scenarios a remedy could fix (every kind but the controls); the controls are
+reported on their own, since they must fail in both modes. A ratio with no blind success is infinite when the assisted
 mode healed anything, and is printed so rather than as a large number.
 """
 
@@ -56,8 +56,8 @@ def best_arm(search: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def goals(figures: dict[str, Any]) -> dict[str, Any]:
     """The headline figures and whether each goal was met."""
-    healable = [p for p in figures["held_out"] if p["blind"]["kind"] != "control"]
-    controls = [p for p in figures["held_out"] if p["blind"]["kind"] == "control"]
+    healable = [p for p in figures["held_out"] if p["blind"]["kind"] not in figures["controls"]]
+    controls = [p for p in figures["held_out"] if p["blind"]["kind"] in figures["controls"]]
     blind = _rate([p["blind"] for p in healable])
     assisted = _rate([p["assisted"] for p in healable])
     ratio = _ratio(assisted, blind)
@@ -106,14 +106,14 @@ def render(figures: dict[str, Any]) -> str:
     lines += [f"| {arm} | {v['p50_ms']} | {v['p99_ms']} | {v['recall']} |" for arm, v in search["arms"].items()]
     yes = {True: "yes", False: "**no**"}
     lines += ["", "| goal (issue 15) | measured | met |", "| --- | --- | --- |",
-              f"| assisted success ≥ 2 × blind ({g['held_out']} held-out scenarios, control excluded) | "
+              f"| assisted success ≥ 2 × blind ({g['held_out']} held-out scenarios, controls excluded) | "
               f"assisted {g['assisted_rate']:.2f}, blind {g['blind_rate']:.2f}: {_fmt_ratio(g['ratio'])} | "
               f"{yes[g['ratio_met']]} |",
               f"| right remedy in the top 3 hints ≥ {GOAL_TOP3} | {g['top3']:.2f} of {g['top3_searched']} | "
               f"{yes[g['top3_met']]} |",
               f"| search p99 ≤ {GOAL_P99_MS:g} ms, recall ≥ {GOAL_RECALL} ({g['search_arm']}) | "
               f"{g['search_p99_ms']} ms, recall {g['search_recall']} | {yes[g['search_met']]} |",
-              f"| deterministic control fails in both modes | {g['controls']} control(s) | "
+              f"| deterministic controls fail in both modes | {g['controls']} control(s) | "
               f"{yes[g['control_failed_both']]} |",
               "", f"Remedies applied on held-out runs: {g['remedies_applied']} assisted "
               f"({g['remedies_from_knowledge']} named by a knowledge entry, the others built-in for the failure's "

@@ -3,9 +3,10 @@
 Each kind writes a repository whose stage fails on its first attempt the way real projects do (a test fixture that
 needs more memory than the stage's sandbox gives, a test harness that forks more workers than its process limit, a
 step slower than the stage's command limit, a test that fails only on a cold cache, an unused import under a lint
-stage that fails on findings, a build backend the offline sandbox cannot fetch), and a deterministic failure no
-remedy can fix, the control. Names, sizes, counts, paths and texts come from a seeded ``random.Random``, so two
-scenarios of one kind fail with signatures that differ but read alike, and a seed gives the same set again.
+stage that fails on findings, a build backend the offline sandbox cannot fetch), and two controls no remedy can
+fix: a check with a real bug, and a test with one (which re-running the failed tests must not pass). Names,
+sizes, counts, paths and texts come from a seeded ``random.Random``, so two scenarios of one kind fail with
+signatures that differ but read alike, and a seed gives the same set again.
 
 A kind names the remedy that is right for it. Whether devart has that remedy yet is read from ``domain.remedies``
 at run time (``available``), so a kind whose remedy lands later is measured as it is, without changing this file:
@@ -174,8 +175,27 @@ def build_offline(rng: random.Random, root: Path, word: str) -> tuple[dict[str, 
     return {}, {"network": "none"}, f"{backend} offline"
 
 
+def broken_test(rng: random.Random, root: Path, word: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A control: a test with a real bug, failing on every run; re-running it (rerun_failed_tests) must not pass
+    the stage."""
+    rate, cents = rng.choice([7, 13, 19, 21]), rng.randint(101, 999)
+    _write(root, {f"tests/test_{word}_totals.py": f'''
+        def {word}_tax(cents: int) -> int:
+            return cents * {rate} // 100  # the bug: rounds down where the ledger rounds half up
+
+
+        def test_{word}_tax_is_rounded_half_up():
+            assert {word}_tax({cents}) == round({cents} * {rate} / 100 + 0.5)
+
+
+        def test_{word}_tax_of_nothing():
+            assert {word}_tax(0) == 0
+        '''})
+    return {}, {"network": "packages"}, f"a real bug in tests/test_{word}_totals.py"
+
+
 def broken(rng: random.Random, root: Path, word: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """The control: a check that fails on every attempt whatever its limits; no remedy may make it pass."""
+    """A control: a check that fails on every attempt whatever its limits; no remedy may make it pass."""
     want, got = rng.randint(10, 99), rng.randint(100, 999)
     _write(root, {f"checks/verify_{word}.py": f'''
         """Checks the {word} totals against the ledger: a real bug, wrong on every run."""
@@ -187,7 +207,8 @@ def broken(rng: random.Random, root: Path, word: str) -> tuple[dict[str, Any], d
             f"a real bug in checks/verify_{word}.py")
 
 
-#: Every kind, the control last. The remedy names of kinds not built yet are the ones the issue asks for.
+#: Every kind, the controls (no right remedy) last. The remedy names of kinds not built yet are the ones the issue
+#: asks for.
 KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("memory", "more_memory", "noop", memory),
     Kind("processes", "more_processes", "noop", processes),
@@ -196,18 +217,24 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("lint", "ruff_fix", "lint", lint),
     Kind("build", "build_without_isolation", "build", build_offline),
     Kind("control", None, "noop", broken),
+    Kind("broken_test", None, "test", broken_test, needs_packages=True),
 ]}
 
 
-def scenarios(seed: int, root: Path, kinds: list[str], per_kind: int) -> list[Scenario]:
-    """``per_kind`` scenarios of each of ``kinds``, their repositories written under ``root``; the same seed gives
-    the same scenarios."""
+def is_control(kind: str) -> bool:
+    """Whether ``kind`` is a control: a failure no remedy is right for, which must fail in both modes."""
+    return KINDS[kind].expected_remedy is None
+
+
+def scenarios(seed: int, root: Path, kinds: list[str], per_kind: int, warmup: int) -> list[Scenario]:
+    """``per_kind`` scenarios of each of ``kinds`` (of a control, only the ``per_kind - warmup`` a kind holds out:
+    a control has nothing to teach), their repositories written under ``root``; a seed gives the same set again."""
     rng = random.Random(seed)
     words = rng.sample(WORDS, len(WORDS))
     made: list[Scenario] = []
     for name in kinds:
         kind = KINDS[name]
-        for i in range(per_kind):
+        for i in range(max(1, per_kind - warmup) if is_control(name) else per_kind):
             word = words[len(made) % len(words)]
             if len(made) >= len(words):
                 word = f"{word}{len(made) // len(words)}"
@@ -220,12 +247,12 @@ def scenarios(seed: int, root: Path, kinds: list[str], per_kind: int) -> list[Sc
 
 
 def split(made: list[Scenario], warmup: int) -> tuple[list[Scenario], list[Scenario]]:
-    """The first ``warmup`` scenarios of each kind fill the knowledge base; the rest are held out. The control is
+    """The first ``warmup`` scenarios of each kind fill the knowledge base; the rest are held out. A control is
     held out whole: it teaches nothing (no remedy succeeds for it) and is there to fail."""
     seen: dict[str, int] = {}
     warm: list[Scenario] = []
     held: list[Scenario] = []
     for scenario in made:
         seen[scenario.kind] = seen.get(scenario.kind, 0) + 1
-        (warm if scenario.kind != "control" and seen[scenario.kind] <= warmup else held).append(scenario)
+        (warm if not is_control(scenario.kind) and seen[scenario.kind] <= warmup else held).append(scenario)
     return warm, held
