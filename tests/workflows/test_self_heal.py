@@ -69,6 +69,7 @@ async def test_out_of_memory_is_healed_and_the_fix_learned(
     second = await wait_run(api, await start(api, name, tmp_path), deadline=180)
     # Then the learned entry heals it, and its record counts the success
     assert second["status"] == "succeeded", second
+    assert await closed_status(temporal, second["run_id"])  # learn_from_stage counts the outcome before it closes
     healed = second["stages"][0]["result"]["remedies"]
     assert len(healed) == 1 and healed[0]["entry_id"] is not None
     record = sql("SELECT applied, succeeded FROM knowledge_entries WHERE id = :i", i=healed[0]["entry_id"])[0]
