@@ -103,7 +103,9 @@ def render(figures: dict[str, Any]) -> str:
     lines += ["", f"Knowledge-base search over {search['entries']:,} entries, k = {search['k']}, "
               f"{search['queries']} queries per arm:", "",
               "| arm | p50 ms | p99 ms | recall@10 |", "| --- | ---: | ---: | ---: |"]
-    lines += [f"| {arm} | {v['p50_ms']} | {v['p99_ms']} | {v['recall']} |" for arm, v in search["arms"].items()]
+    arms = sorted(search["arms"], key=lambda a: (a != "exact", int(a[3:]) if a.startswith("ef=") else 0))
+    lines += [f"| {arm} | {search['arms'][arm]['p50_ms']} | {search['arms'][arm]['p99_ms']} | "
+              f"{search['arms'][arm]['recall']} |" for arm in arms]
     yes = {True: "yes", False: "**no**"}
     lines += ["", "| goal (issue 15) | measured | met |", "| --- | --- | --- |",
               f"| assisted success ≥ 2 × blind ({g['held_out']} held-out scenarios, controls excluded) | "
