@@ -140,9 +140,14 @@ async def learn_from_stage(inp: LearnInput) -> None:
                 await knowledge.record_outcome(s, remedy.entry_id, applied=True, succeeded=succeeded)
                 entry = await knowledge.get_entry(s, remedy.entry_id)
                 same_entry = signature is not None and entry.digest == signature.digest()
-            if succeeded and signature is not None and not same_entry:
+            if signature is None or same_entry:
+                continue
+            if succeeded:
                 await knowledge.learn(s, signature, remedy.name, remedy.parameters, None, inp.run_id,
                                       remedy.attempt, context=_context(inp))
+            elif remedies.effective(remedy.name, succeeded, _output(row)):
+                await knowledge.learn_diagnosis(s, signature, remedy.name, remedy.parameters, inp.run_id,
+                                                remedy.attempt, context=_context(inp))
         last = rows[-1] if rows else None
         if inp.status == "failed" and last is not None and (signature := signature_of(last, inp.skill)):
             await knowledge.record_failure(s, signature, FailureContext(pipeline=inp.pipeline, stage=inp.stage),

@@ -30,8 +30,10 @@ WORDS = ["slugify", "invoice", "tokenizer", "scheduler", "billing", "render", "g
          "search", "upload", "router", "metrics", "locale", "digest", "profile", "ingest", "report", "cache",
          "ticket", "shipping", "inventory", "checkout", "audit", "backlog", "calendar"]
 MODULES = ["core", "models", "service", "api", "storage", "jobs", "util", "views"]
-BACKENDS = [("hatchling", "hatchling.build"), ("flit_core", "flit_core.buildapi"),
-            ("pdm-backend", "pdm.backend"), ("poetry-core", "poetry.core.masonry.api")]
+#: Backends the agent's own environment has: an isolated build cannot fetch them offline, a build without isolation
+#: finds them. (A backend the agent lacks too is out of any remedy's reach: the build fails naming it, a control in
+#: all but name, so the benchmark leaves it to the remedy's own test.)
+BACKENDS = [("hatchling", "hatchling.build"), ("setuptools>=61", "setuptools.build_meta")]
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,21 @@ REMEDIES: dict[str, tuple[Remedy, frozenset[str]]] = {
 DIAGNOSTIC: frozenset[str] = frozenset({"rerun_failed_tests", "ruff_fix"})
 
 
+def effective(name: str, succeeded: bool, output: Mapping[str, Any]) -> bool:
+    """Whether a remedy did what it is for, on the attempt it was applied to. A fix works when that attempt
+    succeeded. A diagnosis (``DIAGNOSTIC``) works when the skill delivered it, even as the stage rightly still fails:
+    a flaky-or-broken verdict on the re-run tests, a patch of ruff's fixes. Either way the pair (this failure, this
+    remedy) is worth knowing for the next such failure."""
+    if succeeded:
+        return True
+    if name == "rerun_failed_tests":
+        return isinstance(output.get("rerun"), dict)
+    if name == "ruff_fix":
+        patch = output.get("proposed_patch")
+        return isinstance(patch, dict) and bool(patch.get("diff"))
+    return False
+
+
 def answering(error_type: str) -> list[str]:
     """The built-in remedies for an error type, in the order they are tried when no entry knows better."""
     return [name for name, (_, kinds) in REMEDIES.items() if error_type in kinds]

@@ -170,6 +170,18 @@ async def learn(session: AsyncSession, failure_signature: Signature, remedy: str
                                  success=True, embedder=embedder)
 
 
+async def learn_diagnosis(session: AsyncSession, failure_signature: Signature, remedy: str,
+                          parameters: Mapping[str, Any] | None, run_id: str | None, attempt: int | None,
+                          *, context: FailureContext | Mapping[str, Any] | None = None,
+                          embedder: Embedder | None = None) -> int:
+    """Record that ``remedy`` diagnosed this failure (a flaky-or-broken verdict, a proposed patch) while the attempt
+    still, rightly, failed: an entry that names the remedy for the next such failure, keyed like ``learn``'s, with no
+    success counted that did not happen. Returns the entry's id."""
+    return await _upsert_learned(session, failure_signature, context=_context(context), remedy=remedy,
+                                 parameters=parameters or {}, guidance=None, run_id=run_id, attempt=attempt,
+                                 success=False, embedder=embedder)
+
+
 async def add_entry(session: AsyncSession, signature: Signature, *, remedy: str | None = None,
                     parameters: Mapping[str, Any] | None = None, guidance: str | None = None,
                     context: FailureContext | Mapping[str, Any] | None = None, author: str,

@@ -46,3 +46,12 @@ def test_no_blind_rerun_without_the_whole_list() -> None:
     assert remedies.failed_test_ids(report(("t.py", "collection error"))) is None
     assert remedies.failed_test_ids({"failed": 1}) is None
     assert remedies.apply("rerun_failed_tests", task(), {}, failure=Failure("TestsFailed")) is None
+
+
+def test_a_fix_works_when_the_attempt_succeeds_a_diagnosis_when_delivered() -> None:
+    assert remedies.effective("more_memory", True, {})
+    assert not remedies.effective("more_memory", False, {"anything": 1})
+    assert remedies.effective("rerun_failed_tests", False, {"rerun": {"tests": ["t::a"]}, "broken": ["t::a"]})
+    assert not remedies.effective("rerun_failed_tests", False, {})
+    assert remedies.effective("ruff_fix", False, {"proposed_patch": {"diff": "--- a/x.py", "applied": False}})
+    assert not remedies.effective("ruff_fix", False, {"proposed_patch": {"diff": ""}})

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import noop_stage, publish, start, unique, wait_run
-from tests.stack import Stack
+from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
+from tests.stack import Stack, sql
 
 
 def attempts(stage: dict[str, Any]) -> list[tuple[str, str]]:
@@ -190,3 +190,10 @@ async def test_fixable_lint_findings_get_a_proposed_patch_and_the_stage_still_fa
     assert "--- a/app.py\n+++ b/app.py\n" in patch["diff"] and "\n-import os\n" in patch["diff"]
     assert "ruff --fix proposes a patch to 1 files leaving 1 findings (not applied)" in stage["error"]
     assert (repo / "app.py").read_text() == LINTED
+    # And the knowledge base learned the pair for the next such failure, counting no success that did not happen
+    async def entries() -> list[dict[str, Any]] | None:
+        return sql("SELECT remedy, applied, succeeded FROM knowledge_entries WHERE run_id = :r AND remedy IS NOT "
+                   "NULL", r=run["run_id"]) or None
+
+    learned = await poll(entries, deadline=30, what="the diagnosis to be learned")
+    assert [(e["remedy"], e["applied"], e["succeeded"]) for e in learned] == [("ruff_fix", 0, 0)]
