@@ -208,8 +208,9 @@ async def similar(session: AsyncSession, signature_or_text: Signature | str, *, 
                   ef_search: int = vectors.EF_SEARCH) -> list[Hint]:
     """The ``k`` best hints for a failure (a ``Signature``) or a text a person typed, best first.
 
-    Exact matches of a signature's digest come first, then the nearest entries under the embedder's model, ranked
-    by ``similarity × success rate`` (module docstring). ``kinds`` keeps only entries whose remedy is one of those
+    Exact matches of a signature's digest come first, then the nearest entries under the embedder's model: for a
+    signature, those of its error type before the others, each group ranked by ``similarity × success rate``
+    (module docstring). ``kinds`` keeps only entries whose remedy is one of those
     names (what a stage can apply); None keeps guidance-only entries too. Reads only: suggesting a hint is counted
     by ``record_outcome``."""
     if k < 1:
@@ -241,7 +242,10 @@ async def similar(session: AsyncSession, signature_or_text: Signature | str, *, 
     taken = {h.entry_id for h in exact}
     ranked = [_hint(entry, 1.0 - float(gap), False) for entry, gap in (await session.execute(nearest)).all()
               if entry.id not in taken]
-    ranked.sort(key=lambda h: (-h.score, -h.similarity, h.entry_id))
+    # A failure of the same error type comes before any of another type, however close the texts read: the type is
+    # the signature's structured part (an out-of-memory hint says nothing about a lint failure), the text its prose.
+    same_type = signature.error_type if signature is not None else None
+    ranked.sort(key=lambda h: (h.error_type != same_type, -h.score, -h.similarity, h.entry_id))
     return [*exact, *ranked][:k]
 
 

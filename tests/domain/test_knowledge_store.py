@@ -147,6 +147,22 @@ async def test_a_remedy_that_keeps_failing_ranks_below_one_that_works(org: str) 
     assert hints[0].record.rate == pytest.approx(5 / 6) and hints[1].record.rate == pytest.approx(1 / 6)
 
 
+async def test_a_failure_of_the_same_type_ranks_above_a_closer_text_of_another(org: str) -> None:
+    # A lint failure's diagnosis with a poor record, and a well-recorded remedy of a resource failure
+    lint = Signature("lint", "LintFailed", "lint failed: 3 ruff findings (F401 x2, E722); 2 fixable")
+    oom = Signature("lint", "OutOfMemory", "lint failed: ruff was killed: out of memory (limit 128 MiB)")
+    async with acting(org) as session:
+        patch = await store.learn_diagnosis(session, lint, "ruff_fix", {}, "run-1", 2)
+        await store.record_outcome(session, patch, applied=True, succeeded=False)
+        memory = await store.learn(session, oom, "more_memory", {}, None, "run-2", 2)
+        query = Signature("lint", "LintFailed", "lint failed: 1 ruff findings (F401); 1 fixable")
+        hints = await store.similar(session, query, k=2)
+        typed = await store.similar(session, "ruff findings lint failed fixable", k=2)
+    # Then the same type comes first for a signature, though its record is worse; a typed text is ranked by score
+    assert [h.entry_id for h in hints] == [patch, memory] and hints[0].score < hints[1].score
+    assert {h.entry_id for h in typed} == {patch, memory}
+
+
 async def test_another_organisations_entries_are_invisible(org: str, stack: Stack) -> None:
     ids = await fill(org)
     other = f"kb-{uuid.uuid4().hex[:8]}"
