@@ -64,9 +64,10 @@ def _choose(hints: list[Hint], error_type: str,
         if hint.remedy in remedies.REMEDIES and error_type in remedies.REMEDIES[hint.remedy][1] \
                 and hint.record.rate >= caps.min_success_rate:
             chosen.append((hint.remedy, dict(hint.parameters), hint.entry_id))
-    # A diagnostic remedy (re-run the failed tests) comes even when a hint naming it has a poor record.
-    named = {name for name, _, _ in chosen} | {h.remedy for h in hints
-                                               if h.remedy and h.remedy not in remedies.DIAGNOSTIC}
+    # A remedy a hint of this very kind names is not explored again: with a poor record it is only suggested (the
+    # guard against harmful memories), unless it is a diagnosis (re-run the failed tests), which comes anyway.
+    named = {name for name, _, _ in chosen} | {h.remedy for h in hints if h.remedy and h.error_type == error_type
+                                               and h.remedy not in remedies.DIAGNOSTIC}
     chosen += [(name, {}, None) for name in remedies.answering(error_type) if name not in named]
     return chosen
 
