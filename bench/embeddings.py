@@ -22,11 +22,11 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
 
+from bench.stats import percentile
 from devart.core.embeddings import Kind, LocalEmbedder
 
 #: Calls of each shape before timing: the engine's first calls allocate and fault in its mmap'd weights.
@@ -68,11 +68,7 @@ class Shape:
     tokenize: list[float]
 
     def row(self) -> str:
-        def pct(xs: Sequence[float], q: float) -> float:
-            ordered = sorted(xs)
-            return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-        e50, e99, t50, t99 = (pct(xs, q) for xs in (self.embed, self.tokenize) for q in (0.5, 0.99))
+        e50, e99, t50, t99 = (percentile(xs, q) for xs in (self.embed, self.tokenize) for q in (50, 99))
         rate_e = self.per_call * len(self.embed) / sum(self.embed)
         rate_t = self.per_call * len(self.tokenize) / sum(self.tokenize)
         return (f"| {self.name} | {rate_e:,.1f} | {e50 * 1e3:.2f} | {e99 * 1e3:.2f} | {rate_t:,.0f} | "

@@ -37,6 +37,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from bench.stats import percentile
 from devart.core.messaging.topology import Topology, can_serve, lane_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
@@ -53,12 +54,6 @@ WARMUP = 2
 #: Mean time a run spends on a stage between two dispatches in the paced scenario. Real stages take seconds to
 #: minutes; 100 ms keeps 100 runs near 1,000 dispatches a second, well above what such a fleet produces.
 PACED_STAGE_S = 0.1
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def summary(seconds: list[float], unit: float, digits: int) -> dict[str, float]:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.stats import percentile as percentile
+
 if TYPE_CHECKING:
     from bench.scale import Sample
 
@@ -19,12 +21,6 @@ _STARTED = time.monotonic()
 def progress(message: str) -> None:
     """A progress line on stderr (stdout carries the table)."""
     print(f"[{time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
 def latency(seconds: list[float]) -> dict[str, float]:

@@ -38,6 +38,8 @@ from typing import Any, LiteralString
 import psycopg
 from sqlalchemy.engine import make_url
 
+from bench import stats
+
 #: The issue's goal: RLS adds at most 10 % to the API's transactions (geometric mean of the median ratios).
 GOAL_RATIO = 1.10
 #: One run in ``EVENT_EVERY`` (per organisation) has ``EVENTS_PER_RUN`` events: the events look-up has rows.
@@ -268,8 +270,7 @@ def explain_run_list(arm: Arm, org: str) -> str:
 
 def percentile(samples: list[int], q: float) -> float:
     """The ``q``-th percentile (nearest rank), in milliseconds."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] / 1e6
+    return stats.percentile(samples, q) / 1e6
 
 
 def ratios(timings: dict[str, dict[str, list[int]]]) -> dict[str, float]:

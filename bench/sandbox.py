@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import stats
 from devart.core.contracts import SandboxSpec, Source
 from devart.sandboxes.local import LocalSandbox
 
@@ -32,9 +33,7 @@ GOAL_P50_MS = 50.0
 
 def percentile(samples: list[float], q: float) -> float:
     """The ``q``-th percentile (nearest rank) of ``samples``, in milliseconds."""
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return round(ordered[index] * 1000, 2)
+    return round(stats.percentile(samples, q) * 1000, 2)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
