@@ -125,6 +125,10 @@ def failed_test_ids(output: Mapping[str, Any]) -> list[str] | None:
     return ids if len(failures) == counted and len(ids) <= MAX_RERUN_TESTS else None
 
 
+#: The test report's counts of a whole run of the suite.
+SUITE_COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed", "total")
+
+
 def rerun_failed_tests(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
                        failure: Failure) -> Change | None:
     """Re-run only the tests the previous attempt saw fail, up to ``runs`` times (default 2), to tell a flaky test
@@ -137,7 +141,10 @@ def rerun_failed_tests(task: AgentTaskInput, parameters: Mapping[str, Any], caps
         runs = min(max(int(parameters.get("runs", 2)), 1), MAX_RERUNS)
     except (TypeError, ValueError):
         runs = 2
-    inputs = {**task.inputs, "rerun_tests": tests, "rerun_times": runs}
+    # The whole suite's counts ride along, so the retry reports the suite (with its flaky tests now passed), not
+    # only the few tests it re-ran: a verdict's figures are the project's, whatever attempt gave them.
+    counts = {key: failure.output[key] for key in SUITE_COUNTS if isinstance(failure.output.get(key), int)}
+    inputs = {**task.inputs, "rerun_tests": tests, "rerun_times": runs, "rerun_of": counts}
     noun = "test" if len(tests) == 1 else "tests"
     return Change(task.model_copy(update={"inputs": inputs}),
                   f"re-run only the {len(tests)} failed {noun}, up to {runs} times")

@@ -33,7 +33,8 @@ def test_rerun_needs_every_failed_tests_node_id() -> None:
     failure = Failure("TestsFailed", "tests failed", report(("t.py::a", "failed"), ("t.py::b", "error")))
     change = remedies.apply("rerun_failed_tests", task(pytest_args="-x"), {"runs": 3}, failure=failure)
     assert change is not None and change.change == "re-run only the 2 failed tests, up to 3 times"
-    assert change.task.inputs == {"pytest_args": "-x", "rerun_tests": ["t.py::a", "t.py::b"], "rerun_times": 3}
+    assert change.task.inputs == {"pytest_args": "-x", "rerun_tests": ["t.py::a", "t.py::b"], "rerun_times": 3,
+                                  "rerun_of": {"passed": 3, "failed": 2, "errors": 0}}  # the suite's counts
     # A re-run's own failure is final: it is not re-run again
     assert remedies.apply("rerun_failed_tests", change.task, {}, failure=failure) is None
     # Runs are bounded

@@ -183,12 +183,17 @@ async def test_runxfail_turns_the_known_bug_into_a_failure(sandbox: Sandbox, pro
     # That re-run (the remedy's inputs) fails again, twice: the test is broken, and the verdict final
     with pytest.raises(SkillError) as caught:
         await run_skill(sandbox, handle, "test", {"pytest_args": "--runxfail", "rerun_tests": [XFAIL_TEST],
-                                                  "rerun_times": 2}, attempt=2)
+                                                  "rerun_times": 2, "rerun_of": {"passed": 18, "failed": 1,
+                                                                                 "skipped": 1, "total": 20}},
+                        attempt=2)
     assert caught.value.error_type == "TestsFailed" and caught.value.non_retryable
     assert str(caught.value) == f"tests failed again when re-run: broken: {XFAIL_TEST}"
     assert caught.value.output["rerun"]["runs"] == [{"run": 1, "tests": 1, "failed": 1},
                                                     {"run": 2, "tests": 1, "failed": 1}]
     assert caught.value.output["failures"][0]["test"] == XFAIL_TEST
+    # And the figures are the whole suite's, as the attempt that saw it fail ran it
+    out = caught.value.output
+    assert (out["passed"], out["failed"], out["skipped"], out["total"]) == (18, 1, 1, 20)
 
 
 async def test_no_tests_collected_succeeds_with_zero(sandbox: Sandbox, provision: Provision) -> None:

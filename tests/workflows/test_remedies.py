@@ -98,6 +98,7 @@ async def test_failed_tests_are_rerun_alone_and_told_flaky_or_broken(
     out = stage["result"]["output"]
     assert out["flaky"] == ["test_flaky.py::test_flaky"] and out["broken"] == []
     assert out["rerun"]["runs"] == [{"run": 1, "tests": 1, "failed": 0}]  # test_steady was not run again
+    assert (out["passed"], out["failed"], out["total"]) == (2, 0, 2)  # the suite's figures: the flaky one passed
     assert stage["result"]["summary"].startswith("flaky: test_flaky.py::test_flaky failed, then passed")
     # And the other project's broken test failed every re-run: the stage fails, naming it broken (and the flaky one)
     stage = second["stages"][0]
@@ -108,6 +109,7 @@ async def test_failed_tests_are_rerun_alone_and_told_flaky_or_broken(
     assert [b["test"] for b in out["broken"]] == ["test_broken.py::test_broken"]
     assert "wrong on every run" in out["broken"][0]["message"]
     assert [r["tests"] for r in out["rerun"]["runs"]] == [2, 1]  # the broken one alone, the second time
+    assert (out["passed"], out["failed"], out["total"]) == (2, 1, 3)  # steady and flaky passed, broken failed
 
 
 async def test_a_failed_test_is_not_retried_without_self_healing(

@@ -11,12 +11,12 @@ never hides that they failed once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devart.core.contracts import StageResult
 from devart.core.errors import SkillError
-from devart.domain.remedies import MAX_RERUN_TESTS, MAX_RERUNS
+from devart.domain.remedies import MAX_RERUN_TESTS, MAX_RERUNS, SUITE_COUNTS
 from devart.workers.skills import test as pytest_skill
 from devart.workers.skills.base import SkillContext
 from devart.workers.skills.common import Commands, invalid_input
@@ -27,10 +27,12 @@ NAMED_IN_SUMMARY = 5
 
 @dataclass(frozen=True)
 class Rerun:
-    """What a retry re-runs: the failed tests' node ids, and how many times at most."""
+    """What a retry re-runs: the failed tests' node ids, how many times at most, and the whole suite's counts in
+    the attempt that saw them fail (empty when not given)."""
 
     tests: list[str]
     times: int
+    suite: dict[str, int] = field(default_factory=dict)
 
 
 def requested(ctx: SkillContext) -> Rerun | None:
@@ -44,7 +46,11 @@ def requested(ctx: SkillContext) -> Rerun | None:
     if isinstance(times, bool) or not isinstance(times, int | str) or not str(times).isdigit() \
             or not 1 <= int(times) <= MAX_RERUNS:
         raise invalid_input(f"input 'rerun_times' must be a whole number from 1 to {MAX_RERUNS}, got {times!r}")
-    return Rerun(tests=list(dict.fromkeys(tests)), times=int(times))
+    suite = ctx.task.inputs.get("rerun_of") or {}
+    if not isinstance(suite, dict) or not all(key in SUITE_COUNTS and isinstance(n, int) and not isinstance(n, bool)
+                                              and n >= 0 for key, n in suite.items()):
+        raise invalid_input(f"input 'rerun_of' must map {', '.join(SUITE_COUNTS)} to counts, got {suite!r}")
+    return Rerun(tests=list(dict.fromkeys(tests)), times=int(times), suite=dict(suite))
 
 
 async def rerun(ctx: SkillContext, cmd: Commands, argv: list[str], wanted: Rerun, *, timeout: float,
@@ -76,8 +82,13 @@ async def rerun(ctx: SkillContext, cmd: Commands, argv: list[str], wanted: Rerun
         if not remaining:
             break
     broken = [{"test": test, "message": failures[test]["message"]} for test in remaining]
-    output = {"passed": len(flaky), "failed": len(broken), "errors": 0, "skipped": 0, "xfailed": 0, "xpassed": 0,
-              "total": len(wanted.tests), "failures": [failures[test] for test in remaining],
+    counts = {"passed": len(flaky), "failed": len(broken), "errors": 0, "skipped": 0, "xfailed": 0, "xpassed": 0,
+              "total": len(wanted.tests)}
+    if wanted.suite:  # the whole suite as the failed attempt ran it, its flaky tests now counted as passed
+        counts = {key: wanted.suite.get(key, 0) for key in counts}
+        counts["passed"] += len(flaky)
+        counts["failed"] = max(0, counts["failed"] - len(flaky))
+    output = {**counts, "failures": [failures[test] for test in remaining],
               "duration": round(duration, 3), "exit_code": 1 if broken else 0, "environment": environment,
               "rerun": {"tests": wanted.tests, "times": wanted.times, "runs": runs},
               "flaky": flaky, "broken": broken}
