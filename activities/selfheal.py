@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 HINTS = 3
 OUTCOME = "stage.remedy.outcome"
 _OUTCOME_SEEN = text(f"SELECT 1 FROM events WHERE run_id = :run AND stage = :stage AND kind = '{OUTCOME}' "
-                     "AND message LIKE :message LIMIT 1")
+                     "AND data->>'attempt' = :attempt AND data->>'remedy' = :remedy LIMIT 1")
 
 
 def signature_of(row: TaskAttempt, skill: str) -> Signature | None:
@@ -169,6 +169,6 @@ async def _org(s: AsyncSession, run_id: str) -> str:
 
 async def _counted(s: AsyncSession, inp: LearnInput, remedy: AppliedRemedy) -> bool:
     """Whether this remedy's outcome is on record already (a retried activity counts nothing twice)."""
-    found = await s.execute(_OUTCOME_SEEN, {"run": inp.run_id, "stage": inp.stage,
-                                            "message": f"attempt {remedy.attempt} with {remedy.name} %"})
+    found = await s.execute(_OUTCOME_SEEN, {"run": inp.run_id, "stage": inp.stage, "attempt": str(remedy.attempt),
+                                            "remedy": remedy.name})
     return found.first() is not None

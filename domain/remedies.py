@@ -63,35 +63,37 @@ def _factor(parameters: Mapping[str, Any]) -> float:
     return min(max(factor, 1.1), 8.0)
 
 
+def _scaled(task: AgentTaskInput, parameters: Mapping[str, Any], field: str, cap: float, words: str,
+            unit: str = "") -> Change | None:
+    """The sandbox's ``field`` (a count, or a duration) × the ``factor`` parameter, up to ``cap``; None when that
+    changes nothing (it is at its cap already)."""
+    spec = task.sandbox.spec
+    now = getattr(spec, field)
+    current = now.total_seconds() if isinstance(now, timedelta) else float(now)
+    wanted = min(current * _factor(parameters), cap)
+    if isinstance(now, int):
+        wanted = float(int(wanted))
+    if wanted <= current:
+        return None
+    value = timedelta(seconds=wanted) if isinstance(now, timedelta) else int(wanted)
+    healed = task.sandbox.model_copy(update={"spec": spec.model_copy(update={field: value})})
+    return Change(task.model_copy(update={"sandbox": healed}), f"{words} {current:g} -> {wanted:g}{unit}")
+
+
 def more_memory(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
                 failure: Failure) -> Change | None:
-    spec = task.sandbox.spec
-    wanted = min(int(spec.memory_mb * _factor(parameters)), caps.max_memory_mb)
-    if wanted <= spec.memory_mb:
-        return None
-    healed = spec.model_copy(update={"memory_mb": wanted})
-    return Change(_with_spec(task, healed), f"memory {spec.memory_mb} -> {wanted} MiB")
+    return _scaled(task, parameters, "memory_mb", caps.max_memory_mb, "memory", " MiB")
 
 
 def more_processes(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
                    failure: Failure) -> Change | None:
-    spec = task.sandbox.spec
-    wanted = min(int(spec.pids * _factor(parameters)), caps.max_pids)
-    if wanted <= spec.pids:
-        return None
-    return Change(_with_spec(task, spec.model_copy(update={"pids": wanted})), f"processes {spec.pids} -> {wanted}")
+    return _scaled(task, parameters, "pids", caps.max_pids, "processes")
 
 
 def longer_timeout(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHealSettings,
                    failure: Failure) -> Change | None:
     """A longer limit per command. The stage's own timeout (Temporal's start-to-close) still bounds the attempt."""
-    spec = task.sandbox.spec
-    now = spec.timeout.total_seconds()
-    wanted = min(now * _factor(parameters), caps.max_command_seconds)
-    if wanted <= now:
-        return None
-    healed = spec.model_copy(update={"timeout": timedelta(seconds=wanted)})
-    return Change(_with_spec(task, healed), f"command time limit {now:g} -> {wanted:g} s")
+    return _scaled(task, parameters, "timeout", caps.max_command_seconds, "command time limit", " s")
 
 
 #: The most times a retry re-runs the failed tests, and the most failed tests it re-runs: past that many the
@@ -180,10 +182,6 @@ def ruff_fix(task: AgentTaskInput, parameters: Mapping[str, Any], caps: SelfHeal
         return None
     return Change(task.model_copy(update={"inputs": {**task.inputs, "propose_fix": True}}),
                   f"propose ruff --fix for {fixable} fixable findings as a patch (not applied)")
-
-
-def _with_spec(task: AgentTaskInput, spec: Any) -> AgentTaskInput:
-    return task.model_copy(update={"sandbox": task.sandbox.model_copy(update={"spec": spec})})
 
 
 Remedy = Callable[[AgentTaskInput, Mapping[str, Any], SelfHealSettings, Failure], Change | None]

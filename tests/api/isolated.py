@@ -27,6 +27,21 @@ def _admin_sql(statement: str) -> None:
 
 
 @contextmanager
+def scratch_database(name: str) -> Iterator[tuple[str, str]]:
+    """A fresh database on the session's server, migrated; yields its owner's and the services' role's URLs, then
+    drops it (a benchmark slice's data touches nothing other tests see)."""
+    database = f"{name}_{uuid.uuid4().hex[:8]}"
+    _admin_sql(f'CREATE DATABASE "{database}"')
+    try:
+        owner = make_url(db.database_url()).set(database=database).render_as_string(hide_password=False)
+        app = make_url(db.app_database_url()).set(database=database).render_as_string(hide_password=False)
+        db.upgrade(url=owner)
+        yield owner, app
+    finally:
+        _admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@contextmanager
 def isolated_api(stack: Stack, name: str) -> Iterator[str]:
     """Start the API on a fresh database; yields its URL, then stops it and drops the database."""
     database = f"{name}_{uuid.uuid4().hex[:8]}"

@@ -7,17 +7,14 @@ HNSW arm runs the store's own statement, and neither sees another organisation's
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from bench import kb_search, rls
-from devart.core.database import db
-from tests.api.isolated import _admin_sql
+from tests.api.isolated import scratch_database
 from tests.stack import Stack
 
 ENTRIES, BASE, QUERIES = 2000, 20, 60
@@ -26,12 +23,7 @@ ENTRIES, BASE, QUERIES = 2000, 20, 60
 @pytest.fixture(scope="module")
 def filled(stack: Stack) -> Iterator[tuple[rls.Target, str, np.ndarray]]:
     """A fresh, migrated database holding the benchmark's entries and index; its logins, model and queries."""
-    database = f"bench_kb_{uuid.uuid4().hex[:8]}"
-    _admin_sql(f'CREATE DATABASE "{database}"')
-    try:
-        owner = make_url(db.database_url()).set(database=database).render_as_string(hide_password=False)
-        app = make_url(db.app_database_url()).set(database=database).render_as_string(hide_password=False)
-        db.upgrade(url=owner)
+    with scratch_database("bench_kb") as (owner, app):
         target = rls.Target(owner=rls.conninfo(owner), app=rls.conninfo(app))
         failures = kb_search.corpus(BASE, random.Random(1))
         model, base = kb_search.embed([f"{e} in {s}: {m}" for s, e, m in failures], "passage")
@@ -42,8 +34,6 @@ def filled(stack: Stack) -> Iterator[tuple[rls.Target, str, np.ndarray]]:
         assert index.startswith("knowledge_hnsw_")
         queries = kb_search.around(base, rng.integers(0, BASE, size=QUERIES), 0.02, rng)
         yield target, model, queries
-    finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def test_the_index_finds_what_the_exact_search_finds(filled: tuple[rls.Target, str, np.ndarray]) -> None:

@@ -8,16 +8,13 @@ database's).
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from bench import rls
-from devart.core.database import db
-from tests.api.isolated import _admin_sql
+from tests.api.isolated import scratch_database
 from tests.stack import Stack
 
 RUNS, ORGS = 2000, 3
@@ -26,16 +23,9 @@ RUNS, ORGS = 2000, 3
 @pytest.fixture(scope="module")
 def filled(stack: Stack) -> Iterator[tuple[rls.Target, rls.Dataset]]:
     """A fresh database holding the benchmark's data, and its two logins."""
-    database = f"bench_rls_{uuid.uuid4().hex[:8]}"
-    _admin_sql(f'CREATE DATABASE "{database}"')
-    try:
-        owner = make_url(db.database_url()).set(database=database).render_as_string(hide_password=False)
-        app = make_url(db.app_database_url()).set(database=database).render_as_string(hide_password=False)
-        db.upgrade(url=owner)
+    with scratch_database("bench_rls") as (owner, app):
         target = rls.Target(owner=rls.conninfo(owner), app=rls.conninfo(app))
         yield target, rls.fill(target.owner, RUNS, ORGS)
-    finally:
-        _admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def _orgs_of(query: rls.Query, rows: list[tuple[Any, ...]], dataset: rls.Dataset) -> set[str]:

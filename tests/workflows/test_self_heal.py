@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from tests.helpers import closed_status, noop_stage, publish, start, unique, wait_run
 from tests.stack import Stack, sql
+from tests.workflows.test_build_test_review import cli
 
 #: Allocates 180 MiB and touches it: killed under 128 MiB, fine under 256.
 HOG = f"{sys.executable} -c 'b = bytearray(180 << 20); print(len(b))'"
@@ -90,19 +91,29 @@ async def test_a_deterministic_failure_still_fails_after_its_retries(
     assert run["status"] == "failed", run
     assert [a["status"] for a in run["stages"][0]["attempt_log"]] == ["failed"] * 3
     assert run["stages"][0]["result"]["remedies"] == []
+    assert await closed_status(temporal, run["run_id"]) == WorkflowExecutionStatus.FAILED
     # And the failure is on record for the next run to find
     recorded = sql("SELECT error_type FROM knowledge_entries WHERE run_id = :r", r=run["run_id"])
     assert {r["error_type"] for r in recorded} == {"Transient"}
 
 
 async def test_self_heal_off_applies_nothing(
-    api: httpx.AsyncClient, stack: Stack, tmp_path: Path
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
 ) -> None:
     cap = unique("hog")
     stack.start_agent(unique("agent"), [cap])
     name = unique("oom-off")
     await publish(api, {"name": name, "stages": [oom_stage(cap, self_heal="off")]})
-    run = await wait_run(api, await start(api, name, tmp_path), deadline=120)
-    # OutOfMemory is not retried without a remedy to apply
+    # When it runs from the CLI, waiting: the run failed is its exit code
+    done = cli(stack, "run", name, "--repo", str(tmp_path), "--wait", "--json")
+    assert done.returncode == 1, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    run = await wait_run(api, run_id, deadline=30)
+    # OutOfMemory is not retried without a remedy to apply, and the run failed everywhere: API, feed, Temporal
     assert run["status"] == "failed", run
     assert [a["status"] for a in run["stages"][0]["attempt_log"]] == ["failed"]
+    assert run["stages"][0]["result"]["remedies"] == []
+    events = (await api.get("/v1/events", params={"run_id": run_id})).json()
+    assert [e["data"].get("status") for e in events if e["kind"] == "run.finished"] == ["failed"]
+    assert not any(e["kind"] == "stage.remedy" for e in events)
+    assert await closed_status(temporal, run_id) == WorkflowExecutionStatus.FAILED
