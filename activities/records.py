@@ -6,19 +6,17 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
-from devart.core.contracts import RunRecord, RunStatus
+from devart.core.contracts import RunRecord, RunStatus, StageStatus
 from devart.core.database import db
 from devart.core.database.models import Run, utcnow
 from devart.core.orgs import DEFAULT_ORG
 from devart.core.telemetry import metrics
 from devart.domain.events import add_event
+from devart.domain.settle import settle_run
 from devart.github import reporter as github_reporter
 
 #: Whether the run's start (or end) is in the feed already; the upsert before it holds the run's row lock.
 _IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")
-#: Waits for every report still being written on one of the run's attempts: an agent's report holds its attempt's
-#: row lock from before it completes the activity until its result, cost and event are committed.
-REPORTS_WRITTEN = text("SELECT 1 FROM task_attempts WHERE run_id = :run_id FOR SHARE")
 
 
 @activity.defn
@@ -54,9 +52,10 @@ async def record_run(rec: RunRecord) -> None:
     kind = "run.finished" if finished else "run.started"
     async with db.session() as s:
         if finished:
-            # The workflow hears of a stage's end before the report's transaction commits; the run's end waits for
-            # it, so a run read as finished always shows its stages' results and costs.
-            await s.execute(REPORTS_WRITTEN, {"run_id": rec.run_id})
+            # The workflow may hear of a stage's end before the API settled the agent's report (``domain.settle``):
+            # the reports that ended its stages are settled here first, so a run read as finished shows every
+            # stage's outcome, and its end follows them in the feed.
+            await settle_run(s, rec.run_id, *_accepted(rec))
         await s.exec(stmt)  # type: ignore[call-overload]
         first = (await s.execute(_IN_FEED, {"run_id": rec.run_id, "kind": kind})).first() is None
         if first:
@@ -66,6 +65,13 @@ async def record_run(rec: RunRecord) -> None:
         _observe(rec)
     if rec.report_github:  # engines before 6: from 6 on the workflow reports to GitHub from activities of its own
         await github_reporter.run_recorded(rec)  # check runs and the review (bounded, never raises)
+
+
+def _accepted(rec: RunRecord) -> tuple[list[tuple[str, int, str]], list[str]]:
+    """The reports that ended the run's stages: ``(stage, attempt, state)``, and the stages that were cancelled."""
+    accepted = [(s.name, s.result.attempt, s.status.value) for s in rec.stages
+                if s.result is not None and s.status in (StageStatus.SUCCEEDED, StageStatus.FAILED)]
+    return accepted, [s.name for s in rec.stages if s.status == StageStatus.CANCELLED]
 
 
 def _observe(rec: RunRecord) -> None:

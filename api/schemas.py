@@ -183,10 +183,6 @@ class ValidationReport(BaseModel):
     problems: list[str] = Field(default_factory=list)
 
 
-class ClaimRequest(BaseModel):
-    pass
-
-
 class HeartbeatRequest(BaseModel):
     claim_id: Name
     details: FreeJson = Field(default_factory=dict)
@@ -211,6 +207,14 @@ class FailRequest(BaseModel):
 
 class CancelledRequest(BaseModel):
     claim_id: Name
+
+
+class ClaimRequest(BaseModel):
+    """An agent may name the claim it asks for, so that asking again after a lost answer gets the same claim back
+    instead of a refusal (the claim is the agent's own: only its key can use it)."""
+
+    claim_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$",
+                                 description="32 lowercase hex digits, new for each task the agent claims.")
 
 
 class ReleaseRequest(BaseModel):

@@ -1,6 +1,7 @@
 """The life of a task attempt, as a state machine: the one place that says which status may follow which.
 
-An attempt is *queued* when dispatch publishes it, *claimed* when an agent holds it, and ends *succeeded*,
+An attempt is *queued* when dispatch publishes it, *claimed* when an agent holds it, *reporting* once its claim
+holder's report is recorded and on its way to Temporal (``reported`` says how it will end), and ends *succeeded*,
 *failed* (reported so, or no agent able to take it came in time), *cancelled* (its run was cancelled) or
 *superseded* (Temporal gave up on it: timed out, retried or finished without it). A claimed attempt may go back
 to *queued* when its agent hands it back (drain, deactivation with hand-back), which keeps it within the same
@@ -23,6 +24,7 @@ from devart.core.errors import Conflict
 class AttemptState(StrEnum):
     QUEUED = "queued"
     CLAIMED = "claimed"
+    REPORTING = "reporting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -35,7 +37,10 @@ TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
     AttemptState.QUEUED: frozenset({AttemptState.CLAIMED, AttemptState.FAILED, AttemptState.CANCELLED,
                                     AttemptState.SUPERSEDED}),
     AttemptState.CLAIMED: frozenset({AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED,
-                                     AttemptState.SUPERSEDED, AttemptState.QUEUED}),
+                                     AttemptState.SUPERSEDED, AttemptState.QUEUED, AttemptState.REPORTING}),
+    # recorded before Temporal hears of it: settled once Temporal took it, superseded if Temporal refused it
+    AttemptState.REPORTING: frozenset({AttemptState.SUCCEEDED, AttemptState.FAILED, AttemptState.CANCELLED,
+                                       AttemptState.SUPERSEDED}),
     AttemptState.SUCCEEDED: frozenset(),
     AttemptState.FAILED: frozenset(),
     AttemptState.CANCELLED: frozenset(),

@@ -1,6 +1,8 @@
 """Who may act on a task: the claim fence every agent call on a task passes first.
 
-A call locks the attempt's row and goes on only if the caller holds the claim of the *current* attempt. A call on
+A call goes on only if the caller holds the claim of the *current* attempt. The fence is a plain read, never a row
+lock: no transaction stays open while Temporal answers (``domain.tasks``), and every write that follows is a
+compare-and-set on the attempt's state and claim, so of two concurrent calls only one changes anything. A call on
 another agent's task (or one nobody claimed) is refused with nothing written, not even the refusal, so no key can
 add late-report counts or feed events to a task not its own; a report on an attempt that is no longer current is
 refused, counted on the attempt and written to the feed.
@@ -10,14 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlmodel import select
+from sqlalchemy import text, update
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
 from devart.core.database import db
-from devart.core.database.models import Agent, Run, TaskAttempt
+from devart.core.database.models import Agent, TaskAttempt, utcnow
 from devart.core.errors import Conflict, Forbidden, NotFound
-from devart.domain.attempt_states import AttemptState, move
+from devart.domain.attempt_states import AttemptState, movable_from
 from devart.domain.events import add_event
 
 
@@ -33,22 +36,27 @@ class TaskNotFound(NotFound):
     """No task with that id."""
 
 
-async def locked(session: AsyncSession, task_id: str) -> TaskAttempt:
-    row = (await session.exec(select(TaskAttempt).where(TaskAttempt.id == task_id).with_for_update())).first()
+async def read(session: AsyncSession, task_id: str) -> TaskAttempt:
+    """The attempt as committed now (never a copy the session loaded earlier), without locking it."""
+    found = await session.exec(
+        select(TaskAttempt).where(TaskAttempt.id == task_id).execution_options(populate_existing=True))
+    row = found.first()
     if row is None:
         raise TaskNotFound(f"task '{task_id}' not found")
     return row
 
 
-async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str,
-                 *, forbidden: bool = False) -> TaskRefused | TaskForbidden:
-    """Record a refused report in its own transaction and build the error.
-
-    The caller's transaction is rolled back first: it holds the row lock the record needs.
-    """
+async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, *, forbidden: bool = False,
+                 close: AttemptState | None = None) -> TaskRefused | TaskForbidden:
+    """Record a refused report in its own transaction and build the error; ``close`` also ends the attempt in that
+    state if it is still open (Temporal no longer knows its activity)."""
     name = agent.name  # read before the rollback expires every loaded object
     await session.rollback()
     async with db.session() as s:
+        if close is not None:
+            await s.exec(update(TaskAttempt)  # type: ignore[call-overload]
+                         .where(col(TaskAttempt.id) == task_id, col(TaskAttempt.status).in_(movable_from(close)))
+                         .values(status=close.value, finished_at=utcnow()))
         row = await s.get(TaskAttempt, task_id)
         if row is not None:
             row.late_reports += 1
@@ -58,11 +66,12 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str,
     return TaskForbidden(why) if forbidden else TaskRefused(why)
 
 
+#: Whether an attempt already holds exactly the report being made (its answer was lost and it is sent again).
 Recorded = Callable[[TaskAttempt], bool]
 
 
 async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_id: str) -> TaskAttempt:
-    """The row, locked, if the caller holds the claim of the current attempt; else ``TaskRefused``."""
+    """The row if the caller holds the claim of the current attempt, still running; else refused."""
     row = await check_report(session, task_id, agent, claim_id, lambda _: False)
     assert row is not None  # nothing counts as recorded
     return row
@@ -70,34 +79,42 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
 
 async def check_report(session: AsyncSession, task_id: str, agent: Agent, claim_id: str,
                        recorded: Recorded) -> TaskAttempt | None:
-    """``check_claim`` for a report: ``recorded`` tells whether an ended attempt already holds exactly this report,
-    and the claim holder asking again after its answer was lost gets None (nothing to do), not a counted refusal.
-    """
-    row = await locked(session, task_id)
+    """``check_claim`` for a report. When ``recorded`` says the attempt already holds this very report, the claim
+    holder asking again gets None if the attempt ended with it (nothing to do), or the row if it is still
+    ``reporting`` (Temporal may not have it yet: the caller sends it again); any other report is refused."""
+    row = await read(session, task_id)
     if row.claimed_by != agent.name:
         # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
         why = (f"task {task_id} is held by {f'agent {row.claimed_by}' if row.claimed_by else 'no agent'}, not by "
                f"agent {agent.name}: an agent reports only on tasks it claimed")
-        await session.rollback()  # releases the row's lock; expires the loaded objects, so read above
+        await session.rollback()
         raise TaskForbidden(why)
     if row.claim_id != claim_id:
         why = f"agent {agent.name} does not hold the claim on task {task_id}"
         raise await refuse(session, task_id, agent, why, forbidden=True)
     if row.status != AttemptState.CLAIMED and recorded(row):
+        if row.status == AttemptState.REPORTING:
+            return row
         await session.rollback()
         return None
+    if row.status == AttemptState.REPORTING:
+        why = f"attempt {row.attempt} of stage '{row.stage}' is already being reported as {row.reported}"
+        raise await refuse(session, task_id, agent, why)
     if row.status != AttemptState.CLAIMED:
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
         raise await refuse(session, task_id, agent, why)
     return row
 
 
+_RUN_STATUS = text("SELECT status FROM runs WHERE id = :id")
+
+
 async def gone(session: AsyncSession, row: TaskAttempt, agent: Agent, exc: RPCError) -> TaskRefused | TaskForbidden:
-    """Temporal no longer knows the activity (it timed out and was retried): the attempt is superseded."""
+    """Temporal no longer knows the activity (it timed out and was retried, or its run ended): the attempt is over,
+    superseded (cancelled if its run was). Any other error from Temporal is raised as it is."""
     if exc.status != RPCStatusCode.NOT_FOUND:
         raise exc
-    run = await session.get(Run, row.run_id)
-    move(row, AttemptState.CANCELLED if run and run.status == "cancelled" else AttemptState.SUPERSEDED)
-    await session.commit()
+    run_status = (await session.execute(_RUN_STATUS, {"id": row.run_id})).scalar_one_or_none()
+    close = AttemptState.CANCELLED if run_status == "cancelled" else AttemptState.SUPERSEDED
     why = f"attempt {row.attempt} of stage '{row.stage}' timed out and was superseded"
-    return await refuse(session, row.id, agent, why)
+    return await refuse(session, row.id, agent, why, close=close)

@@ -31,11 +31,13 @@ def add_event(
 async def reserve_id(session: AsyncSession) -> int:
     """The id of an event that will be added once something outside PostgreSQL has happened.
 
-    The feed is read in id order. An agent's report is committed only after Temporal accepted it, and by then the
-    workflow may already have moved on and written later events (the run's end); an id taken before the call keeps
-    the report ahead of them. The live feed waits for the id until this transaction has ended, however long it
-    stays open: ``devart_event_id()`` (migration 0007) gives the transaction its xid before drawing the id, so the
-    feed's snapshots show the id may still come (``api.services.feed_order``).
+    The feed is read in id order. An event whose id is taken before a slow step, and committed after it, keeps its
+    place ahead of the events others write meanwhile. The live feed waits for the id until this transaction has
+    ended, however long it stays open: ``devart_event_id()`` (migration 0007) gives the transaction its xid before
+    drawing the id, so the feed's snapshots show the id may still come (``api.feed.order``). Agents' reports no
+    longer need it: they are recorded before Temporal hears of them, and the run's end settles them first
+    (``domain.settle``); any transaction may still commit its events out of id order, which the feed handles the
+    same way.
     """
     return int((await session.execute(text("SELECT devart_event_id()"))).scalar_one())
 

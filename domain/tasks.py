@@ -1,15 +1,21 @@
 """The agent side of a task: claim, heartbeat, complete, fail, report cancellation.
 
-Each call first passes the claim fence (``api.services.claims``: the caller holds the claim of the *current*
-attempt), forwards the call to Temporal through the activity's task token, and commits only once Temporal
-accepted it. A result is measured as Temporal encodes it before anything is stored (``core.reports``): one
-Temporal would refuse is a 413, the task stays claimed, and the agent reports a smaller result or the stage's
-failure.
+Each call first passes the claim fence (``domain.claims``: the caller holds the claim of the *current* attempt,
+a plain read), and no transaction, row lock or pooled connection is held while Temporal answers:
 
-A result or failure that Temporal applied but the API never recorded (it stopped before its commit, so the agent
-got no reply and sends it again) is answered as the first time and recorded then, once: Temporal's NOT_FOUND is
-checked against the run's history (``api.services.applied``) before the attempt is called superseded. A report
-sent again after it was recorded is a late report, refused and counted like any other.
+* **claim**: the activity is heartbeated by its token first (so a cancelled or superseded attempt is refused
+  before any work starts), then the attempt is claimed with a compare-and-set from ``queued``: of two agents, one
+  wins, the other is refused.
+* **complete / fail / cancelled**: the report is measured as Temporal encodes it (``core.reports``; one Temporal
+  would refuse is a 413 with nothing stored, and the task stays claimed), then *recorded* (the attempt becomes
+  ``reporting`` with its result, error and cost, a compare-and-set from ``claimed`` with this claim), then sent to
+  Temporal, then settled (``domain.settle``). A report Temporal refuses as unknown ends the attempt superseded and
+  is counted as a late report.
+
+A report the agent sends again because its answer was lost is answered as the first time: while the attempt is
+``reporting`` it is sent to Temporal again; once settled, there is nothing to do. Temporal answering NOT_FOUND to a
+report it already applied (the API stopped between its call and the settle) is checked against the run's history
+(``domain.applied``) before the attempt is called superseded.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import AsyncActivityCancelledError, Client
 from temporalio.exceptions import ApplicationError
@@ -32,41 +39,54 @@ from devart.core.database.models import Agent, TaskAttempt, utcnow
 from devart.core.errors import TooLarge
 from devart.core.messaging.topology import can_serve
 from devart.core.telemetry import metrics
-from devart.domain import agents, applied
-from devart.domain.attempt_states import AttemptState, move
+from devart.domain import applied
+from devart.domain.attempt_states import AttemptState
 
 # TaskNotFound and TaskRefused stay importable from here, where api.errors maps them to HTTP answers.
-from devart.domain.claims import TaskForbidden, TaskRefused, check_claim, check_report, gone, locked
+from devart.domain.claims import TaskForbidden, TaskRefused, check_claim, check_report, gone, read, refuse
 from devart.domain.costs import prices, to_money
-from devart.domain.events import add_event, reserve_id
+from devart.domain.events import add_event
+from devart.domain.settle import settle
 
 
 class ReportTooLarge(TooLarge):
     """A report past a size limit; nothing was stored and the task is still claimed."""
 
 
-async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agent) -> TaskDetail:
-    row = await locked(session, task_id)
+async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agent,
+                wanted: str | None = None) -> TaskDetail:
+    """Claim the attempt for ``agent`` (as claim ``wanted``, if it names one)."""
+    row = await read(session, task_id)
     if not can_serve(agent.capabilities, row.lane):
         raise TaskForbidden(f"agent {agent.name} lacks capabilities for lane {row.lane}")
+    if wanted and row.status == AttemptState.CLAIMED and row.claimed_by == agent.name and row.claim_id == wanted:
+        await session.commit()
+        return _detail(row, wanted)  # asked again after the answer was lost: the claim stands
     if row.status != AttemptState.QUEUED:
         holder = f" by {row.claimed_by}" if row.claimed_by else ""
         raise TaskRefused(f"task {task_id} is already {row.status}{holder}")
+    await session.commit()  # nothing stays open while Temporal answers
     handle = client.get_async_activity_handle(task_token=row.task_token)
     try:
         await handle.heartbeat({"claimed_by": agent.name})  # the agent's heartbeat clock starts now
     except AsyncActivityCancelledError:
         await handle.report_cancellation()
-        move(row, AttemptState.CANCELLED)
-        await session.commit()
+        await _end_queued(session, task_id, AttemptState.CANCELLED)
         raise TaskRefused(f"task {task_id} was cancelled") from None
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    move(row, AttemptState.CLAIMED)
-    row.claimed_by, row.claim_id = agent.name, uuid.uuid4().hex
-    row.claimed_at = row.heartbeat_at = utcnow()
-    row.waiting_reason = None
-    agent.status, agent.current_task = "busy", row.id
+    claim_id, now = wanted or uuid.uuid4().hex, utcnow()
+    won = (await session.execute(
+        update(TaskAttempt).where(col(TaskAttempt.id) == task_id, col(TaskAttempt.status) == AttemptState.QUEUED)
+        .values(status=AttemptState.CLAIMED.value, claimed_by=agent.name, claim_id=claim_id, claimed_at=now,
+                heartbeat_at=now, waiting_reason=None)
+        .returning(col(TaskAttempt.id)))).first()
+    if won is None:  # another agent's claim (or the queue keeper's verdict) came first
+        await session.rollback()
+        taken = await read(session, task_id)
+        holder = f" by {taken.claimed_by}" if taken.claimed_by else ""
+        raise TaskRefused(f"task {task_id} is already {taken.status}{holder}")
+    agent.status, agent.current_task = "busy", task_id
     session.add(agent)
     add_event(
         session,
@@ -78,13 +98,24 @@ async def claim(session: AsyncSession, client: Client, task_id: str, agent: Agen
         attempt=row.attempt,
     )
     await session.commit()
+    return _detail(row, claim_id)
+
+
+def _detail(row: TaskAttempt, claim_id: str) -> TaskDetail:
     return TaskDetail(
         **AgentTaskInput.model_validate(row.input).model_dump(),
         task_id=row.id,
         attempt=row.attempt,
-        claim_id=row.claim_id,
+        claim_id=claim_id,
         heartbeat_interval=settings.agent().heartbeat_interval,
     )
+
+
+async def _end_queued(session: AsyncSession, task_id: str, state: AttemptState) -> None:
+    await session.execute(update(TaskAttempt)
+                          .where(col(TaskAttempt.id) == task_id, col(TaskAttempt.status) == AttemptState.QUEUED)
+                          .values(status=state.value, finished_at=utcnow()))
+    await session.commit()
 
 
 async def heartbeat(
@@ -95,15 +126,20 @@ async def heartbeat(
         await session.rollback()
         raise ReportTooLarge(f"heartbeat details of {found} bytes exceed the limit of {MAX_HEARTBEAT_BYTES} bytes "
                              f"({size(MAX_HEARTBEAT_BYTES)}): Temporal keeps them with the activity")
+    await session.commit()  # nothing stays open while Temporal answers
     try:
         await client.get_async_activity_handle(task_token=row.task_token).heartbeat(details)
     except AsyncActivityCancelledError:
         return HeartbeatReply(cancel_requested=True)
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    row.heartbeat_at = utcnow()
+    await session.execute(_BEAT, {"id": task_id, "claim": claim_id})
     await session.commit()
     return HeartbeatReply(cancel_requested=False)
+
+
+_BEAT = text("UPDATE task_attempts SET heartbeat_at = now() "
+             "WHERE id = :id AND claim_id = :claim AND status = 'claimed'")
 
 
 def _stamped(row: TaskAttempt, agent: Agent, report: StageResult, **update: Any) -> StageResult:
@@ -115,45 +151,73 @@ def _stamped(row: TaskAttempt, agent: Agent, report: StageResult, **update: Any)
                                      **update})
 
 
+def _holds(row: TaskAttempt, status: str, result: StageResult | None, error: str | None) -> bool:
+    """Whether the attempt already holds this report, recorded (``reporting``) or settled."""
+    ended = row.reported if row.status == AttemptState.REPORTING else row.status
+    return (ended == status and row.error == error
+            and row.result == (result.model_dump(mode="json") if result is not None else None))
+
+
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
     """Complete the attempt with the agent's result; a repeat of the recorded result is answered as done."""
-    def recorded(row: TaskAttempt) -> bool:
-        return row.status == AttemptState.SUCCEEDED and row.result == _stamped(row, agent, req.result).model_dump(
-            mode="json")
-
-    row = await check_report(session, task_id, agent, req.claim_id, recorded)
+    row = await check_report(session, task_id, agent, req.claim_id,
+                             lambda r: _holds(r, "succeeded", _stamped(r, agent, req.result), None))
     if row is None:
         return
     result = _stamped(row, agent, req.result)
-    await _check_size(session, row, result)
-    event_id = await reserve_id(session)
+    if row.status == AttemptState.CLAIMED:
+        await _check_size(session, row, result)
+        await _record(session, row, agent, "succeeded", result, None)
+    await session.commit()
     handle = client.get_async_activity_handle(task_token=row.task_token)
     await _tell_temporal(session, row, agent, lambda: handle.complete(result),
                          lambda: applied.completed(client, row, result))
-    await _finish(session, row, agent, "succeeded", result, None, event_id)
+    await settle(session, [row.id])
     await session.commit()
 
 
 async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: FailRequest) -> None:
     """Fail the attempt with the agent's error; a repeat of the recorded failure is answered as done."""
     report = req.result or StageResult(status="failed", summary=req.message)
-
-    def recorded(row: TaskAttempt) -> bool:
-        return (row.status == AttemptState.FAILED and row.error == f"{req.error_type}: {req.message}"
-                and row.result == _stamped(row, agent, report, status="failed").model_dump(mode="json"))
-
-    row = await check_report(session, task_id, agent, req.claim_id, recorded)
+    error = f"{req.error_type}: {req.message}"
+    row = await check_report(session, task_id, agent, req.claim_id,
+                             lambda r: _holds(r, "failed", _stamped(r, agent, report, status="failed"), error))
     if row is None:
         return
     result = _stamped(row, agent, report, status="failed")
-    # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
-    await _check_size(session, row, result, req.message, whole_run=req.result is not None)
-    error = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
-    event_id = await reserve_id(session)
-    handle = client.get_async_activity_handle(task_token=row.task_token)
-    await _tell_temporal(session, row, agent, lambda: handle.fail(error), lambda: applied.failed(client, row, error))
-    await _finish(session, row, agent, "failed", result, f"{req.error_type}: {req.message}", event_id)
+    if row.status == AttemptState.CLAIMED:
+        # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
+        await _check_size(session, row, result, req.message, whole_run=req.result is not None)
+        await _record(session, row, agent, "failed", result, error)
     await session.commit()
+    failure = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
+    handle = client.get_async_activity_handle(task_token=row.task_token)
+    await _tell_temporal(session, row, agent, lambda: handle.fail(failure),
+                         lambda: applied.failed(client, row, failure))
+    await settle(session, [row.id])
+    await session.commit()
+
+
+async def _record(session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None,
+                  error: str | None) -> None:
+    """Write the report (the attempt becomes ``reporting``) if this claim still holds the attempt; else refused."""
+    won = (await session.execute(
+        update(TaskAttempt)
+        .where(col(TaskAttempt.id) == row.id, col(TaskAttempt.claim_id) == row.claim_id,
+               col(TaskAttempt.status) == AttemptState.CLAIMED)
+        .values(status=AttemptState.REPORTING.value, reported=status, error=error,
+                result=result.model_dump(mode="json") if result is not None else None,
+                cost_micros=prices().cost_micros(result.usage) if result is not None else 0)
+        .returning(col(TaskAttempt.id)))).first()
+    if won is None:  # a concurrent call of the same claim came first, or the attempt ended meanwhile
+        now = await read(session, row.id)
+        raise await check_report_lost(session, now, agent)
+
+
+async def check_report_lost(session: AsyncSession, row: TaskAttempt, agent: Agent) -> TaskRefused | TaskForbidden:
+    """The refusal for a report whose attempt moved on between the fence and the write."""
+    why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
+    return await refuse(session, row.id, agent, why)
 
 
 async def _tell_temporal(session: AsyncSession, row: TaskAttempt, agent: Agent, report: Callable[[], Awaitable[None]],
@@ -181,7 +245,8 @@ async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResu
         others = (await session.execute(text(
             "SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT ON (stage) octet_length(coalesce(result::text, '')) "
             "+ octet_length(coalesce(error, '')) AS size FROM task_attempts WHERE run_id = :run AND stage <> :stage "
-            "AND status IN ('succeeded', 'failed') ORDER BY stage, attempt DESC) latest"),
+            "AND (status IN ('succeeded', 'failed') OR reported IN ('succeeded', 'failed')) "
+            "ORDER BY stage, attempt DESC) latest"),
             {"run": row.run_id, "stage": row.stage})).scalar_one()
         problem = reports.run_problem(found, int(others), row.run_id)
     if problem is not None:
@@ -190,13 +255,18 @@ async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResu
 
 
 async def cancelled(session: AsyncSession, client: Client, task_id: str, agent: Agent, claim_id: str) -> None:
-    row = await check_claim(session, task_id, agent, claim_id)
-    event_id = await reserve_id(session)
+    """The agent stopped the task as its run asked: recorded, told to Temporal, settled (as ``complete``)."""
+    row = await check_report(session, task_id, agent, claim_id, lambda r: _holds(r, "cancelled", None, "cancelled"))
+    if row is None:
+        return
+    if row.status == AttemptState.CLAIMED:
+        await _record(session, row, agent, "cancelled", None, "cancelled")
+    await session.commit()
     try:
         await client.get_async_activity_handle(task_token=row.task_token).report_cancellation()
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    await _finish(session, row, agent, "cancelled", None, "cancelled", event_id)
+    await settle(session, [row.id])
     await session.commit()
 
 
@@ -211,49 +281,32 @@ async def release(session: AsyncSession, client: Client, task_id: str, agent: Ag
     lane once this call succeeded.
     """
     row = await check_claim(session, task_id, agent, claim_id)
-    event_id = await reserve_id(session)
+    await session.commit()  # nothing stays open while Temporal answers
     handle = client.get_async_activity_handle(task_token=row.task_token)
     try:
         await handle.heartbeat({"released_by": agent.name})
     except AsyncActivityCancelledError:  # the run was cancelled meanwhile: nothing to hand over
         await handle.report_cancellation()
-        await _finish(session, row, agent, "cancelled", None, "cancelled", event_id)
+        await _record(session, row, agent, "cancelled", None, "cancelled")
+        await settle(session, [row.id])
         await session.commit()
         return
     except RPCError as exc:
         raise await gone(session, row, agent, exc) from None
-    move(row, AttemptState.QUEUED)  # handed back: the same Temporal attempt, for another agent
-    row.claimed_by, row.claim_id, row.claimed_at = None, None, None
-    row.heartbeat_at, row.waiting_reason = utcnow(), None
-    _free(session, row, agent)
-    metrics.TASKS_REPORTED.labels(row.skill, "released").inc()
-    add_event(session, "stage.attempt.released", f"handed back by agent {agent.name}: {reason}", run_id=row.run_id,
-              stage=row.stage, agent=agent.name, event_id=event_id, attempt=row.attempt)
-    await session.commit()
-
-
-def _free(session: AsyncSession, row: TaskAttempt, agent: Agent) -> None:
-    """The agent no longer works on the task."""
+    handed = (await session.execute(
+        update(TaskAttempt)
+        .where(col(TaskAttempt.id) == row.id, col(TaskAttempt.claim_id) == claim_id,
+               col(TaskAttempt.status) == AttemptState.CLAIMED)
+        .values(status=AttemptState.QUEUED.value, claimed_by=None, claim_id=None, claimed_at=None,
+                heartbeat_at=utcnow(), waiting_reason=None)  # handed back: the same Temporal attempt, for another
+        .returning(col(TaskAttempt.id)))).first()
+    if handed is None:
+        raise await check_report_lost(session, await read(session, row.id), agent)
     if agent.current_task == row.id:
         agent.current_task = None
         agent.status = "idle" if agent.status == "busy" else agent.status
         session.add(agent)
-
-
-async def _finish(
-    session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None, error: str | None,
-    event_id: int,
-) -> None:
-    move(row, AttemptState(status))
-    row.error = error
-    row.result = result.model_dump(mode="json") if result else None
-    row.cost_micros = prices().cost_micros(result.usage) if result else 0
-    metrics.TASKS_REPORTED.labels(row.skill, status).inc()
-    _free(session, row, agent)
-    if status in ("succeeded", "failed") and row.claimed_at is not None and row.finished_at is not None:
-        seconds = (row.finished_at - row.claimed_at).total_seconds()
-        await agents.record_outcome(session, agent.name, row.skill, status == "succeeded", seconds,
-                                    to_money(row.cost_micros))
-    kind = {"succeeded": "stage.attempt.succeeded", "failed": "stage.attempt.failed"}.get(status, "stage.cancelled")
-    add_event(session, kind, error or (result.summary if result else status), run_id=row.run_id, stage=row.stage,
-              agent=row.claimed_by, event_id=event_id, attempt=row.attempt)
+    metrics.TASKS_REPORTED.labels(row.skill, "released").inc()
+    add_event(session, "stage.attempt.released", f"handed back by agent {agent.name}: {reason}", run_id=row.run_id,
+              stage=row.stage, agent=agent.name, attempt=row.attempt)
+    await session.commit()

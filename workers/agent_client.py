@@ -7,6 +7,7 @@ a finished task: the agent keeps the AMQP message unacknowledged until the API h
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -99,7 +100,10 @@ class AgentClient:
         return list((await self._call("GET", "/v1/agent/lanes")).json())
 
     async def claim(self, task_id: str) -> TaskDetail:
-        return TaskDetail.model_validate((await self._call("POST", f"/v1/agent/tasks/{task_id}/claim", {})).json())
+        """Claim the task under a claim id of our own, the same in every retry of this call: a retry after the
+        answer was lost gets the claim back instead of "already claimed"."""
+        body = {"claim_id": uuid.uuid4().hex}
+        return TaskDetail.model_validate((await self._call("POST", f"/v1/agent/tasks/{task_id}/claim", body)).json())
 
     async def task_secrets(self, task: TaskDetail) -> dict[str, Any]:
         """The values of the task's ``secret:`` references (``values``) and the names its organisation lacks

@@ -1,10 +1,9 @@
 """The live feed's order: up to which event id the feed may hand events out, without ever skipping a late commit.
 
 The feed's order is the event id: it is the client's resume cursor (``Last-Event-ID``), and an id may be reserved
-before a call to Temporal (``core.events.reserve_id``) so that a stage's outcome stays ahead of the run's end it
-causes. Ids are drawn from a sequence, so they are not committed in order: a missing id (a hole) is either held by a
-transaction still open (a report holding its task's lock across a Temporal call, for seconds or longer) or lost to
-a rollback. A timeout cannot tell the two apart; PostgreSQL snapshots can:
+before a slow step (``domain.events.reserve_id``) so that an event keeps its place. Ids are drawn from a sequence,
+so they are not committed in order: a missing id (a hole) is either held by a transaction still open (for a moment,
+or for seconds under load) or lost to a rollback. A timeout cannot tell the two apart; PostgreSQL snapshots can:
 
 - an id is drawn only after its transaction has a transaction id (``devart_event_id()``, migration 0007), so while
   the transaction is open it is listed among the in-progress transactions of every snapshot (``pg_snapshot_xip``);

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Body
 
 from devart.api.auth import AGENT, declared
 from devart.api.deps import (
@@ -17,6 +19,7 @@ from devart.api.deps import (
 from devart.api.schemas import (
     BrokerAccess,
     CancelledRequest,
+    ClaimRequest,
     CompleteRequest,
     FailRequest,
     HeartbeatReply,
@@ -64,8 +67,12 @@ async def lanes(agent: CurrentAgent, session: SessionDep) -> list[str]:
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskDetail, **declared(AGENT))
-async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, temporal: TemporalDep) -> TaskDetail:
-    return await tasks.claim(session, await client_for(temporal, session), task_id, agent)
+async def claim(task_id: str, agent: CurrentAgent, session: SessionDep, temporal: TemporalDep,
+                req: Annotated[ClaimRequest | None, Body()] = None) -> TaskDetail:
+    """Claim a queued task; 409 when it is taken, cancelled or over. The same claim asked again (the same
+    ``claim_id``, by the same agent) is answered as the first time."""
+    wanted = req.claim_id if req is not None else None
+    return await tasks.claim(session, await client_for(temporal, session), task_id, agent, wanted)
 
 
 @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatReply, **declared(AGENT))

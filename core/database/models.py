@@ -102,7 +102,10 @@ class TaskAttempt(SQLModel, table=True):
     wait_timeout: float = 600.0
     waiting_reason: str | None = None
     input: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="queued", description="queued|claimed|succeeded|failed|superseded|cancelled")
+    status: str = Field(default="queued",
+                        description="queued|claimed|reporting|succeeded|failed|superseded|cancelled")
+    #: While ``reporting``: the state the recorded report ends the attempt in once Temporal took it.
+    reported: str | None = None
     claimed_by: str | None = None
     claim_id: str | None = None
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.testing import ActivityEnvironment
 
 from devart.activities.records import record_run
-from devart.core.contracts import RunRecord, RunStatus
+from devart.core.contracts import RunRecord, RunStatus, StageResult, StageState, StageStatus
 from devart.core.database import db
 from tests.helpers import unique
-from tests.stack import Stack, sql
+from tests.stack import Stack, register_agent, sql
 
 
 def _record(*writes: tuple[RunRecord, int]) -> None:
@@ -69,36 +68,39 @@ def test_a_retry_after_a_failed_first_attempt_adds_the_event(stack: Stack) -> No
     assert _feed(run_id) == ["run.started", "run.finished"]
 
 
-def test_a_runs_end_waits_for_a_report_still_being_written(stack: Stack) -> None:
-    """The workflow hears of a stage's end before the agent's report commits its result and cost; a run read as
-    finished must already show them (its cost was short by the last stage's, now and then, before)."""
-    from sqlalchemy import create_engine, text
-
+def test_a_runs_end_settles_the_reports_that_ended_its_stages(stack: Stack) -> None:
+    """The workflow may hear of a stage's end before the API settled the agent's report (it records the report, then
+    tells Temporal, then settles it); a run read as finished must already show every stage's outcome and cost, and
+    its end must follow them in the feed."""
     run_id = unique("reported")
     started, finished = _records(run_id)
+    agent = unique("settled-agent")
+    register_agent(agent, ["settling"])
+    sql("UPDATE agents SET status = 'busy', current_task = :t WHERE name = :n", n=agent, t=f"{run_id}-1")
     _record((started, 1))
-    sql("INSERT INTO task_attempts (id, run_id, stage, attempt, lane, skill, task_token, heartbeat_timeout, "
-        "wait_timeout, input, status, late_reports, cost_micros, created_at) VALUES (:id, :r, 'only', 1, 'x', 'noop', "
-        "'\\x00', 30, 600, '{}', 'claimed', 0, 0, now())", id=unique("attempt"), r=run_id)
-    engine = create_engine(db.database_url())
-    try:
-        with engine.connect() as report, ThreadPoolExecutor(1) as pool:
-            # Given an agent's report holding its attempt's row lock while Temporal hears of it
-            report.execute(text("SELECT 1 FROM task_attempts WHERE run_id = :r FOR UPDATE"), {"r": run_id})
-            ending = pool.submit(_record, (finished, 1))
-            # When the run's end is recorded meanwhile, Then it waits for the report's lock
-            deadline = time.monotonic() + 30
-            while not sql("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                          "AND query LIKE '%FROM task_attempts WHERE run_id%FOR SHARE%'"):
-                assert not ending.done() and time.monotonic() < deadline, "the run's end did not wait for the report"
-                time.sleep(0.05)
-            assert sql("SELECT status FROM runs WHERE id = :r", r=run_id) == [{"status": "running"}]
-            # And once the report commits its cost, the run's end follows it
-            report.execute(text("UPDATE task_attempts SET status = 'succeeded', cost_micros = 7 WHERE run_id = :r"),
-                           {"r": run_id})
-            report.commit()
-            ending.result(timeout=30)
-    finally:
-        engine.dispose()
-    assert sql("SELECT status FROM runs WHERE id = :r", r=run_id) == [{"status": "succeeded"}]
-    assert _feed(run_id) == ["run.started", "run.finished"]
+    insert = ("INSERT INTO task_attempts (id, run_id, stage, attempt, lane, skill, task_token, heartbeat_timeout, "
+              "wait_timeout, input, status, reported, result, error, claimed_by, claimed_at, late_reports, "
+              "cost_micros, created_at) VALUES (:id, :r, :stage, 1, 'x', 'noop', '\\x00', 30, 600, '{}', "
+              "'reporting', :reported, CAST(:result AS json), NULL, :agent, now(), 0, 7, now())")
+    # Given two reports recorded and on their way to Temporal: one that ended its stage, one Temporal never took
+    took = StageResult(status="succeeded", summary="done", attempt=1)
+    sql(insert, id=f"{run_id}-1", r=run_id, stage="only", reported="succeeded", agent=agent,
+        result=took.model_dump_json())
+    sql(insert, id=f"{run_id}-2", r=run_id, stage="other", reported="succeeded", agent=agent,
+        result=took.model_dump_json())
+    stages = [StageState(name="only", status=StageStatus.SUCCEEDED, result=took),
+              StageState(name="other", status=StageStatus.FAILED, error="timed out")]
+    # When the run's end is recorded before the API settled them
+    _record((finished.model_copy(update={"stages": stages}), 1))
+    # Then the report that ended its stage is settled, with its cost, its event, the agent's freedom and statistics
+    rows = sql("SELECT id, status, cost_micros FROM task_attempts WHERE run_id = :r ORDER BY id", r=run_id)
+    assert rows == [{"id": f"{run_id}-1", "status": "succeeded", "cost_micros": 7},
+                    {"id": f"{run_id}-2", "status": "superseded", "cost_micros": 7}]
+    assert _feed(run_id) == ["run.started", "stage.attempt.succeeded", "run.finished"]
+    assert sql("SELECT status, current_task FROM agents WHERE name = :n", n=agent) == [
+        {"status": "idle", "current_task": None}]
+    assert sql("SELECT tasks, successes FROM agent_skill_stats WHERE agent = :n", n=agent) == [
+        {"tasks": 1, "successes": 1}]
+    # And recording the end again settles nothing twice
+    _record((finished.model_copy(update={"stages": stages}), 1))
+    assert _feed(run_id) == ["run.started", "stage.attempt.succeeded", "run.finished"]

@@ -16,6 +16,8 @@ LEGAL = {
     (S.QUEUED, S.CLAIMED), (S.QUEUED, S.FAILED), (S.QUEUED, S.CANCELLED), (S.QUEUED, S.SUPERSEDED),
     (S.CLAIMED, S.SUCCEEDED), (S.CLAIMED, S.FAILED), (S.CLAIMED, S.CANCELLED), (S.CLAIMED, S.SUPERSEDED),
     (S.CLAIMED, S.QUEUED),  # handed back by its agent, within the same Temporal attempt
+    (S.CLAIMED, S.REPORTING),  # the report recorded, on its way to Temporal
+    (S.REPORTING, S.SUCCEEDED), (S.REPORTING, S.FAILED), (S.REPORTING, S.CANCELLED), (S.REPORTING, S.SUPERSEDED),
 }
 
 
@@ -45,8 +47,10 @@ def test_an_illegal_move_is_a_conflict_and_an_unknown_state_moves_nowhere() -> N
 
 
 def test_open_and_ended_states_and_bulk_sources() -> None:
-    assert OPEN == {S.QUEUED, S.CLAIMED} and ENDED == {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.SUPERSEDED}
-    assert movable_from(S.SUPERSEDED) == ["claimed", "queued"]
+    assert OPEN == {S.QUEUED, S.CLAIMED, S.REPORTING}
+    assert ENDED == {S.SUCCEEDED, S.FAILED, S.CANCELLED, S.SUPERSEDED}
+    assert movable_from(S.SUPERSEDED) == ["claimed", "queued", "reporting"]
     assert movable_from(S.QUEUED) == ["claimed"]
-    assert movable_from(S.SUCCEEDED) == ["claimed"]
-    assert movable_from(S.FAILED) == ["claimed", "queued"]
+    assert movable_from(S.SUCCEEDED) == ["claimed", "reporting"]
+    assert movable_from(S.FAILED) == ["claimed", "queued", "reporting"]
+    assert movable_from(S.REPORTING) == ["claimed"]

@@ -26,10 +26,9 @@ async def _claimed_task(api: httpx.AsyncClient, tmp_path: Path, **stage: Any) ->
     run_id = await start(api, pipeline, tmp_path)
 
     async def published() -> list[dict[str, Any]]:
-        return sql("SELECT id, task_token FROM task_attempts WHERE run_id = :r AND heartbeat_at IS NOT NULL",
-                   r=run_id)
+        return sql("SELECT id, task_token FROM task_attempts WHERE run_id = :r", r=run_id)
 
-    row = (await poll(published, deadline=60, what="the task to be published"))[0]
+    row = (await poll(published, deadline=60, what="the task to be recorded"))[0]
     claimed = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=auth, json={})
     assert claimed.status_code == 200, claimed.text
     return run_id, {**row, "auth": auth}, name, claimed.json()["claim_id"]
