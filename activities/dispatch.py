@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from opentelemetry.trace import SpanKind
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio import activity
@@ -36,8 +36,6 @@ from devart.domain.attempt_states import AttemptState, movable_from
 from devart.domain.events import add_event
 
 log = logging.getLogger(__name__)
-
-_PUBLISHED = text("UPDATE task_attempts SET heartbeat_at = now() WHERE id = :id AND heartbeat_at IS NULL")
 
 #: States in which an attempt may still be reported on; anything else is final.
 OPEN_STATES = tuple(movable_from(AttemptState.SUPERSEDED))
@@ -148,13 +146,13 @@ class Dispatcher:
             "input": inp.model_dump(mode="json"), "wait_timeout": inp.wait_timeout, "waiting_reason": None,
         }
         async with db.session() as s:
-            # Older attempts still open lost their activity to a timeout: fence them off.
-            await s.exec(  # type: ignore[call-overload]
-                update(TaskAttempt)
-                .where(TaskAttempt.run_id == inp.run_id, TaskAttempt.stage == inp.stage)  # type: ignore[arg-type]
-                .where(TaskAttempt.attempt < info.attempt, TaskAttempt.status.in_(OPEN_STATES))  # type: ignore[arg-type,attr-defined]
-                .values(status=AttemptState.SUPERSEDED.value, finished_at=utcnow())
-            )
+            if info.attempt > 1:  # older attempts still open lost their activity to a timeout: fence them off
+                await s.exec(  # type: ignore[call-overload]
+                    update(TaskAttempt)
+                    .where(TaskAttempt.run_id == inp.run_id, TaskAttempt.stage == inp.stage)  # type: ignore[arg-type]
+                    .where(TaskAttempt.attempt < info.attempt, TaskAttempt.status.in_(OPEN_STATES))  # type: ignore[arg-type,attr-defined]
+                    .values(status=AttemptState.SUPERSEDED.value, finished_at=utcnow())
+                )
             stmt = insert(TaskAttempt).values(**row)
             stmt = stmt.on_conflict_do_update(index_elements=["run_id", "stage", "attempt"], set_=row)
             org = (await s.exec(stmt.returning(col(TaskAttempt.org_id)))).scalar_one()  # type: ignore[call-overload]
@@ -194,10 +192,10 @@ class Dispatcher:
                 ),
                 routing_key=band_key(lane, inp.priority),
             )
-        # From now on this worker's queue keeper keeps the attempt alive while it waits. Not before: an attempt whose
-        # worker died between recording and publishing has no message, so it must time out and be retried.
-        async with db.session() as s:
-            await s.execute(_PUBLISHED, {"id": task_id})
+        # From now on this worker's queue keeper keeps the attempt alive while it waits, and its first heartbeat marks
+        # it as kept (``heartbeat_at``), so another worker's keeper adopts it if this one dies. Not before: an attempt
+        # whose worker died between recording and publishing has no message, so it must time out and be retried;
+        # it was never marked, and no keeper adopts it.
         if self._on_published is not None:
             self._on_published(task_id)
         activity.raise_complete_async()

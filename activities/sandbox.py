@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager, suppress
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from devart.core.contracts import ProvisionInput, SandboxHandle, TeardownInput
+from devart.activities.budgets import check_budget
+from devart.core.contracts import Prepared, PrepareInput, ProvisionInput, SandboxHandle, TeardownInput
 from devart.core.errors import SandboxError, SandboxUnavailable
 from devart.sandboxes.factory import get_sandbox
 
@@ -57,6 +58,19 @@ async def provision_sandbox(inp: ProvisionInput) -> SandboxHandle:
         # A missing repository, path or ref will not fix itself on retry; a network fault or a busy cluster may.
         raise ApplicationError(str(exc), type=exc.reason if exc.retryable else "SandboxProvisionFailed",
                                non_retryable=not exc.retryable) from exc
+
+
+@activity.defn
+async def prepare_stage(inp: PrepareInput) -> Prepared:
+    """A stage's budget check and, when the budget lets it go on, its sandbox: one step instead of two (engine 9).
+
+    The check reads nothing where the run's organisation has no budget (``domain.budget_cache``); a soft limit
+    holds the stage unless the run was approved, and the workflow then waits for the approval and asks again.
+    """
+    decision = await check_budget(inp.budget)
+    if decision.state == "ok" or (decision.state == "soft" and inp.approved):
+        return Prepared(decision=decision, handle=await provision_sandbox(inp.provision))
+    return Prepared(decision=decision)
 
 
 @activity.defn

@@ -30,8 +30,10 @@ from devart.core.contracts_pipeline import check_capabilities as check_capabilit
 #: failed run as a failed workflow, 6 provisions and tears sandboxes down as regular activities with heartbeats,
 #: reports to GitHub from activities of its own and names each activity's stage in its summary, 7 keeps the
 #: sandbox steps that do not go over the network (a local folder's copy, a local sandbox's removal) local, 8 lets a
-#: stage that needed a retry, or failed, teach the knowledge base (``learn_from_stage``).
-ENGINE = 8
+#: stage that needed a retry, or failed, teach the knowledge base (``learn_from_stage``), 9 leaves the run's start
+#: to the API, which records it (no record step), and names the run's organisation in each budget check, so a
+#: worker that knows the organisation has no budget reads nothing (``domain.budget_cache``).
+ENGINE = 9
 
 
 #: ``RunInput.trigger`` of the runs a GitHub webhook starts: only they report to GitHub.
@@ -186,6 +188,22 @@ class TeardownInput(Strict):
     handle: SandboxHandle
 
 
+class PrepareInput(Strict):
+    """A stage's first step from engine 9: its budget check, then (when the budget allows) its sandbox."""
+
+    budget: BudgetCheck
+    provision: ProvisionInput
+    #: A supervisor approved the run: a soft limit no longer holds the stage.
+    approved: bool = False
+
+
+class Prepared(Strict):
+    """The budget's decision and, when it let the stage go on, the sandbox provisioned for it."""
+
+    decision: BudgetDecision
+    handle: SandboxHandle | None = None
+
+
 class AgentTaskInput(Strict):
     """Input of the dispatch activity: everything the agent needs, minus the per-attempt identity."""
 
@@ -256,6 +274,8 @@ class BudgetCheck(Strict):
     pipeline: str
     repository: str
     stage: str
+    #: The run's organisation (engine 9): with it, a worker that knows the organisation has no budget reads nothing.
+    org: str | None = None
 
 
 class BudgetDecision(Strict):

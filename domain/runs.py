@@ -98,6 +98,9 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     except Exception as exc:
         if (refusal := await _not_started(session, client, run_id, exc)) is not None:
             raise refusal from exc
+    # The run's start, once, now that its workflow exists: from engine 9 the workflow records none of its own.
+    add_event(session, "run.started", "run running", run_id=run_id, pipeline=definition.name, status="running")
+    await session.commit()
     metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()
     return RunCreated(
         run_id=run_id, pipeline=definition.name, version=definition.version, status="running",

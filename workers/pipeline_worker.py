@@ -17,7 +17,7 @@ from devart.activities.budgets import check_budget
 from devart.activities.dispatch import Dispatcher
 from devart.activities.github import report_github
 from devart.activities.records import record_run
-from devart.activities.sandbox import provision_sandbox, teardown_sandbox
+from devart.activities.sandbox import prepare_stage, provision_sandbox, teardown_sandbox
 from devart.activities.selfheal import learn_from_stage
 from devart.core import settings
 from devart.core.database import db, tenancy
@@ -26,6 +26,7 @@ from devart.core.messaging.topology import Topology
 from devart.core.telemetry import tracing as telemetry
 from devart.core.temporal import connect
 from devart.core.temporal_namespaces import Namespaces, ensure
+from devart.domain import budget_cache
 from devart.workers.dead_letters import collect
 from devart.workers.queue_keeper import Leases, keep_queued_tasks_alive, sample_gauges
 from devart.workers.sweeper import keep_sweeping, retire_schedule
@@ -62,8 +63,8 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         client,
         task_queue=task_queue or settings.temporal().task_queue,
         workflows=[PipelineWorkflow],
-        activities=[provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task, check_budget,
-                    report_github, learn_from_stage],
+        activities=[prepare_stage, provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task,
+                    check_budget, report_github, learn_from_stage],
         max_concurrent_activities=200,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
@@ -88,11 +89,13 @@ async def serve(task_queue: str | None = None) -> None:
     keeper = asyncio.create_task(keep_queued_tasks_alive(temporal, stop, leases))
     sweeper = asyncio.create_task(keep_sweeping(temporal, stop))
     sampler = asyncio.create_task(sample_gauges(stop))
+    budgets = asyncio.create_task(budget_cache.WATCH.run(stop))
     collector = asyncio.create_task(collect(settings.amqp().amqp_url, Topology.from_settings(), stop))
     await poll_every_namespace(temporal, dispatcher, queue, stop)
     await keeper
     await sweeper
     await sampler
+    await budgets
     await collector
     await dispatcher.close()
     telemetry.shutdown()

@@ -13,7 +13,10 @@ every queued attempt. The lease is the attempt's ``heartbeat_at``, which its kee
 column is added for it. An attempt whose ``heartbeat_at`` is older than two thirds of its heartbeat timeout has
 lost its keeper (the worker died or restarted and forgot its leases): any keeper adopts it by moving
 ``heartbeat_at`` only if it still holds the value it read (a compare-and-set, so one keeper wins, without an
-advisory lock), then heartbeats it before Temporal's timeout would retry the stage. A handed-back attempt is
+advisory lock), then heartbeats it before Temporal's timeout would retry the stage. A fresh attempt has no
+``heartbeat_at`` until its keeper's first heartbeat (dispatch writes nothing after publishing), so it is due a third
+of its timeout after it was created, and no other keeper adopts it before then: its worker may have died before
+publishing it, and an attempt with no message must time out and be retried, not be kept alive. A handed-back attempt is
 queued again under the lease it had, which its keeper keeps while an agent holds the claim.
 """
 
@@ -49,7 +52,8 @@ ORPHANED_AFTER = 2 / 3
 
 _COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason, org_id"
 _MINE = text(
-    f"SELECT status, heartbeat_at < now() - make_interval(secs => heartbeat_timeout / 3.0) AS due, {_COLUMNS} "
+    f"SELECT status, coalesce(heartbeat_at, created_at) < now() - make_interval(secs => heartbeat_timeout / 3.0) "
+    f"AS due, {_COLUMNS} "
     "FROM task_attempts WHERE id = ANY(:ids)"
 )
 _ORPHANED = text(

@@ -17,6 +17,7 @@ run at once (``EngineUnknown``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from temporalio import workflow
@@ -30,6 +31,8 @@ with workflow.unsafe.imports_passed_through():
         BudgetDecision,
         EngineUnknown,
         LearnInput,
+        Prepared,
+        PrepareInput,
         ProvisionInput,
         RunInput,
         RunRecord,
@@ -43,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         TeardownInput,
     )
     from devart.core.pipelines import substitute
+    from devart.core.temporal import ORG
     from devart.sandboxes.source_hosts import is_remote
     from devart.workflows import policies
     from devart.workflows.dag import ready, skip_blocked
@@ -87,9 +91,10 @@ class PipelineWorkflow:
         started: asyncio.Task[None] | None = None
         try:
             # Inside the try: a cancel that lands during the first record still records the run as cancelled.
-            if inp.engine >= 4:  # recorded while the first stages prepare (all in the first workflow task)
+            # From engine 9 the API records the run's start, as it starts the workflow: no step here.
+            if 4 <= inp.engine < 9:  # recorded while the first stages prepare (all in the first workflow task)
                 started = asyncio.create_task(self._record(inp, RunStatus.RUNNING))
-            else:
+            elif inp.engine < 4:
                 await self._record(inp, RunStatus.RUNNING)
             while True:
                 skip_blocked(self._states)
@@ -169,14 +174,23 @@ class PipelineWorkflow:
     async def _stage(self, inp: RunInput, spec: StageSpec, state: StageState) -> None:
         # Runs recorded before budgets existed replay without the check; runs started in between (no engine in
         # their input) carry the check's patch marker.
-        if (inp.engine >= 2 or workflow.patched("budget-check")) and not await self._within_budget(inp, state):
+        prepared: list[SandboxHandle] = []  # engine 9: the sandbox the budget check's step provisioned
+        if self._engine >= 9:
+            try:
+                if not await self._within_budget(inp, state, lambda n: self._prepare(inp, spec, n, prepared)):
+                    return
+            except ActivityError as err:  # the sandbox could not be provisioned (or the budget not read)
+                state.status, state.error, state.finished_at = StageStatus.FAILED, describe_failure(err), workflow.now()
+                return
+        elif (inp.engine >= 2 or workflow.patched("budget-check")) and not await self._within_budget(
+                inp, state, lambda n: self._check_budget(inp, state, n)):
             return
         state.status = StageStatus.RUNNING
         state.started_at = workflow.now()
         self._stage_report(inp, "stage_started", state)
-        handle: SandboxHandle | None = None
+        handle: SandboxHandle | None = prepared[-1] if prepared else None
         try:
-            handle = await self._steps.sandbox(
+            handle = handle or await self._steps.sandbox(
                 "provision_sandbox",
                 ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox),
                 SandboxHandle, policies.PROVISION_TIMEOUT, policies.PROVISION_RETRY, policies.SANDBOX_HEARTBEAT,
@@ -262,18 +276,42 @@ class PipelineWorkflow:
         except ActivityError as err:
             workflow.logger.warning("stage %s: the knowledge base learned nothing: %s", spec.name, err)
 
-    async def _within_budget(self, inp: RunInput, state: StageState) -> bool:
+    def _budget(self, inp: RunInput, stage: str) -> BudgetCheck:
+        return BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo, stage=stage,
+                           org=self._org() if self._engine >= 9 else None)
+
+    async def _check_budget(self, inp: RunInput, state: StageState, checks: int) -> BudgetDecision:
+        """The budget check as a step of its own (engines 2 to 8)."""
+        return await self._steps.short(  # type: ignore[no-any-return]
+            "check_budget", self._budget(inp, state.name), BudgetDecision, policies.RECORD_TIMEOUT,
+            policies.RECORD_RETRY, summary(state.name, f"budget check {checks}"),
+        )
+
+    async def _prepare(self, inp: RunInput, spec: StageSpec, checks: int, handles: list[SandboxHandle]
+                       ) -> BudgetDecision:
+        """The budget check and, if the budget allows, the sandbox, in one step (engine 9): a local activity for a
+        local folder on the local backend, else a regular one with heartbeats, as the provision alone was."""
+        step = PrepareInput(
+            budget=self._budget(inp, spec.name), approved=self._approved,
+            provision=ProvisionInput(run_id=inp.run_id, stage=spec.name, source=inp.source, spec=spec.sandbox))
+        prepared: Prepared = await self._steps.sandbox(
+            "prepare_stage", step, Prepared, policies.PROVISION_TIMEOUT, policies.PROVISION_RETRY,
+            policies.SANDBOX_HEARTBEAT,
+            summary(spec.name, f"budget check {checks}, then provision the sandbox (network: {spec.sandbox.network})"),
+            networked=is_remote(inp.source.repo),
+        )
+        if prepared.handle is not None:
+            handles.append(prepared.handle)
+        return prepared.decision
+
+    async def _within_budget(self, inp: RunInput, state: StageState,
+                             check: Callable[[int], Awaitable[BudgetDecision]]) -> bool:
         """Check the budgets before dispatch: pause on a soft limit until approved, stop on a hard one."""
-        check = BudgetCheck(run_id=inp.run_id, pipeline=inp.pipeline.name, repository=inp.source.repo,
-                            stage=state.name)
         deadline: datetime | None = None
         checks = 0
         while True:
             checks += 1
-            decision = await self._steps.short(
-                "check_budget", check, BudgetDecision, policies.RECORD_TIMEOUT, policies.RECORD_RETRY,
-                summary(state.name, f"budget check {checks}"),
-            )
+            decision = await check(checks)
             if decision.state == "ok" or (decision.state == "soft" and self._approved):
                 state.status, state.error = StageStatus.PENDING, None
                 return True
@@ -297,6 +335,11 @@ class PipelineWorkflow:
                 if not self._verdicts:
                     raise  # before engine 5 this escaped the stage: replay it so
                 # look again: the budget may have been raised, or the deadline passed
+
+    @staticmethod
+    def _org() -> str | None:
+        """The run's organisation, from the search attribute the API started it with (None if it has none)."""
+        return workflow.info().typed_search_attributes.get(ORG) or None
 
     def _record_of(self, inp: RunInput, status: RunStatus, error: str | None = None,
                    stages: list[StageState] | None = None) -> RunRecord:

@@ -24,6 +24,8 @@ from devart.core.contracts import (
     BudgetCheck,
     BudgetDecision,
     GitHubReport,
+    Prepared,
+    PrepareInput,
     ProvisionInput,
     RunRecord,
     RunStatus,
@@ -105,7 +107,7 @@ class StandIns:
     @property
     def activities(self) -> list[Callable[..., Any]]:
         """The stand-ins, one per activity name the workflow calls."""
-        return [self.record_run, self.check_budget, self.provision_sandbox, self.run_agent_task,
+        return [self.record_run, self.check_budget, self.provision_sandbox, self.prepare_stage, self.run_agent_task,
                 self.teardown_sandbox, self.report_github]
 
     def _note(self, what: str, stage: str | None, detail: Any = None) -> None:
@@ -147,6 +149,14 @@ class StandIns:
         self.provision(inp)
         return SandboxHandle(backend="standin", id=f"{inp.run_id}-{inp.stage}", run_id=inp.run_id,
                              workspace=f"/workspace/{inp.stage}", spec=inp.spec)
+
+    @activity.defn(name="prepare_stage")
+    async def prepare_stage(self, inp: PrepareInput) -> Prepared:
+        """Engine 9's one step: the budget check, then the provision when the budget allows (both noted)."""
+        decision = await self.check_budget(inp.budget)
+        if decision.state == "ok" or (decision.state == "soft" and inp.approved):
+            return Prepared(decision=decision, handle=await self.provision_sandbox(inp.provision))
+        return Prepared(decision=decision)
 
     @activity.defn(name="teardown_sandbox")
     async def teardown_sandbox(self, inp: TeardownInput) -> None:
@@ -212,8 +222,12 @@ class Recorded:
             if kind == "EVENT_TYPE_MARKER_RECORDED":
                 details = event["markerRecordedEventAttributes"]["details"]
                 data = _decoded(details["data"])
-                if data.get("activity_type") == "provision_sandbox":
+                if data.get("activity_type") in ("provision_sandbox", "prepare_stage"):
                     handle = _decoded(details["result"])
+                    if data["activity_type"] == "prepare_stage":
+                        if not handle.get("handle"):
+                            continue
+                        handle = handle["handle"]
                     stage = handle["id"].removeprefix(f"{handle['run_id']}-").rsplit("-", 1)[0]
                     self.provisions[stage] = handle
             elif kind == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED":
@@ -229,7 +243,7 @@ class Recorded:
 
     @property
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.record_run, self.check_budget, self.provision_sandbox, self.run_agent_task,
+        return [self.record_run, self.check_budget, self.provision_sandbox, self.prepare_stage, self.run_agent_task,
                 self.teardown_sandbox]
 
     @activity.defn(name="record_run")
@@ -243,6 +257,11 @@ class Recorded:
     @activity.defn(name="provision_sandbox")
     async def provision_sandbox(self, inp: dict[str, Any]) -> dict[str, Any]:
         return dict(self.provisions[inp["stage"]])
+
+    @activity.defn(name="prepare_stage")
+    async def prepare_stage(self, inp: dict[str, Any]) -> dict[str, Any]:
+        return {"decision": {"state": "ok", "message": ""},
+                "handle": dict(self.provisions[inp["provision"]["stage"]])}
 
     @activity.defn(name="teardown_sandbox")
     async def teardown_sandbox(self, inp: dict[str, Any]) -> None:

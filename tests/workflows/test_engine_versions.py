@@ -101,9 +101,10 @@ async def test_a_remote_source_is_provisioned_by_a_regular_activity_that_heartbe
     # Then the clone was a regular activity with a heartbeat timeout, named after its stage
     _, history = await _history_kinds(temporal, run_id)
     scheduled = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
-    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == ["provision_sandbox"]
+    # (from engine 9 the step that checks the budget, then provisions)
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in scheduled] == ["prepare_stage"]
     assert scheduled[0].activity_task_scheduled_event_attributes.heartbeat_timeout.seconds > 0
-    assert b"s \xc2\xb7 provision the sandbox" in scheduled[0].user_metadata.summary.data
+    assert b"s \xc2\xb7 budget check 1, then provision the sandbox" in scheduled[0].user_metadata.summary.data
 
 
 @pytest.mark.parametrize("newer_field", [False, True])

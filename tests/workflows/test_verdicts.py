@@ -239,6 +239,10 @@ async def test_cancel(api: httpx.AsyncClient, temporal: Client, stack: Stack, tm
     assert [s["status"] for s in run["stages"]] == ["cancelled", "cancelled"]
 
 
+#: The step that provisions a stage's sandbox: from engine 9 together with the budget check.
+_PROVISIONS = ("provision_sandbox", "prepare_stage")
+
+
 async def _provision_attempts(temporal: Client, run_id: str) -> int:
     """Attempts of the run's first provision: a regular activity's started event holds its last attempt (a remote
     source is fetched over the network), a local activity's marker its own."""
@@ -246,13 +250,13 @@ async def _provision_attempts(temporal: Client, run_id: str) -> int:
     scheduled: set[int] = set()
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            if event.activity_task_scheduled_event_attributes.activity_type.name == "provision_sandbox":
+            if event.activity_task_scheduled_event_attributes.activity_type.name in _PROVISIONS:
                 scheduled.add(event.event_id)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             if event.activity_task_started_event_attributes.scheduled_event_id in scheduled:
                 return int(event.activity_task_started_event_attributes.attempt)
         elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
             data = json.loads(event.marker_recorded_event_attributes.details["data"].payloads[0].data)
-            if data.get("activity_type") == "provision_sandbox":
+            if data.get("activity_type") in _PROVISIONS:
                 return int(data["attempt"])
     raise AssertionError(f"no provision in {run_id}'s history")
