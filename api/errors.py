@@ -14,7 +14,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from devart.core.bounds import MAX_DEPTH
@@ -126,6 +127,22 @@ def install(app: FastAPI) -> None:
         log.warning("PostgreSQL refused a value of the request: %s", exc.orig)
         detail = f"a value of the request cannot be stored or compared: {str(exc.orig).splitlines()[0]}"
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection stayed busy for the pool's timeout: back-pressure, which the caller retries.
+        log.warning("no free PostgreSQL connection within the pool's timeout: %s", exc)
+        return JSONResponse({"detail": "the API is at capacity (no free database connection); try again shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(DBAPIError)
+    async def _dropped(request: Request, exc: DBAPIError) -> Any:
+        if not exc.connection_invalidated:
+            raise exc
+        # PostgreSQL dropped the connection (a restart): the pool replaced it, and the same call will work again.
+        log.warning("a PostgreSQL connection was lost mid-request: %s", str(exc.orig).splitlines()[0])
+        return JSONResponse({"detail": "the database connection was lost; try again"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(DevartError)
     async def _domain(_: Request, exc: DevartError) -> JSONResponse:

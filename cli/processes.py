@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 db_app = typer.Typer(no_args_is_help=True, help="Database administration.")
 
 
+#: How long the API keeps an idle client connection open (uvicorn's default is 5 s, httpx's client-side expiry too).
+KEEP_ALIVE_SECONDS = 65
+
+
 def api(
     host: str = typer.Option(None, help="Listen address (default DEVART_API_HOST)."),
     port: int = typer.Option(None, help="Listen port (default DEVART_API_PORT)."),
@@ -37,7 +41,10 @@ def api(
         db.require_current_schema()  # the app checks again at start; this says it in one line, before uvicorn
     except db.SchemaNotCurrent as exc:
         fail(str(exc))
-    uvicorn.run("devart.api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning")
+    # Idle keep-alive connections stay open longer than a client keeps them (httpx: 5 s), so the client always closes
+    # first: with equal timeouts a request sent on a connection the server is closing fails with a ReadError.
+    uvicorn.run("devart.api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning",
+                timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
 def worker() -> None:

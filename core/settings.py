@@ -70,6 +70,17 @@ class DatabaseSettings(BaseSettings):
                                                  "in the state folder (db-app-password, mode 0600).")
     app_database_url: str | None = Field(default=None, validation_alias="DEVART_APP_DATABASE_URL",
                                          description="The services' URL, if not DATABASE_URL with the role above.")
+    pool_size: int = Field(default=10, ge=1, le=500, validation_alias="DEVART_DB_POOL_SIZE",
+                           description="Connections each process keeps open to PostgreSQL.")
+    pool_overflow: int = Field(default=20, ge=0, le=500, validation_alias="DEVART_DB_POOL_OVERFLOW",
+                               description="Connections a process may open beyond pool_size under a burst.")
+    pool_timeout: float = Field(default=30.0, gt=0, validation_alias="DEVART_DB_POOL_TIMEOUT",
+                                description="Seconds a request waits for a free connection before it is answered "
+                                            "503 with Retry-After (back-pressure, never a 500).")
+    pool_pre_ping: bool = Field(default=False, validation_alias="DEVART_DB_POOL_PRE_PING",
+                                description="Test each connection before use (a round trip per transaction). Off: "
+                                            "a connection PostgreSQL dropped fails one statement, and the pool "
+                                            "replaces every connection older than that failure.")
 
 
 class AmqpSettings(BaseSettings):

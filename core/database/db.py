@@ -99,7 +99,9 @@ def engine() -> AsyncEngine:
     """The services' engine, as the application role; each transaction names its tenant (``tenancy``)."""
     from devart.core.database import tenancy  # noqa: F401 - installs the per-transaction tenant
 
-    return create_async_engine(app_database_url(), pool_size=10, max_overflow=10, pool_pre_ping=True)
+    cfg = settings.DatabaseSettings()
+    return create_async_engine(app_database_url(), pool_size=cfg.pool_size, max_overflow=cfg.pool_overflow,
+                               pool_timeout=cfg.pool_timeout, pool_pre_ping=cfg.pool_pre_ping)
 
 
 @lru_cache
