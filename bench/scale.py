@@ -173,7 +173,9 @@ async def sweep(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pi
     for n in levels:
         point = await level(stack, api, client, pipeline=pipeline, repo=repo, baseline_queue=baseline_queue,
                             in_flight=n, minimum=minimum, deadline=deadline)
+        first = (point["devart"]["error_messages"] or point["baseline"]["error_messages"] or [""])[0]
         report.progress(f"sweep {n:>5} in flight: baseline {point['baseline']['per_s']}/s, devart "
-                        f"{point['devart']['per_s']}/s, {point['devart']['errors']} errors")
+                        f"{point['devart']['per_s']}/s, {point['baseline']['errors']} / {point['devart']['errors']} "
+                        f"errors" + (f" (first: {first[:200]})" if first else ""))
         points.append(point)
     return points
