@@ -197,8 +197,9 @@ async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], r: dict[str, A
                                                            cfg["concurrency_3"], cfg["deadline"]))
             report.progress(f"three stages: {r['devart_3']['per_s']}/s")
             r["dispatch"] = {"concurrent_runs": fleet.CONCURRENT_RUNS, "fleet": await dispatch(cfg)}
-            r["sweep"] = await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
-                                           levels=cfg["levels"], minimum=cfg["minimum"], deadline=cfg["deadline"])
+            r["sweep"] = []
+            await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
+                              levels=cfg["levels"], minimum=cfg["minimum"], deadline=cfg["deadline"], points=r["sweep"])
             in_stack = next((p for p in r["sweep"] if p["in_flight"] == 100), r["sweep"][-1])
             r["dispatch"].update(in_stack=in_stack["dispatch_ms"], in_stack_in_flight=in_stack["in_flight"])
             r["api"] = await api_load.measure(stack.api_url, client, pipeline=one, repo=str(repo),

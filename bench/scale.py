@@ -168,8 +168,11 @@ async def level(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pi
 
 
 async def sweep(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pipeline: str, repo: str,
-                baseline_queue: str, levels: list[int], minimum: int, deadline: float) -> list[dict[str, Any]]:
-    points = []
+                baseline_queue: str, levels: list[int], minimum: int, deadline: float,
+                points: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every level in turn; each point is appended to ``points`` as soon as it is measured, so a run stopped at
+    the top level (a 5,000-run level takes many minutes) still leaves the lower ones in its partial results."""
+    points = [] if points is None else points
     for n in levels:
         point = await level(stack, api, client, pipeline=pipeline, repo=repo, baseline_queue=baseline_queue,
                             in_flight=n, minimum=minimum, deadline=deadline)
