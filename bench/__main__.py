@@ -139,7 +139,7 @@ def goals(r: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
                 "queued → claimed in the stack",
                 "measured": f"{in_stack} ms at {at} in flight (floor, publish → agent receives on a devart lane: "
                             f"{floor_p99} ms)",
-                "met": None if at != 100 else in_stack is not None and in_stack <= GOAL_DISPATCH_P99_MS})
+                "met": None if at != 100 or in_stack is None else in_stack <= GOAL_DISPATCH_P99_MS})
     top = [p for p in r["sweep"] if p["in_flight"] in SCALE_LEVELS] or r["sweep"][-1:]
     measured = "; ".join(f"{p['in_flight']} in flight: {p['devart']['errors']} errors of {p['runs']}, "
                          f"{p['memory']['total']['per_run_kib']} KiB per in-flight run" for p in top)
