@@ -1,7 +1,7 @@
 """What the benchmark's processes cost: resident memory and CPU seconds, read with psutil.
 
 Apart from ``bench.scale`` because measuring a process is one concern and driving load another: the sweep
-samples memory while its runs are in flight, the headline measures count CPU seconds around theirs.
+samples memory while its runs are in flight, the floor ladder counts CPU seconds around each step's rounds.
 """
 
 from __future__ import annotations

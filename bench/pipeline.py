@@ -38,6 +38,12 @@ class BaselineWorkflow:
                                                retry_policy=NOOP_RETRY)
 
 
+#: A stage's start-to-close and wait timeouts (seconds). At 5,000 runs in flight a task waits in its lane behind
+#: thousands of others for minutes: the benchmark's deadline per run, not the stage's timeout, must be what
+#: counts a slow run as an error (a timeout would retry the stage and blur the figures).
+STAGE_TIMEOUT = 3600
+
+
 def noop_pipeline(name: str, capability: str, stages: int) -> dict[str, Any]:
     """A pipeline of ``stages`` noop stages in a chain, each on the benchmark agents' lane."""
     retry = {"initial_interval": 1, "backoff_coefficient": 2.0, "maximum_interval": 5, "maximum_attempts": 3}
@@ -46,8 +52,8 @@ def noop_pipeline(name: str, capability: str, stages: int) -> dict[str, Any]:
         "name": name,
         "description": f"benchmark: {stages} noop stage(s)",
         "stages": [
-            {"name": n, "skill": "noop", "requires": [capability], "timeout": 300, "heartbeat_timeout": 30,
-             "wait_timeout": 300, "depends_on": names[:i][-1:], "retry": retry}
+            {"name": n, "skill": "noop", "requires": [capability], "timeout": STAGE_TIMEOUT, "heartbeat_timeout": 30,
+             "wait_timeout": STAGE_TIMEOUT, "depends_on": names[:i][-1:], "retry": retry}
             for i, n in enumerate(names)
         ],
     }

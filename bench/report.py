@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import rounds
 from bench.stats import percentile as percentile
 
 if TYPE_CHECKING:
@@ -44,52 +45,92 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def _row(label: str, s: dict[str, Any], base: dict[str, Any] | None = None) -> str:
-    cells = [label, f"{s['per_s']}", f"{s['p50_ms']}", f"{s['p99_ms']}", f"{s['n']}", f"{s['errors']}"]
-    if base is not None:
-        cells += [f"{ratio(s['per_s'], base['per_s'])}×", f"{ratio(s['p50_ms'], base['p50_ms'])}×"]
+#: What the CPU table says of RabbitMQ: the stack shares the machine's broker, whose CPU cannot be split by vhost
+#: or prefix from outside it.
+RABBITMQ_NOTE = ("rabbitmq: the whole broker (beam.smp), which cannot be split by prefix; this stack is its only "
+                 "user on a quiet machine, and anything else using it during a step is counted in that step")
+
+
+def _ladder(lad: dict[str, Any]) -> list[str]:
+    """The ladder: pooled figures, the per-round ratios to (a) with their median and spread, CPU per run."""
+    steps = lad["steps"]
+    out = [f"Floor ladder: {lad['concurrency']} runs in flight, {lad['rounds']} alternated rounds of "
+           f"{lad['runs_per_round']} runs per step ({', '.join(s['key'] for s in steps)}, …). Ratios are the step's "
+           "figure ÷ (a)'s in the same round; judged on their median, with the spread (min–max) beside it.", "",
+           "| step | runs/s | p50 ms | p99 ms | n | errors | throughput ÷ (a), median of rounds (min–max) "
+           "| pooled | p50 ÷ (a), median | CPU ms per run |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    a = steps[0]
+    for s in steps:
+        first = s is a
+        out.append(f"| ({s['key']}) {s['label']} | {s['per_s']} | {s['p50_ms']} | {s['p99_ms']} | {s['n']} "
+                   f"| {s['errors']} | {'' if first else rounds.describe(s['throughput_ratio'])} "
+                   f"| {'' if first else str(ratio(s['per_s'], a['per_s'])) + '×'} "
+                   f"| {'' if first else str(s['p50_ratio']['median']) + '×'} | {s['cpu_ms_per_run']['total']} |")
+    n = lad["rounds"]
+    out += ["", "| step, per round: runs/s (throughput ÷ (a)) | " + " | ".join(f"round {i + 1}" for i in range(n))
+            + " |", "| --- |" + " ---: |" * n]
+    for s in steps:
+        cells = [f"{rd['per_s']}" + ("" if s is a else f" ({s['throughput_ratio']['rounds'][i]}×)")
+                 + (f", {rd['errors']} errors" if rd["errors"] else "") for i, rd in enumerate(s["rounds"])]
+        out.append(f"| ({s['key']}) | " + " | ".join(cells) + " |")
+    roles = list(a["cpu_ms_per_run"])
+    out += ["", "CPU milliseconds per run, by process, during each step's rounds (the bench process hosts the "
+            "in-process workers of (a), (b) and (c) and drives every step; the floor consumer is (b) and (c)'s "
+            "other process):", "", "| step | " + " | ".join(roles) + " |", "| --- |" + " ---: |" * len(roles)]
+    out += [f"| ({s['key']}) | " + " | ".join(str(s["cpu_ms_per_run"].get(role, "")) for role in roles) + " |"
+            for s in steps]
+    out += ["", f"<sub>{RABBITMQ_NOTE}.</sub>"]
+    return out
+
+
+def _latency_1(lat: dict[str, Any]) -> list[str]:
+    a, d = lat["steps"][0], lat["steps"][-1]
+    out = [f"Latency at 1 in flight: {lat['rounds']} alternated rounds of {lat['runs_per_round']} runs per side.", "",
+           "| side | p50 ms | p99 ms | mean ms | n | errors | per-round p50 ms |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    out += [f"| ({s['key']}) {s['label']} | {s['p50_ms']} | {s['p99_ms']} | {s['mean_ms']} | {s['n']} | "
+            f"{s['errors']} | {', '.join(str(rd['p50_ms']) for rd in s['rounds'])} |" for s in (a, d)]
+    out += ["", f"p50 ratio (d) ÷ (a) at 1 in flight: **{ratio(d['p50_ms'], a['p50_ms'])}×** pooled; per round "
+            f"{rounds.describe(d['p50_ratio'])}."]
+    return out
+
+
+def _dispatch(d: dict[str, Any]) -> list[str]:
+    out = ["", "| dispatch | p50 ms | p99 ms | n |", "| --- | ---: | ---: | ---: |"]
+    if d.get("in_stack"):
+        s = d["in_stack"]
+        out.append(f"| **judged**: in the stack, queued → claimed (the claim included), {d['in_stack_in_flight']} "
+                   f"runs in flight, from the task rows | {s.get('p50')} | {s.get('p99')} | {s.get('n')} |")
+    f = d["fleet"]
+    if f.get("error"):
+        out.append(f"| floor: bench.fleet failed: {f['error']} | | | |")
     else:
-        cells += ["", ""]
-    return "| " + " | ".join(cells) + " |"
+        out += [f"| floor: publish → agent receives, devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) "
+                f"| {f['devart_ms']['p50']} | {f['devart_ms']['p99']} | {f['devart_ms']['n']} |",
+                f"| floor: the same on raw aio-pika | {f['raw_ms']['p50']} | {f['raw_ms']['p99']} "
+                f"| {f['raw_ms']['n']} |"]
+    return out
 
 
 def markdown(r: dict[str, Any]) -> str:
-    """The whole result as Markdown: headline table, dispatch, API, sweep, memory, breakdown, goals."""
-    base, c = r["baseline"], r["settings"]["concurrency"]
-    out = [f"Concurrency {c}, {r['settings']['rounds']} alternating round(s); {r['settings']['agents']} noop "
-           f"agents × concurrency {r['settings']['agent_concurrency']}. Ratios are devart ÷ baseline.", "",
-           "| measure | runs/s | p50 ms | p99 ms | n | errors | throughput ratio | p50 ratio |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-           _row("bare Temporal workflow, 1 no-op activity (baseline)", base),
-           _row("devart, 1 noop stage", r["devart"], base),
-           _row("devart, 3 noop stages in a chain", r["devart_3"], base)]
-    if r.get("cpu_ms_per_run"):
-        roles = list(r["cpu_ms_per_run"]["devart"])
-        out += ["", "CPU milliseconds per run, by process, during the rounds above (the bench process hosts the "
-                "baseline's worker and drives both; RabbitMQ is the machine's, shared with anything else using it):",
-                "", "| path | " + " | ".join(roles) + " |", "| --- |" + " ---: |" * len(roles)]
-        out += [f"| {p} | " + " | ".join(str(r["cpu_ms_per_run"][p].get(role, "")) for role in roles) + " |"
-                for p in ("baseline", "devart")]
-    d = r["dispatch"]
-    out += ["", "| dispatch, publish → agent receives | p50 ms | p99 ms | n |", "| --- | ---: | ---: | ---: |"]
-    f = d["fleet"]
-    if f.get("error"):
-        out.append(f"| bench.fleet failed: {f['error']} | | | |")
-    else:
-        out += [f"| devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) | {f['devart_ms']['p50']} "
-                f"| {f['devart_ms']['p99']} | {f['devart_ms']['n']} |",
-                f"| raw aio-pika (same run) | {f['raw_ms']['p50']} | {f['raw_ms']['p99']} | {f['raw_ms']['n']} |"]
-    if d.get("in_stack"):
-        s = d["in_stack"]
-        out.append(f"| in the stack, queued → claimed (claim included), {d['in_stack_in_flight']} runs in flight "
-                   f"| {s['p50']} | {s['p99']} | {s['n']} |")
+    """The whole result as Markdown: the ladder and its rounds, latency at 1 in flight, dispatch, API, sweep,
+    breakdown, goals."""
+    out = [f"{r['settings']['agents']} noop agents × concurrency {r['settings']['agent_concurrency']}.", ""]
+    out += _ladder(r["ladder"])
+    d3 = r["devart_3"]
+    out += ["", f"devart, 3 noop stages in a chain, {r['settings']['concurrency_3']} in flight: {d3['per_s']} runs/s, "
+            f"p50 {d3['p50_ms']} ms, p99 {d3['p99_ms']} ms, {d3['n']} runs, {d3['errors']} errors.", ""]
+    out += _latency_1(r["latency_1"])
+    out += _dispatch(r["dispatch"])
     a = r["api"]
     p = a["post"]
     out += ["", f"API: {a['clients']} clients, `POST /v1/runs` {p['per_s']}/s, p50 {p['p50_ms']} ms, p99 "
             f"{p['p99_ms']} ms, {p['n']} accepted, {p['errors']} refused or failed (statuses {a['statuses']}); "
             f"the {a['drain']['runs']} runs drained in {a['drain']['seconds']} s, {a['drain']['failed']} failed."]
     out += ["", "| in flight | runs | baseline runs/s | devart runs/s | ratio | baseline p50 / p99 ms "
-            "| devart p50 / p99 ms | errors | RSS peak MiB (api / worker / agents) | KiB per in-flight run |",
+            "| devart p50 / p99 ms | errors (baseline / devart) | RSS peak MiB (api / worker / agents) "
+            "| KiB per in-flight run |",
             "| ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- | ---: |"]
     for pt in r["sweep"]:
         b, v, m = pt["baseline"], pt["devart"], pt["memory"]
@@ -97,6 +138,9 @@ def markdown(r: dict[str, Any]) -> str:
                    f"{ratio(v['per_s'], b['per_s'])}× | {b['p50_ms']} / {b['p99_ms']} | {v['p50_ms']} / "
                    f"{v['p99_ms']} | {b['errors']} / {v['errors']} | {m['api']['peak_mib']} / "
                    f"{m['worker']['peak_mib']} / {m['agents']['peak_mib']} | {m['total']['per_run_kib']} |")
+    errors = [m for pt in r["sweep"] for m in pt["devart"]["error_messages"]][:3]
+    if errors:
+        out += ["", "First devart errors in the sweep: " + "; ".join(f"`{e[:160]}`" for e in errors)]
     if r.get("breakdown"):
         base_steps = r.get("baseline_breakdown", {})
         out += ["", "Where a run's time goes: median ms per run at 1 in flight, from the Temporal histories (and the "
@@ -105,7 +149,7 @@ def markdown(r: dict[str, Any]) -> str:
                 for step, ms in sorted(r["breakdown"].items(), key=lambda kv: -kv[1])]
         out += [f"| {step} | | {ms} |" for step, ms in base_steps.items() if step not in r["breakdown"]]
     out += ["", "| goal | measured | met |", "| --- | --- | --- |"]
-    verdict = {True: "yes", False: "**no**", None: "not measured (quick mode)"}
+    verdict = {True: "yes", False: "**no**", None: "not judged (quick mode or level not measured)"}
     out += [f"| {g['goal']} | {g['measured']} | {verdict[g['met']]} |" for g in r["goals"]]
     return "\n".join(out)
 

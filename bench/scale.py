@@ -4,7 +4,12 @@
 next. A baseline run is ``execute_workflow`` start → result; a devart run is ``POST /v1/runs`` sent → the run
 workflow's result through its Temporal handle (``result()`` is one long poll: waiting costs the API nothing).
 
-The sweep puts N runs in flight at once (1, 10, 100, 1,000), baseline and devart; at each level both run
+Starts are gated: at most ``STARTS_IN_FLIGHT`` starts (``POST /v1/runs``, or the baseline's start RPC) are on
+their way at once, the others wait their turn inside their run's time, so at 5,000 runs in flight the benchmark's
+own HTTP and Temporal clients queue work rather than time out; and a result's long poll that the server refuses
+for load is asked again within the run's deadline. Neither changes what a run costs the stack.
+
+The sweep puts N runs in flight at once (1, 10, 100, 1,000, 5,000), baseline and devart; at each level both run
 ``max(N, minimum)`` workflows, and a sampler reads the resident memory (psutil RSS, children included) of the
 API, the pipeline worker and the agents every ``meters.SAMPLE_SECONDS`` while the devart runs are in flight.
 Memory per in-flight run is (peak − idle before) ÷ N.
@@ -20,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bench import report
@@ -32,6 +38,13 @@ from devart.core.contracts import RunResult, RunStatus
 
 #: Longest a single benchmarked run may take before it counts as an error.
 RUN_DEADLINE_SECONDS = 300.0
+#: Starts on their way at once, per measurement: enough to keep the API's and the server's queues fed (the
+#: API's pool and the worker take far fewer at a time), few enough that no start waits on the client's side.
+STARTS_IN_FLIGHT = 64
+#: What a loaded server answers a long poll with that is worth asking again (within the run's deadline).
+RETRYABLE = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
+#: Pause before asking again after such an answer.
+RETRY_PAUSE_SECONDS = 0.5
 
 
 def baseline_worker(client: Client, task_queue: str) -> Worker:
@@ -84,11 +97,27 @@ async def closed_loop(one: One, total: int, concurrency: int, deadline: float = 
     return sample
 
 
+async def outcome(handle: WorkflowHandle[Any, Any]) -> Any:
+    """The workflow's result, asking again when the server refused the long poll for load (the SDK's own retries
+    give up after ten seconds; the caller's deadline is the bound here)."""
+    while True:
+        try:
+            return await handle.result()
+        except RPCError as exc:
+            if exc.status not in RETRYABLE:
+                raise
+        await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+
 def baseline_run(client: Client, task_queue: str) -> One:
+    gate = asyncio.Semaphore(STARTS_IN_FLIGHT)
+
     async def one() -> str:
         workflow_id = f"bench-baseline-{uuid.uuid4().hex[:12]}"
-        result = await client.execute_workflow(BaselineWorkflow.run, workflow_id, id=workflow_id,
-                                               task_queue=task_queue)
+        async with gate:
+            handle = await client.start_workflow(BaselineWorkflow.run, workflow_id, id=workflow_id,
+                                                 task_queue=task_queue)
+        result = await outcome(handle)
         if result != workflow_id:
             raise RuntimeError(f"baseline returned {result!r} for {workflow_id!r}")
         return workflow_id
@@ -111,15 +140,17 @@ async def start_run(api: httpx.AsyncClient, pipeline: str, repo: str) -> str:
 
 
 def devart_run(api: httpx.AsyncClient, client: Client, pipeline: str, repo: str) -> One:
+    gate = asyncio.Semaphore(STARTS_IN_FLIGHT)
+
     async def one() -> str:
-        run_id = await start_run(api, pipeline, repo)
-        result = await client.get_workflow_handle(run_id, result_type=RunResult).result()
+        async with gate:
+            run_id = await start_run(api, pipeline, repo)
+        result = await outcome(client.get_workflow_handle(run_id, result_type=RunResult))
         if result.status != RunStatus.SUCCEEDED:
             raise RuntimeError(f"run {run_id} {result.status.value}: {result.error}")
         return run_id
 
     return one
-
 
 
 async def level(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pipeline: str, repo: str,
@@ -137,12 +168,17 @@ async def level(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pi
 
 
 async def sweep(stack: BenchStack, api: httpx.AsyncClient, client: Client, *, pipeline: str, repo: str,
-                baseline_queue: str, levels: list[int], minimum: int, deadline: float) -> list[dict[str, Any]]:
-    points = []
+                baseline_queue: str, levels: list[int], minimum: int, deadline: float,
+                points: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every level in turn; each point is appended to ``points`` as soon as it is measured, so a run stopped at
+    the top level (a 5,000-run level takes many minutes) still leaves the lower ones in its partial results."""
+    points = [] if points is None else points
     for n in levels:
         point = await level(stack, api, client, pipeline=pipeline, repo=repo, baseline_queue=baseline_queue,
                             in_flight=n, minimum=minimum, deadline=deadline)
+        first = (point["devart"]["error_messages"] or point["baseline"]["error_messages"] or [""])[0]
         report.progress(f"sweep {n:>5} in flight: baseline {point['baseline']['per_s']}/s, devart "
-                        f"{point['devart']['per_s']}/s, {point['devart']['errors']} errors")
+                        f"{point['devart']['per_s']}/s, {point['baseline']['errors']} / {point['devart']['errors']} "
+                        f"errors" + (f" (first: {first[:200]})" if first else ""))
         points.append(point)
     return points
