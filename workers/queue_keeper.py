@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: How often the keeper looks for queued tasks; each task is heartbeated at a third of its own timeout.
 TICK = 0.5
+#: Heartbeats the keeper has on their way to Temporal at once: thousands of waiting attempts are kept within their
+#: timeouts, and a slow Temporal is not flooded.
+KEEP_AT_ONCE = 32
 #: After this share of its heartbeat timeout without a heartbeat, a queued attempt has lost its keeper: another
 #: adopts it. Its own keeper heartbeats at a third, so a third is left for adopting before Temporal's timeout.
 ORPHANED_AFTER = 2 / 3
@@ -123,8 +127,13 @@ async def tick(client: Namespaces, leases: Leases) -> None:
         if not due:
             return
         online = [(r[0], set(r[1])) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]
-    for row in due:
-        await _keep(await client.for_org(row.org_id), row, online)  # the token is of its organisation's namespace
+    limit = asyncio.Semaphore(KEEP_AT_ONCE)
+
+    async def keep(row: Any) -> tuple[Any, Kept]:
+        async with limit:  # the token is of its organisation's namespace
+            return row, await _keep(await client.for_org(row.org_id), row, online)
+
+    await _store_all(list(await asyncio.gather(*(keep(row) for row in due))))
 
 
 async def _adopt(s: AsyncSession, leases: Leases) -> list[Any]:
@@ -142,8 +151,18 @@ async def _adopt(s: AsyncSession, leases: Leases) -> list[Any]:
     return adopted
 
 
-async def _keep(client: Client, row: Any, online: list[tuple[str, set[str]]]) -> None:
-    task_id, run_id, stage, lane, token = row.id, row.run_id, row.stage, row.lane, row.task_token
+@dataclass(frozen=True)
+class Kept:
+    """What keeping one attempt came to: still waiting (with or without a reason), or ended."""
+
+    state: AttemptState
+    error: str | None
+    reason: str | None
+
+
+async def _keep(client: Client, row: Any, online: list[tuple[str, set[str]]]) -> Kept:
+    """Heartbeat one waiting attempt, or fail it when no agent came within its wait timeout."""
+    lane, token = row.lane, row.task_token
     created_at: datetime = row.created_at
     handle = client.get_async_activity_handle(task_token=bytes(token))
     servable = any(org == row.org_id and can_serve(caps, lane) for org, caps in online)
@@ -161,35 +180,39 @@ async def _keep(client: Client, row: Any, online: list[tuple[str, set[str]]]) ->
         state = AttemptState.CANCELLED
     except RPCError:
         state = AttemptState.SUPERSEDED  # the activity timed out or finished: this attempt is over
-    await _store(task_id, run_id, stage, state, error, row.waiting_reason, new_reason)
-
-
-async def _store(task_id: str, run_id: str, stage: str, state: AttemptState, error: str | None,
-                 old_reason: str | None, new_reason: str | None) -> None:
     if state != AttemptState.QUEUED and not can_move(AttemptState.QUEUED, state):
-        raise IllegalTransition(task_id, AttemptState.QUEUED, state)
+        raise IllegalTransition(row.id, AttemptState.QUEUED, state)
+    return Kept(state, error, new_reason)
+
+
+#: The attempts still waiting whose reason did not change: one statement moves all their leases.
+_BEATEN = text("UPDATE task_attempts SET heartbeat_at = :now WHERE id = ANY(:ids) AND status = 'queued'")
+_CHANGED = text(
+    "UPDATE task_attempts SET heartbeat_at = :now, status = :state, waiting_reason = :reason, "
+    "error = coalesce(:error, error), finished_at = :finished WHERE id = :id AND status = 'queued'"
+)
+
+
+async def _store_all(kept: list[tuple[Any, Kept]]) -> None:
+    """Record every heartbeat of a tick in one transaction: the plain ones in one statement, and each attempt that
+    ended or whose waiting reason changed on its own, with its feed event."""
     now = utcnow()
+    plain = [row.id for row, k in kept if k.state == AttemptState.QUEUED and k.reason == row.waiting_reason]
     async with db.session() as s:
-        await s.execute(
-            text(
-                "UPDATE task_attempts SET heartbeat_at = :now, status = :state, waiting_reason = :reason, "
-                "error = coalesce(:error, error), finished_at = :finished WHERE id = :id AND status = 'queued'"
-            ),
-            {
-                "now": now,
-                "state": state.value,
-                "id": task_id,
-                "reason": new_reason,
-                "error": error,
-                "finished": None if state == "queued" else now,
-            },
-        )
-        if state == "cancelled":
-            add_event(s, "stage.cancelled", "cancelled before an agent claimed it", run_id=run_id, stage=stage)
-        elif state == "failed":
-            add_event(s, "stage.attempt.failed", error or "failed", run_id=run_id, stage=stage)
-        elif new_reason and new_reason != old_reason:
-            add_event(s, "stage.waiting", new_reason, run_id=run_id, stage=stage)
+        if plain:
+            await s.execute(_BEATEN, {"now": now, "ids": plain})
+        for row, k in kept:
+            if k.state == AttemptState.QUEUED and k.reason == row.waiting_reason:
+                continue
+            await s.execute(_CHANGED, {"now": now, "state": k.state.value, "id": row.id, "reason": k.reason,
+                                       "error": k.error, "finished": None if k.state == "queued" else now})
+            if k.state == "cancelled":
+                add_event(s, "stage.cancelled", "cancelled before an agent claimed it", run_id=row.run_id,
+                          stage=row.stage)
+            elif k.state == "failed":
+                add_event(s, "stage.attempt.failed", k.error or "failed", run_id=row.run_id, stage=row.stage)
+            elif k.reason:
+                add_event(s, "stage.waiting", k.reason, run_id=row.run_id, stage=row.stage)
 
 
 #: How often lane depth and agents by status are sampled into the worker's gauges.
