@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from devart.core.database import db, tenancy
@@ -48,7 +49,13 @@ async def _record(scope: Scope, principal: Principal, status: int) -> None:
 
 
 async def _insert(scope: Scope, principal: Principal, status: int, route: object) -> None:
-    async with db.session() as s:
-        s.add(AuditEntry(org_id=principal.org, user_name=principal.user, role=principal.role.value,
-                         method=scope["method"], route=str(getattr(route, "path", None) or scope["path"]),
-                         path=scope["path"], status=status))
+    """The entry, written before the answer goes out: the request's work is done by then, so under load it waits
+    for a connection (``db.patiently``) rather than turn a done request into an error."""
+    entry = AuditEntry(org_id=principal.org, user_name=principal.user, role=principal.role.value,
+                       method=scope["method"], route=str(getattr(route, "path", None) or scope["path"]),
+                       path=scope["path"], status=status)
+
+    async def write(s: AsyncSession) -> None:
+        s.add(AuditEntry.model_validate(entry.model_dump()))  # a fresh object for each try
+
+    await db.patiently(write)

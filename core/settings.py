@@ -74,7 +74,7 @@ class DatabaseSettings(BaseSettings):
                            description="Connections each process keeps open to PostgreSQL.")
     pool_overflow: int = Field(default=20, ge=0, le=500, validation_alias="DEVART_DB_POOL_OVERFLOW",
                                description="Connections a process may open beyond pool_size under a burst.")
-    pool_timeout: float = Field(default=30.0, gt=0, validation_alias="DEVART_DB_POOL_TIMEOUT",
+    pool_timeout: float = Field(default=120.0, gt=0, validation_alias="DEVART_DB_POOL_TIMEOUT",
                                 description="Seconds a request waits for a free connection before it is answered "
                                             "503 with Retry-After (back-pressure, never a 500).")
     pool_pre_ping: bool = Field(default=False, validation_alias="DEVART_DB_POOL_PRE_PING",

@@ -25,10 +25,11 @@ from devart.core.contracts import (
     StageState,
     StageStatus,
 )
-from devart.core.database import tenancy
+from devart.core.database import db, tenancy
 from devart.core.database.models import Run, TaskAttempt, utcnow
 from devart.core.database.models_identity import Organisation
 from devart.core.errors import Conflict, DevartError, InvalidPipeline, RunNotFound, ServiceUnavailable
+from devart.core.orgs import DEFAULT_ORG
 from devart.core.telemetry import metrics
 from devart.core.temporal import search_attributes, ui_link
 from devart.domain import catalog
@@ -98,9 +99,15 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
     except Exception as exc:
         if (refusal := await _not_started(session, client, run_id, exc)) is not None:
             raise refusal from exc
-    # The run's start, once, now that its workflow exists: from engine 9 the workflow records none of its own.
-    add_event(session, "run.started", "run running", run_id=run_id, pipeline=definition.name, status="running")
-    await session.commit()
+    # The run's start, once, now that its workflow exists: from engine 9 the workflow records none of its own. Under
+    # load it waits for a connection: the run is started, an error now would make the client start it twice.
+    org = run.org_id
+
+    async def started(s: AsyncSession) -> None:
+        await tenancy.switch(s, tenancy.system_in(org or DEFAULT_ORG))
+        add_event(s, "run.started", "run running", run_id=run_id, pipeline=definition.name, status="running")
+
+    await db.patiently(started)
     metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()
     return RunCreated(
         run_id=run_id, pipeline=definition.name, version=definition.version, status="running",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -119,6 +119,23 @@ async def session() -> AsyncIterator[AsyncSession]:
         except BaseException:
             await s.rollback()
             raise
+
+
+async def patiently(work: Callable[[AsyncSession], Awaitable[None]], *, seconds: float = 300.0) -> None:
+    """Run ``work`` in a session of its own, waiting for a free pooled connection for up to ``seconds``.
+
+    For a write that follows a step which cannot be undone (a workflow started, an answer about to be sent): failing
+    it on the pool's timeout would answer an error for work that was done, and the caller's retry would do it
+    twice. Under load it waits, which is the back-pressure; any other error is raised at once.
+    """
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(PoolTimeout), stop=stop_after_delay(seconds),
+                                       wait=wait_exponential_jitter(initial=0.1, max=2.0), reraise=True):
+        with attempt:
+            async with session() as s:
+                await work(s)
 
 
 def _alembic_config(url: str) -> Config:
