@@ -27,7 +27,8 @@ async def check_budget(inp: BudgetCheck) -> BudgetDecision:
     if WATCH.none_for(inp.org):
         return BudgetDecision(state="ok")
     async with db.session() as s:
-        org = (await s.execute(_ORG, {"run_id": inp.run_id})).scalar_one_or_none()
+        # Engine 9 names the run's organisation; older runs' is read from their row.
+        org = inp.org or (await s.execute(_ORG, {"run_id": inp.run_id})).scalar_one_or_none()
         if org is not None:  # the run's organisation's budgets and spending, not every organisation's
             await tenancy.switch(s, tenancy.service_in(org))
         # An agent's report, with its cost, is recorded before Temporal hears of it (``domain.tasks``): the

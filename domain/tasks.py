@@ -245,7 +245,7 @@ async def _check_size(session: AsyncSession, row: TaskAttempt, result: StageResu
         others = (await session.execute(text(
             "SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT ON (stage) octet_length(coalesce(result::text, '')) "
             "+ octet_length(coalesce(error, '')) AS size FROM task_attempts WHERE run_id = :run AND stage <> :stage "
-            "AND (status IN ('succeeded', 'failed') OR reported IN ('succeeded', 'failed')) "
+            "AND (status IN ('succeeded', 'failed') OR (status = 'reporting' AND reported IN ('succeeded', 'failed'))) "
             "ORDER BY stage, attempt DESC) latest"),
             {"run": row.run_id, "stage": row.stage})).scalar_one()
         problem = reports.run_problem(found, int(others), row.run_id)

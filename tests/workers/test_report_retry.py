@@ -80,3 +80,20 @@ async def test_a_report_on_an_attempt_that_timed_out_is_still_refused(
     # Then it is refused, as before
     assert late.status_code == 409, late.text
     assert sql("SELECT status FROM task_attempts WHERE id = :i", i=row["id"]) == [{"status": "superseded"}]
+
+
+async def test_a_claim_asked_again_with_its_claim_id_gets_the_claim_back(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # Given a task claimed by an agent under a claim id of its own
+    _, row, _, claim_id = await _claimed_task(api, tmp_path)
+    # When the same agent asks again with the same claim id (its answer was lost), it gets the same claim
+    again = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=row["auth"], json={"claim_id": claim_id})
+    assert again.status_code == 200, again.text
+    assert again.json()["claim_id"] == claim_id
+    # And with another claim id it is refused: the task is taken
+    other = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=row["auth"], json={"claim_id": "f" * 32})
+    assert other.status_code == 409, other.text
+    # And a claim id that is not 32 hex digits is refused before anything is read
+    bad = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=row["auth"], json={"claim_id": "x\u0000"})
+    assert bad.status_code == 422, bad.text
