@@ -178,10 +178,14 @@ async def stats(session: AsyncSession, name: str) -> list[AgentSkillStat]:
 
 
 async def record_outcome(session: AsyncSession, agent: str, skill: str, succeeded: bool, seconds: float,
-                         cost: float = 0.0) -> None:
-    """Add one finished task to the agent's per-skill counters (atomically, in the caller's transaction)."""
+                         cost: float = 0.0, org: str | None = None) -> None:
+    """Add one finished task to the agent's per-skill counters (atomically, in the caller's transaction).
+
+    ``org``: the task's organisation, for a caller acting for every organisation (the pipeline worker settling a
+    run's reports), whose transaction names none; unset, PostgreSQL takes the transaction's."""
+    values = {"org_id": org} if org else {}
     stmt = insert(AgentSkillStat).values(agent=agent, skill=skill, tasks=1, successes=int(succeeded),
-                                         total_seconds=seconds, cost=cost)
+                                         total_seconds=seconds, cost=cost, **values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["agent", "skill"],
         set_={"tasks": AgentSkillStat.tasks + 1, "successes": AgentSkillStat.successes + int(succeeded),

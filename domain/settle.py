@@ -23,7 +23,7 @@ from devart.domain import agents
 from devart.domain.costs import to_money
 from devart.domain.events import add_event
 
-_RETURNING = ("RETURNING id, run_id, stage, attempt, skill, claimed_by, reported, error, result, cost_micros, "
+_RETURNING = ("RETURNING id, org_id, run_id, stage, attempt, skill, claimed_by, reported, error, result, cost_micros, "
               "extract(epoch FROM now() - claimed_at) AS seconds")
 _SETTLE = text("UPDATE task_attempts SET status = reported, finished_at = now() "
                f"WHERE id = ANY(:ids) AND status = 'reporting' {_RETURNING}")
@@ -75,7 +75,7 @@ async def _settled(session: AsyncSession, row: Any) -> None:
         await session.execute(_FREE, {"agent": row.claimed_by, "task": row.id})
         if status in _KIND and row.seconds is not None:
             await agents.record_outcome(session, row.claimed_by, row.skill, status == "succeeded",
-                                        float(row.seconds), to_money(row.cost_micros))
+                                        float(row.seconds), to_money(row.cost_micros), org=row.org_id)
     summary = (row.result or {}).get("summary") if isinstance(row.result, dict) else None
     add_event(session, _KIND.get(status, "stage.cancelled"), row.error or summary or status, run_id=row.run_id,
               stage=row.stage, agent=row.claimed_by, attempt=row.attempt)
