@@ -193,6 +193,8 @@ async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], r: dict[str, A
                            "p50_at_1": report.ratio(r["latency_1"]["steps"][-1]["p50_ms"],
                                                     r["latency_1"]["steps"][0]["p50_ms"]),
                            "p50": report.ratio(d["p50_ms"], a["p50_ms"]), "p99": report.ratio(d["p99_ms"], a["p99_ms"])}
+            if cfg.get("ladder_only"):
+                return
             r["devart_3"] = report.stats(await closed_loop(devart_run(api, client, three, str(repo)), cfg["runs_3"],
                                                            cfg["concurrency_3"], cfg["deadline"]))
             report.progress(f"three stages: {r['devart_3']['per_s']}/s")
@@ -225,12 +227,15 @@ async def clean_broker(stack: bench_stack.BenchStack) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke check in under two minutes (noisy figures)")
+    parser.add_argument("--ladder-only", action="store_true",
+                        help="only the floor ladder and the latency at 1 in flight (a few minutes; no goals judged "
+                             "beyond those two)")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (logs) afterwards")
     parser.add_argument("--name", help="results file name under bench/results (default: latest, or quick)")
     parser.add_argument("--results", type=Path, default=report.RESULTS, help="folder for the results files")
     args = parser.parse_args()
     args.name = args.name or ("quick" if args.quick else "latest")
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL, ladder_only=args.ladder_only)
     r: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
                          "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
                          "machine": machine(), "settings": cfg}
@@ -255,6 +260,12 @@ def main() -> None:
     info["summary"] = (f"{info['cpus']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
                        f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, {info['temporal']}; load average "
                        f"{info['load_average_start'][0]} at start, {info['load_average_end'][0]} at end")
+    if args.ladder_only:
+        for step in r["ladder"]["steps"] + r["latency_1"]["steps"]:
+            print(f"{step['key']} {step['label'][:40]:40} {step['per_s']:7.2f}/s p50 {step['p50_ms']:7.1f} ms "
+                  f"throughput {rounds.describe(step['throughput_ratio'])} p50 {rounds.describe(step['p50_ratio'])}"
+                  f" CPU ms/run {step.get('cpu_ms_per_run')}")
+        return
     r["goals"] = goals(r, args.quick)
     paths = report.write(r, args.name, args.results)
     print(report.markdown(r))

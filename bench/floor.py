@@ -40,6 +40,7 @@ from bench.meters import CpuMeter
 from bench.scale import One, Sample, closed_loop
 from bench.stack import BenchStack
 from devart.core.errors import ServiceUnavailable
+from devart.core.temporal import workflow_runner
 
 #: Seconds the consumer may take to import, connect and start consuming.
 CONSUMER_READY_SECONDS = 60.0
@@ -140,7 +141,8 @@ async def floor(stack: BenchStack, client: Client) -> AsyncIterator[Floor]:
         try:
             async with consumer(stack, queue) as process:
                 worker = Worker(client, task_queue=task_queue, workflows=[FloorHopWorkflow],
-                                activities=[FloorHop(channel, queue).hop], max_concurrent_activities=200)
+                                activities=[FloorHop(channel, queue).hop], max_concurrent_activities=200,
+                                workflow_runner=workflow_runner())
                 async with worker:
                     yield Floor(client, task_queue, process)
         finally:

@@ -35,6 +35,7 @@ from bench.pipeline import BaselineWorkflow, noop
 from bench.stack import BenchStack
 from bench.timeline import dispatch_delays
 from devart.core.contracts import RunResult, RunStatus
+from devart.core.temporal import workflow_runner
 
 #: Longest a single benchmarked run may take before it counts as an error.
 RUN_DEADLINE_SECONDS = 300.0
@@ -50,7 +51,7 @@ RETRY_PAUSE_SECONDS = 0.5
 def baseline_worker(client: Client, task_queue: str) -> Worker:
     """The baseline's worker, with the settings of ``workers.pipeline_worker.build_worker``."""
     return Worker(client, task_queue=task_queue, workflows=[BaselineWorkflow], activities=[noop],
-                  max_concurrent_activities=200)
+                  max_concurrent_activities=200, workflow_runner=workflow_runner())
 
 
 @dataclass

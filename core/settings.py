@@ -51,6 +51,10 @@ class TemporalSettings(BaseSettings):
                                   "when the organisation is made; false: it must already exist.")
     namespace_refresh_seconds: float = Field(
         default=10.0, gt=0, description="How often the pipeline worker looks for organisations' new namespaces.")
+    workflow_sandbox: bool = Field(
+        default=False, description="Run workflows in the SDK's sandbox, which re-imports the workflow module for "
+                                   "every run (most of the worker's CPU per run); off, determinism is checked by "
+                                   "replaying recorded histories in the sandbox in the test suite.")
     ui_url: str = Field(
         default="http://127.0.0.1:8233", validation_alias="DEVART_UI_URL", description="Temporal Web UI base URL."
     )

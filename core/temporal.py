@@ -6,6 +6,8 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from devart.core import settings
 from devart.core.errors import ServiceUnavailable
@@ -54,3 +56,15 @@ def ui_link(run_id: str, namespace: str | None = None) -> str:
     """The Web UI page of a run (in its organisation's namespace; None: the deployment's)."""
     cfg = settings.temporal()
     return f"{cfg.ui_url.rstrip('/')}/namespaces/{namespace or cfg.namespace}/workflows/{run_id}"
+
+
+def workflow_runner() -> WorkflowRunner:
+    """How a worker runs workflow code: in the SDK's sandbox only when ``TEMPORAL_WORKFLOW_SANDBOX`` asks for it.
+
+    The sandbox re-imports the workflow's module for every workflow run (compiling it again where no bytecode is
+    cached) to guard against state shared between runs and non-deterministic calls. devart's workflows keep no
+    module state, and every engine's recorded histories are replayed in the sandbox by the test suite
+    (``tests/workflows/test_replay.py``, ``test_engine_versions.py``), which catches a non-deterministic call
+    before it ships; at run time the sandbox would cost most of the worker's CPU per run.
+    """
+    return SandboxedWorkflowRunner() if settings.temporal().workflow_sandbox else UnsandboxedWorkflowRunner()

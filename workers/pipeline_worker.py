@@ -24,7 +24,7 @@ from devart.core.database import db, tenancy
 from devart.core.errors import ServiceUnavailable
 from devart.core.messaging.topology import Topology
 from devart.core.telemetry import tracing as telemetry
-from devart.core.temporal import connect
+from devart.core.temporal import connect, workflow_runner
 from devart.core.temporal_namespaces import Namespaces, ensure
 from devart.domain import budget_cache
 from devart.workers.dead_letters import collect
@@ -66,6 +66,7 @@ def build_worker(client: Client, dispatcher: Dispatcher, task_queue: str | None 
         activities=[prepare_stage, provision_sandbox, teardown_sandbox, record_run, dispatcher.run_agent_task,
                     check_budget, report_github, learn_from_stage],
         max_concurrent_activities=200,
+        workflow_runner=workflow_runner(),
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
 
