@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticPayloadConverter
+from temporalio.converter import CompositePayloadConverter, DataConverter
 from temporalio.runtime import Runtime
 from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
@@ -20,6 +21,26 @@ TRIGGER = SearchAttributeKey.for_keyword("DevartTrigger")
 #: The organisation a run belongs to: the Web UI and ``temporal workflow list`` filter on it.
 ORG = SearchAttributeKey.for_keyword("DevartOrg")
 SEARCH_ATTRIBUTES = (PIPELINE, REPOSITORY, TRIGGER)
+
+#: One pydantic payload converter for the whole process, with its cache of type adapters.
+_PYDANTIC = PydanticPayloadConverter()
+
+
+class SharedPydanticPayloadConverter(CompositePayloadConverter):
+    """The SDK's pydantic payload converter, its parts shared by every instance.
+
+    The SDK builds a data converter (so a payload converter) for every workflow and every workflow activation; the
+    pydantic one builds its encoders and an empty cache of type adapters each time, so every run paid for its
+    models' adapters again. These instances share ``_PYDANTIC``'s converters, which hold no per-call state (the
+    cache is a thread-safe ``lru_cache``); the payloads are byte for byte the same.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(*_PYDANTIC.converters.values())
+
+
+#: What every devart client, worker and replayer converts payloads with.
+DATA_CONVERTER = DataConverter(payload_converter_class=SharedPydanticPayloadConverter)
 
 
 def search_attributes(pipeline: str, repository: str, trigger: str, org: str) -> TypedSearchAttributes:
@@ -41,7 +62,7 @@ async def connect(address: str | None = None, namespace: str | None = None, runt
         return await Client.connect(
             address,
             namespace=namespace or cfg.namespace,
-            data_converter=pydantic_data_converter,
+            data_converter=DATA_CONVERTER,
             runtime=runtime,
             interceptors=telemetry.temporal_interceptors(),
         )
