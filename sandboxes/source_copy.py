@@ -1,9 +1,16 @@
 """Copy a local working tree into a new workspace: regular files, folders and links only, within a size limit.
 
-Run as ``python -I -S -c <this file's source> SOURCE DESTINATION OPTIONS`` (OPTIONS is JSON: ``limit``, ``ignore``,
-``ignore_top``, ``exclude``), usually as the sandbox user in a bubblewrap sandbox of its own
+Run as ``python -I -S -c <this file's source> SOURCE DESTINATION OPTIONS`` (OPTIONS from ``encode_options``:
+``limit``, ``ignore``, ``ignore_top``, ``exclude``), usually as the sandbox user in a bubblewrap sandbox of its own
 (``sandboxes/source_sandbox.py``), so it reads exactly what that user may read. It uses only the standard library,
 so the agent's Python runs it whatever the sandbox can import, and a cancelled provision simply kills it.
+
+It starts for every local stage, so it imports only modules the interpreter has built in or frozen: ``json``,
+``fnmatch`` and ``typing`` would pull in ``re``, ``enum`` and ``functools``, which took a third of a provision's
+time. The options come as ``marshal`` data the worker wrote, the report goes out as an ``ascii()`` literal the
+worker reads with ``ast.literal_eval`` (``read_report``: literals only, whatever the copier printed), and ignore
+patterns that are a plain name or ``*`` and a suffix are matched without ``fnmatch``, which is imported only for
+any other pattern.
 
 What it copies and why:
 
@@ -27,12 +34,10 @@ On success it prints a JSON report (``files``, ``bytes``, ``unreadable``, ``unre
 from __future__ import annotations
 
 import errno
-import fnmatch
-import json
+import marshal
 import os
 import stat
 import sys
-from typing import Any
 
 #: Exit statuses the caller tells apart (anything else is an unexpected failure, its message on stderr).
 OVER_LIMIT = 3
@@ -52,11 +57,12 @@ class OverLimit(Exception):
 class Copy:
     """One copy's options and what it has copied and skipped so far."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.limit = int(options.get("limit") or 0)
-        self.ignore = [str(p) for p in options.get("ignore") or []]
-        self.ignore_top = {str(n) for n in options.get("ignore_top") or []}
-        self.exclude = str(options.get("exclude") or "")
+    def __init__(self, limit: int = 0, ignore: list[str] | None = None, ignore_top: list[str] | None = None,
+                 exclude: str = "") -> None:
+        self.limit = int(limit or 0)
+        self.names, self.suffixes, self.patterns = _patterns([str(p) for p in ignore or []])
+        self.ignore_top = {str(n) for n in ignore_top or []}
+        self.exclude = str(exclude or "")
         self.used = self.files = self.unreadable = self.special = 0
         self.unreadable_paths: list[str] = []
         self.folders: list[tuple[str, os.stat_result]] = []
@@ -80,7 +86,7 @@ class Copy:
 
     def skipped(self, parent: str, name: str) -> bool:
         relative = os.path.join(parent, name) if parent else name
-        return (any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore)
+        return (name in self.names or name.endswith(self.suffixes) or _matches(name, self.patterns)
                 or (not parent and name in self.ignore_top) or relative == self.exclude)
 
     def run(self, source: str, destination: str) -> None:
@@ -164,7 +170,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.stderr.write("usage: source_copy SOURCE DESTINATION OPTIONS\n")
         return 2
-    copy = Copy(json.loads(argv[2]))
+    copy = Copy(**marshal.loads(bytes.fromhex(argv[2])))
     try:
         copy.run(argv[0], argv[1])
     except OverLimit:
@@ -176,9 +182,51 @@ def main(argv: list[str]) -> int:
             return OVER_LIMIT
         sys.stderr.write(f"{exc.strerror}: {exc.filename}\n" if exc.filename else f"{exc}\n")
         return 1
-    json.dump({"files": copy.files, "bytes": copy.used, "unreadable": copy.unreadable,
-               "unreadable_paths": copy.unreadable_paths, "special": copy.special}, sys.stdout)
+    sys.stdout.write(ascii({"files": copy.files, "bytes": copy.used, "unreadable": copy.unreadable,
+                            "unreadable_paths": copy.unreadable_paths, "special": copy.special}))
     return 0
+
+
+def _patterns(patterns: list[str]) -> tuple[set[str], tuple[str, ...], list[str]]:
+    """Split ignore patterns into plain names, ``*suffix`` patterns (as their suffixes) and any other glob."""
+    names, suffixes, others = set(), [], []
+    for pattern in patterns:
+        if not any(char in pattern for char in "*?["):
+            names.add(pattern)
+        elif pattern.startswith("*") and not any(char in pattern[1:] for char in "*?["):
+            suffixes.append(pattern[1:])
+        else:
+            others.append(pattern)
+    return names, tuple(suffixes), others
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    """``fnmatch`` for the patterns ``_patterns`` could not match by name or suffix (imported only then)."""
+    if not patterns:
+        return False
+    import fnmatch
+
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def encode_options(options: dict[str, object]) -> str:
+    """OPTIONS for the command line (the worker's side)."""
+    return marshal.dumps(options).hex()
+
+
+class Report:
+    """What a copy did, as the copier printed it."""
+
+    def __init__(self, files: int, bytes: int, unreadable: int, unreadable_paths: list[str], special: int) -> None:
+        self.files, self.bytes, self.special = files, bytes, special
+        self.unreadable, self.unreadable_paths = unreadable, [str(path) for path in unreadable_paths]
+
+
+def read_report(printed: str) -> Report:
+    """The report the copier printed (the worker's side): literals only, so nothing it printed can run."""
+    import ast
+
+    return Report(**ast.literal_eval(printed.strip()))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ back raw: ``GitFailed`` with git's words, ``TooBig`` for a destination past its 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -78,8 +77,8 @@ async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: 
     raises.
     """
     jail = Jail.detect(dest)
-    result = await run_confined(jail, src, dest, copy_command(placement(src, dest, jail), json.dumps(options)),
-                                what=f"copying {str(src)!r}", timeout=COPY_TIMEOUT, hide=hide,
+    command = copy_command(placement(src, dest, jail), source_copy.encode_options(options))
+    result = await run_confined(jail, src, dest, command, what=f"copying {str(src)!r}", timeout=COPY_TIMEOUT, hide=hide,
                                 direct_env={"PATH": HELPER_PATH, "LC_ALL": "C"})
     said = result.stderr.strip().splitlines()[0] if result.stderr.strip() else f"exit code {result.returncode}"
     if result.returncode == source_copy.OVER_LIMIT:
@@ -87,16 +86,16 @@ async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: 
     if result.returncode != 0:
         raise SandboxError(f"copying {str(src)!r} into the sandbox failed: {said}. Check the files are readable "
                            "and the disk has room")
-    report = json.loads(result.stdout)
-    if "." in report["unreadable_paths"]:  # an empty workspace would give a verdict on nothing
+    report = source_copy.read_report(result.stdout)
+    if "." in report.unreadable_paths:  # an empty workspace would give a verdict on nothing
         who = f"the sandbox user (uid {SANDBOX_UID})" if jail is not None else "this user"
         raise SandboxError(f"source {str(src)!r} cannot be read by {who}: make the folder readable (chmod o+rX) "
                            "or point at one that is")
-    if report["unreadable"] or report["special"]:
+    if report.unreadable or report.special:
         who = f"the sandbox user (uid {SANDBOX_UID})" if jail is not None else "this user"
         log.warning("copying %s left out %d files or folders %s may not read (%s) and %d devices, FIFOs or "
-                    "sockets: make them readable (chmod o+rX) if the stage needs them", src, report["unreadable"],
-                    who, ", ".join(report["unreadable_paths"]), report["special"])
+                    "sockets: make them readable (chmod o+rX) if the stage needs them", src, report.unreadable,
+                    who, ", ".join(report.unreadable_paths), report.special)
 
 
 async def clone_local(origin: str, src: Path, dest: Path, *, also: Sequence[Path], hide: Sequence[Path],

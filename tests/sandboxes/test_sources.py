@@ -8,7 +8,7 @@ source) and check what lands in the workspace.
 from __future__ import annotations
 
 import asyncio
-import json
+import fnmatch
 import logging
 import os
 import socket
@@ -27,6 +27,7 @@ from devart.core.contracts import Source
 from devart.core.errors import SandboxError
 from devart.sandboxes import volumes
 from devart.sandboxes.bubblewrap import SANDBOX_UID
+from devart.sandboxes.source_copy import encode_options, read_report
 from devart.sandboxes.source_sandbox import Jail, copier_source
 from devart.sandboxes.workspace import materialize, plan_checkout
 from tests.helpers import poll
@@ -277,12 +278,40 @@ def test_the_copier_alone_follows_the_same_rules(tmp_path: Path) -> None:
     os.mkfifo(src / "fifo")
     (src / "link").symlink_to("/etc/shadow")
     command = [sys.executable, "-I", "-S", "-c", copier_source(), str(src), str(tmp_path / "out")]
-    done = subprocess.run([*command, json.dumps({"limit": 64 * MIB})], capture_output=True, text=True, timeout=30)
+    done = subprocess.run([*command, encode_options({"limit": 64 * MIB})], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["special"] == 1
+    assert read_report(done.stdout).special == 1
     assert sorted(os.listdir(tmp_path / "out")) == ["a.txt", "link"]
 
     (src / "big.bin").write_bytes(b"x" * (2 * MIB))
-    over = subprocess.run([*command[:-1], str(tmp_path / "out2"), json.dumps({"limit": MIB})], capture_output=True,
+    over = subprocess.run([*command[:-1], str(tmp_path / "out2"), encode_options({"limit": MIB})], capture_output=True,
                           text=True, timeout=30)
     assert over.returncode == 3 and "over the limit" in over.stderr
+
+
+def test_the_copier_ignores_what_fnmatch_would_without_importing_it(tmp_path: Path) -> None:
+    """Plain names and ``*suffix`` patterns are matched by name and suffix; any other glob still goes to fnmatch."""
+    src = tmp_path / "src"
+    for folder in (".venv", "pkg.egg-info", "pyc"):
+        (src / folder).mkdir(parents=True)
+    for file in ("x.pyc", ".pyc", "keep.py", "a1.txt", "ab.txt"):
+        (src / file).write_text(file)
+    patterns = [".venv", "*.pyc", "*.egg-info", "a[0-9]*"]
+    command = [sys.executable, "-I", "-S", "-c", copier_source(), str(src), str(tmp_path / "out"),
+               encode_options({"ignore": patterns})]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    kept = sorted(os.listdir(tmp_path / "out"))
+    assert kept == sorted(name for name in os.listdir(src) if not any(fnmatch.fnmatch(name, p) for p in patterns))
+    assert kept == ["ab.txt", "keep.py", "pyc"]
+
+
+def test_the_copiers_report_reads_back_any_file_name() -> None:
+    """Names come from the source: quotes, newlines and bytes that are not UTF-8 survive the report unchanged."""
+    names = ["a\nb", "it's \"quoted\"", "caf\u00e9", "bad\udcff", "{'files': 1}"]
+    printed = ascii({"files": 2, "bytes": 8192, "unreadable": 7, "unreadable_paths": names, "special": 1})
+    report = read_report(printed + "\n")
+    assert (report.files, report.bytes, report.unreadable, report.special) == (2, 8192, 7, 1)
+    assert report.unreadable_paths == names
+    with pytest.raises(ValueError):
+        read_report("__import__('os').system('true')")
