@@ -265,6 +265,9 @@ def main() -> None:
             print(f"{step['key']} {step['label'][:40]:40} {step['per_s']:7.2f}/s p50 {step['p50_ms']:7.1f} ms "
                   f"throughput {rounds.describe(step['throughput_ratio'])} p50 {rounds.describe(step['p50_ratio'])}"
                   f" CPU ms/run {step.get('cpu_ms_per_run')}")
+        written = args.results / f"{args.name}.json"
+        written.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        print(f"\nwrote {written}")
         return
     r["goals"] = goals(r, args.quick)
     paths = report.write(r, args.name, args.results)
