@@ -72,12 +72,22 @@ def _library(frame: str) -> str:
 
 #: The process's entry point: on every stack, so it says nothing.
 _ENTRY = "run (core/eventloop.py)"
+#: py-spy names a file by its path under the import root: devart's files come as ``devart/api/…`` where the
+#: package is installed under that name, as ``api/…`` where the checkout itself is the import root.
+_PACKAGE = "devart/"
 
 
 def _function(frame: str) -> str:
     """``name (file:line)`` → ``name (file)``: a function's samples counted together across its lines."""
     name, _, where = frame.rpartition(" (")
+    where = where.removeprefix(_PACKAGE)
     return f"{name} ({where.rpartition(':')[0] or where.rstrip(')')})"
+
+
+def _own(frame: str) -> bool:
+    """Whether ``frame`` is in one of devart's own packages."""
+    where = frame.rpartition(" (")[2].removeprefix(_PACKAGE)
+    return where.startswith(OWN)
 
 
 def summary(collapsed: Path, limit: int) -> dict[str, list[tuple[str, float]]]:
@@ -88,7 +98,7 @@ def summary(collapsed: Path, limit: int) -> dict[str, list[tuple[str, float]]]:
     own: Counter[str] = Counter()
     for frames, n in samples:
         by_library[_library(frames[-1])] += n
-        for function in {_function(f) for f in frames if any(f" ({o}" in f for o in OWN)} - {_ENTRY}:
+        for function in {_function(f) for f in frames if _own(f)} - {_ENTRY}:
             own[function] += n
     return {"self time by library": [(k, n / total) for k, n in by_library.most_common(limit)],
             "devart functions, inclusive": [(k, n / total) for k, n in own.most_common(limit)]}
