@@ -184,6 +184,12 @@ async def run(stack: bench_stack.BenchStack, cfg: dict[str, Any], r: dict[str, A
             # Warm-up: the first dispatch declares the lane and the agents start consuming it.
             await closed_loop(devart_run(api, client, one, str(repo)), 4, 2)
             await closed_loop(baseline_run(client, queue), 10, 5)
+            if cfg.get("sweep_levels"):
+                r["sweep"] = []
+                await scale.sweep(stack, api, client, pipeline=one, repo=str(repo), baseline_queue=queue,
+                                  levels=cfg["sweep_levels"], minimum=cfg["minimum"], deadline=cfg["deadline"],
+                                  points=r["sweep"])
+                return
             r["ladder"], r["latency_1"] = await ladder(stack, api, client, cfg, queue=queue, pipeline=one,
                                                        repo=str(repo))
             a, d = r["ladder"]["steps"][0], r["ladder"]["steps"][-1]
@@ -230,12 +236,14 @@ def main() -> None:
     parser.add_argument("--ladder-only", action="store_true",
                         help="only the floor ladder and the latency at 1 in flight (a few minutes; no goals judged "
                              "beyond those two)")
+    parser.add_argument("--sweep", type=lambda v: [int(n) for n in v.split(",")], metavar="LEVELS",
+                        help="only the scale sweep, at these levels (e.g. 5000): errors and memory per in-flight run")
     parser.add_argument("--keep-state", action="store_true", help="keep the stack's state folder (logs) afterwards")
     parser.add_argument("--name", help="results file name under bench/results (default: latest, or quick)")
     parser.add_argument("--results", type=Path, default=report.RESULTS, help="folder for the results files")
     args = parser.parse_args()
     args.name = args.name or ("quick" if args.quick else "latest")
-    cfg = dict(QUICK if args.quick else FULL, ladder_only=args.ladder_only)
+    cfg = dict(QUICK if args.quick else FULL, ladder_only=args.ladder_only, sweep_levels=args.sweep)
     r: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
                          "command": shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]]),
                          "machine": machine(), "settings": cfg}
@@ -260,8 +268,14 @@ def main() -> None:
     info["summary"] = (f"{info['cpus']} CPUs ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
                        f"Python {info['python']}, RabbitMQ {info['rabbitmq']}, {info['temporal']}; load average "
                        f"{info['load_average_start'][0]} at start, {info['load_average_end'][0]} at end")
-    if args.ladder_only:
-        for step in r["ladder"]["steps"] + r["latency_1"]["steps"]:
+    if args.sweep:
+        for point in r["sweep"]:
+            print(f"{point['in_flight']} in flight: baseline {point['baseline']['per_s']}/s, devart "
+                  f"{point['devart']['per_s']}/s, errors {point['baseline']['errors']} / {point['devart']['errors']} "
+                  f"{point['devart']['error_messages'][:1]}, {point['memory']['total']['per_run_kib']} KiB per "
+                  f"in-flight run, dispatch {point['dispatch_ms']}")
+    if args.ladder_only or args.sweep:
+        for step in r.get("ladder", {}).get("steps", []) + r.get("latency_1", {}).get("steps", []):
             print(f"{step['key']} {step['label'][:40]:40} {step['per_s']:7.2f}/s p50 {step['p50_ms']:7.1f} ms "
                   f"throughput {rounds.describe(step['throughput_ratio'])} p50 {rounds.describe(step['p50_ratio'])}"
                   f" CPU ms/run {step.get('cpu_ms_per_run')}")

@@ -28,7 +28,8 @@ What it copies and why:
   copy stops with ``OVER_LIMIT``.
 - Permission bits and modification times are kept (without set-user-id and set-group-id bits).
 
-On success it prints a JSON report (``files``, ``bytes``, ``unreadable``, ``unreadable_paths``, ``special``).
+On success it prints its report (``files``, ``bytes``, ``unreadable``, ``unreadable_paths``, ``special``), which
+the worker reads with ``read_report``.
 """
 
 from __future__ import annotations

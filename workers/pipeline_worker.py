@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from devart.activities.admission import Admission
 from devart.activities.budgets import check_budget
 from devart.activities.dispatch import Dispatcher
 from devart.activities.github import report_github
@@ -81,7 +82,8 @@ async def serve(task_queue: str | None = None) -> None:
     temporal = Namespaces(client)
     queue = task_queue or settings.temporal().task_queue
     leases = Leases()  # the queued attempts this worker keeps alive (workers.queue_keeper)
-    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take)
+    admission = Admission(settings.worker().max_waiting_tasks, leases.waiting)  # activities.admission
+    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take, admission)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -79,13 +79,16 @@ async def test_sweeper_removes_what_a_dead_worker_left(
     stack.supervisor.children.remove(stack.worker)
     stack.worker = stack.supervisor.spawn("worker", "worker", env={"DEVART_SWEEP_EVERY": "1"})
 
-    # Then the worker's sweeper removes the sandbox and says so in the feed
-    async def swept() -> bool:
-        return not mine()
+    # Then the worker's sweeper removes the sandbox and says so in the feed (once its whole sweep is done)
+    def reported() -> list[dict[str, object]]:
+        return sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND run_id = :r", r=run_id)
 
-    await poll(swept, deadline=60, every=0.5, what="the sweeper to remove the orphaned sandbox")
-    events = sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND run_id = :r", r=run_id)
-    assert events and "terminated" in events[0]["message"]
+    async def swept() -> bool:
+        return bool(reported())
+
+    await poll(swept, deadline=60, every=0.5, what="the sweeper to remove the orphaned sandbox and say so in the feed")
+    assert not mine()
+    assert "terminated" in str(reported()[0]["message"])
     # And no sweep shows up among the workflows: they are the runs only
     listed = [w.workflow_type async for w in temporal.list_workflows("WorkflowType != 'PipelineWorkflow'")]
     assert "SandboxSweepWorkflow" not in listed
@@ -112,13 +115,16 @@ async def test_only_the_lock_holder_sweeps(temporal: Client, stack: Stack, fast_
         db.engine.cache_clear()
         db._sessions.cache_clear()
 
-    # And once the lock is free, the worker takes it and sweeps
-    async def swept() -> bool:
-        return not orphan.exists()
+    # And once the lock is free, the worker takes it and sweeps: the feed hears of it once the whole sweep is done
+    def reported() -> list[dict[str, object]]:
+        return sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND data->>'sandbox' = :s", s=orphan.name)
 
-    await poll(swept, deadline=30, what="the sweeper to remove the orphaned sandbox")
-    events = sql("SELECT message FROM events WHERE kind = 'sandbox.swept' AND data->>'sandbox' = :s", s=orphan.name)
-    assert events and "older than its time to live" in events[0]["message"]
+    async def swept() -> bool:
+        return bool(reported())
+
+    await poll(swept, deadline=30, what="the sweeper to remove the orphaned sandbox and say so in the feed")
+    assert not orphan.exists()
+    assert "older than its time to live" in str(reported()[0]["message"])
 
 
 async def test_a_worker_retires_the_old_schedule(temporal: Client, stack: Stack, fast_sweeps: None) -> None:
