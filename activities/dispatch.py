@@ -23,7 +23,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio import activity
 
-from devart.activities.admission import Admission
 from devart.activities.selfheal import heal
 from devart.core.contracts import AgentTaskInput, AgentTaskMessage, StageResult
 from devart.core.database import db, tenancy
@@ -56,11 +55,8 @@ async def _beating(work: Awaitable[AgentTaskInput]) -> AgentTaskInput:
 class Dispatcher:
     """Holds the worker's AMQP connection (one per process) and the lane bands it has already declared."""
 
-    def __init__(self, amqp_url: str, topology: Topology, on_published: Callable[[str], None] | None = None,
-                 admission: Admission | None = None) -> None:
+    def __init__(self, amqp_url: str, topology: Topology, on_published: Callable[[str], None] | None = None) -> None:
         self._url = amqp_url
-        #: Holds a dispatch while this worker's lanes hold as many waiting tasks as its keeper can keep alive.
-        self._admission = admission
         #: Set as every task's ``user_id``, which RabbitMQ checks: a task of ours that dies keeps it, and the
         #: dead-letter collector files it by its lane only then (``workers.dead_letters``).
         self._user = amqp_user(amqp_url)
@@ -129,18 +125,6 @@ class Dispatcher:
             except Exception:  # the retry goes on as Temporal asked, without them; the log says why
                 log.warning("no knowledge-base hints for %s/%s attempt %d", inp.run_id, inp.stage, info.attempt,
                             exc_info=True)
-        if self._admission is None:
-            await self._dispatch(inp, info)
-        else:
-            await self._admission.enter()
-            try:
-                await self._dispatch(inp, info)
-            finally:
-                self._admission.leave()
-        activity.raise_complete_async()  # the agent's report, through the API, completes it
-
-    async def _dispatch(self, inp: AgentTaskInput, info: activity.Info) -> None:
-        """Record the attempt and publish its task to the lane."""
         lane = lane_name(inp.requires)
         task_id = str(uuid.uuid4())
         row = {
@@ -214,3 +198,4 @@ class Dispatcher:
         # it was never marked, and no keeper adopts it.
         if self._on_published is not None:
             self._on_published(task_id)
+        activity.raise_complete_async()

@@ -157,9 +157,6 @@ class WorkerSettings(BaseSettings):
     model_config = _config("DEVART_WORKER_")
     metrics_port: int = Field(default=9464, description="Port of the worker's /metrics (0 disables it).")
     sdk_metrics_port: int = Field(default=9465, description="Port of the Temporal SDK's metrics (0 disables it).")
-    max_waiting_tasks: int = Field(
-        default=500, ge=1, description="Agent tasks this worker lets wait in their lanes at once; further stages "
-                                       "wait unstarted in Temporal (workers.admission).")
 
 
 class AdminSettings(BaseSettings):

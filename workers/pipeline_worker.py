@@ -13,7 +13,6 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from devart.activities.admission import Admission
 from devart.activities.budgets import check_budget
 from devart.activities.dispatch import Dispatcher
 from devart.activities.github import report_github
@@ -82,8 +81,7 @@ async def serve(task_queue: str | None = None) -> None:
     temporal = Namespaces(client)
     queue = task_queue or settings.temporal().task_queue
     leases = Leases()  # the queued attempts this worker keeps alive (workers.queue_keeper)
-    admission = Admission(settings.worker().max_waiting_tasks, leases.waiting)  # activities.admission
-    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take, admission)
+    dispatcher = Dispatcher(settings.amqp().amqp_url, Topology.from_settings(), leases.take)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -79,25 +79,12 @@ class Leases:
 
     def __init__(self) -> None:
         self._ids: set[str] = set()
-        #: Those of them waiting in their lanes (not claimed), as of the last tick and the takes since.
-        self._queued: set[str] = set()
 
     def take(self, task_id: str) -> None:
         self._ids.add(task_id)
-        self._queued.add(task_id)
 
     def drop(self, task_id: str) -> None:
         self._ids.discard(task_id)
-        self._queued.discard(task_id)
-
-    def waiting(self) -> int:
-        """How many of them wait in their lanes (``workers.admission`` admits new dispatches by it)."""
-        return len(self._queued)
-
-    def seen(self, asked: set[str], queued: set[str]) -> None:
-        """A tick read the attempts ``asked`` and found ``queued`` still waiting (a hand-back waits again); those
-        taken since it asked count as waiting until the next tick reads them."""
-        self._queued = (self._queued - asked) | (queued & self._ids)
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._ids
@@ -131,12 +118,10 @@ async def tick(client: Namespaces, leases: Leases) -> None:
     async with db.session() as s:
         due = await _adopt(s, leases)
         if leases:
-            asked = leases.ids()
-            mine = (await s.execute(_MINE, {"ids": asked})).all()
+            mine = (await s.execute(_MINE, {"ids": leases.ids()})).all()
             kept = {row.id for row in mine if row.status in _KEPT}
-            for task_id in set(asked) - kept:
+            for task_id in set(leases.ids()) - kept:
                 leases.drop(task_id)  # finished (or gone): nothing more to keep
-            leases.seen(set(asked), {row.id for row in mine if row.status == "queued"})
             adopted = {row.id for row in due}
             due += [row for row in mine if row.status == "queued" and row.due and row.id not in adopted]
         if not due:
