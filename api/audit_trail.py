@@ -51,11 +51,11 @@ async def _record(scope: Scope, principal: Principal, status: int) -> None:
 async def _insert(scope: Scope, principal: Principal, status: int, route: object) -> None:
     """The entry, written before the answer goes out: the request's work is done by then, so under load it waits
     for a connection (``db.patiently``) rather than turn a done request into an error."""
-    entry = AuditEntry(org_id=principal.org, user_name=principal.user, role=principal.role.value,
-                       method=scope["method"], route=str(getattr(route, "path", None) or scope["path"]),
-                       path=scope["path"], status=status)
+    fields = {"org_id": principal.org, "user_name": principal.user, "role": principal.role.value,
+              "method": scope["method"], "route": str(getattr(route, "path", None) or scope["path"]),
+              "path": scope["path"], "status": status}
 
     async def write(s: AsyncSession) -> None:
-        s.add(AuditEntry.model_validate(entry.model_dump()))  # a fresh object for each try
+        s.add(AuditEntry(**fields))  # a fresh object for each try
 
     await db.patiently(write)

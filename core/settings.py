@@ -53,8 +53,8 @@ class TemporalSettings(BaseSettings):
         default=10.0, gt=0, description="How often the pipeline worker looks for organisations' new namespaces.")
     workflow_sandbox: bool = Field(
         default=False, description="Run workflows in the SDK's sandbox, which re-imports the workflow module for "
-                                   "every run (most of the worker's CPU per run); off, determinism is checked by "
-                                   "replaying recorded histories in the sandbox in the test suite.")
+                                   "every run (a quarter of the worker's profile samples); off, determinism is "
+                                   "checked by replaying recorded histories in the sandbox in the test suite.")
     ui_url: str = Field(
         default="http://127.0.0.1:8233", validation_alias="DEVART_UI_URL", description="Temporal Web UI base URL."
     )

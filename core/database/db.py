@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from devart.core import settings
 from devart.core.errors import ServiceUnavailable
@@ -128,9 +130,6 @@ async def patiently(work: Callable[[AsyncSession], Awaitable[None]], *, seconds:
     it on the pool's timeout would answer an error for work that was done, and the caller's retry would do it
     twice. Under load it waits, which is the back-pressure; any other error is raised at once.
     """
-    from sqlalchemy.exc import TimeoutError as PoolTimeout
-    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
-
     async for attempt in AsyncRetrying(retry=retry_if_exception_type(PoolTimeout), stop=stop_after_delay(seconds),
                                        wait=wait_exponential_jitter(initial=0.1, max=2.0), reraise=True):
         with attempt:

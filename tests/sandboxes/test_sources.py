@@ -142,6 +142,29 @@ async def test_root_only_files_and_folders_are_not_handed_over(
     assert "left out 2 files or folders" in caplog.text and "private" in caplog.text
 
 
+async def test_hostile_file_names_are_copied_and_reported_as_they_are(
+        dest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Names the source chooses reach the worker only inside the copier's report: quotes, newlines, braces, code
+    and bytes that are not UTF-8 are copied (readable) or named (unreadable) unchanged, and never run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [b"a\nb", b"it's \"q\"", b"{'files': 99}", b"__import__('os').system('id')", b"bad\xff"]
+    for name in names:
+        with open(os.path.join(os.fsencode(src), name), "wb") as f:
+            f.write(b"readable")
+        hidden = os.path.join(os.fsencode(src), b"root-" + name)
+        with open(hidden, "wb") as f:
+            f.write(b"secret")
+        os.chmod(hidden, 0o600)
+
+    with caplog.at_level(logging.WARNING, logger="devart.sandboxes.source_fetch"):
+        workspace = await checkout(src, dest)
+
+    assert sorted(os.listdir(os.fsencode(workspace))) == sorted(names)
+    assert f"left out {len(names)} files or folders" in caplog.text
+    assert "root-it's" in caplog.text and "root-{'files': 99}" in caplog.text
+
+
 async def test_a_source_folder_the_sandbox_user_cannot_read_is_refused(dest: Path, tmp_path: Path) -> None:
     # An empty workspace would give a verdict on nothing: the provision fails and names the folder
     src = tmp_path / "src"

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
 from devart.core.contracts import ENGINE, PipelineDefinition, RunInput, RunStatus, Source
+from devart.core.temporal import DATA_CONVERTER
 from devart.workflows.pipeline import PipelineWorkflow
 from tests.helpers import noop_stage, publish, start, unique
 from tests.stack import Stack
@@ -65,7 +65,7 @@ async def test_each_engine_runs_and_replays(
         assert heartbeats[0] > 0 and heartbeats[2] > 0  # provision and teardown heartbeat
     upserts = kinds.count(EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
     assert upserts == (1 if engine == 1 else 0)  # engine 1 records the budget check's patch marker
-    replayer = Replayer(workflows=[PipelineWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[PipelineWorkflow], data_converter=DATA_CONVERTER)
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=True)).replay_failure is None
 
 
