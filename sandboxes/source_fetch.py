@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from devart.core.errors import SandboxError
-from devart.sandboxes import source_copy
-from devart.sandboxes.bubblewrap import HELPER_PATH, SANDBOX_UID
+from devart.sandboxes import copy_service, source_copy
+from devart.sandboxes.bubblewrap import SANDBOX_UID
 from devart.sandboxes.source_hosts import Remote
-from devart.sandboxes.source_sandbox import Jail, JobResult, TooBig, copy_command, placement, run_confined, run_job
+from devart.sandboxes.source_sandbox import Jail, JobResult, TooBig, placement, run_confined, run_job
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,16 @@ def clone_failure(origin: str, exc: SandboxError) -> SandboxError:
 
 
 async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: Sequence[Path]) -> None:
-    """Copy a working tree with ``sandboxes/source_copy.py`` (``options`` are its own), as the sandbox user when
-    devart runs as root.
+    """Copy a working tree with the copier service (``sandboxes/copy_service.py``; ``options`` are the copier's),
+    as the sandbox user when devart runs as root.
 
     Files the sandbox user may not read, and devices, FIFOs and sockets, are left out and logged (the copier's
     docstring says why); an unreadable source folder, a source past the limit (``TooBig``) or any other failure
     raises.
     """
     jail = Jail.detect(dest)
-    command = copy_command(placement(src, dest, jail), source_copy.encode_options(options))
-    result = await run_confined(jail, src, dest, command, what=f"copying {str(src)!r}", timeout=COPY_TIMEOUT, hide=hide,
-                                direct_env={"PATH": HELPER_PATH, "LC_ALL": "C"})
+    result = await copy_service.service(jail, hide).copy(src, dest, options, what=f"copying {str(src)!r}",
+                                                         timeout=COPY_TIMEOUT)
     said = result.stderr.strip().splitlines()[0] if result.stderr.strip() else f"exit code {result.returncode}"
     if result.returncode == source_copy.OVER_LIMIT:
         raise TooBig(f"copying {str(src)!r} stopped: {said}")

@@ -2,7 +2,8 @@
 
 Run as root, devart would read a run's source with root's rights, and hand whatever it read to the sandbox:
 ``repo=/etc`` would give the stage ``/etc/shadow``, ``repo=/root`` root's files. So when devart runs as root and
-bubblewrap is installed, the copy (``sandboxes/source_copy.py``) and a local git clone run as the sandbox user
+bubblewrap is installed, the copy (``sandboxes/source_copy.py``, served by ``sandboxes/copy_service.py`` in a
+sandbox from ``Jail.service_argv``, which binds neither folder) and a local git clone run as the sandbox user
 (uid 65534) in a sandbox with no network and nothing of the host but the toolchain, read-only as a stage's own
 sandbox sees it (``Confinement.plan``), the source folder read-only at ``SOURCE_MOUNT`` and the folder the
 workspace is created in writable at ``DESTINATION_MOUNT``. bubblewrap, still root while it mounts, can bind a
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -112,13 +112,7 @@ class Jail:
         """
         hidden = [*hide, destination.parent]
         plan = Confinement.plan(self.bwrap, hidden[0], self.setpriv, interpreter_paths(), hide=hidden[1:])
-        mounts: list[tuple[Path, list[str]]] = [
-            *((path, ["--ro-bind", str(path), str(path)]) for path in plan.binds),
-            *((path, ["--symlink", target, str(path)]) for target, path in plan.links),
-            *((path, ["--perms", "0755", "--tmpfs", str(path)]) for path in plan.hidden),
-            (Path("/tmp"), ["--perms", "1777", "--size", str(TMP_MB << 20), "--tmpfs", "/tmp"]),
-            (Path("/dev"), ["--dev", "/dev"]),
-            (Path("/proc"), ["--proc", "/proc"]),
+        return self._command(plan, [
             (SOURCE_MOUNT, ["--ro-bind", str(source), str(SOURCE_MOUNT)]),
             (DESTINATION_MOUNT, ["--bind", str(destination.parent), str(DESTINATION_MOUNT)]),
             *((path, ["--ro-bind", str(path), str(path)]) for path in also),
@@ -127,6 +121,25 @@ class Jail:
                 folder for path in also for folder in path.parents
                 if folder not in (Path("/"), Path("/tmp")) and not _inside(folder, plan.binds))),
             (GITCONFIG, ["--perms", "0644", "--ro-bind-data", str(fds[0]), str(GITCONFIG)]),
+        ], command, fds[1])
+
+    def service_argv(self, command: Sequence[str], *, hide: Sequence[Path], seccomp_fd: int | None) -> list[str]:
+        """bubblewrap's command line running a service (``sandboxes/copy_service.py``) as the sandbox user, with
+        nothing of the host but the toolchain: it reaches a source and a workspace only through the descriptors
+        each request brings. ``hide`` as for ``argv`` (at least one folder)."""
+        plan = Confinement.plan(self.bwrap, hide[0], self.setpriv, interpreter_paths(), hide=hide[1:])
+        return self._command(plan, [], command, seccomp_fd)
+
+    def _command(self, plan: Confinement, mounts: list[tuple[Path, list[str]]], command: Sequence[str],
+                 seccomp_fd: int | None) -> list[str]:
+        mounts = [
+            *((path, ["--ro-bind", str(path), str(path)]) for path in plan.binds),
+            *((path, ["--symlink", target, str(path)]) for target, path in plan.links),
+            *((path, ["--perms", "0755", "--tmpfs", str(path)]) for path in plan.hidden),
+            (Path("/tmp"), ["--perms", "1777", "--size", str(TMP_MB << 20), "--tmpfs", "/tmp"]),
+            (Path("/dev"), ["--dev", "/dev"]),
+            (Path("/proc"), ["--proc", "/proc"]),
+            *mounts,
         ]
         mounts.sort(key=lambda item: len(item[0].parts))  # stable: a mount comes after those holding it
         environment = {"PATH": HELPER_PATH, "HOME": "/tmp", "LC_ALL": "C", "GIT_CONFIG_GLOBAL": str(GITCONFIG),
@@ -137,8 +150,8 @@ class Jail:
             argv += ["--setenv", name, value]
         for _, operation in mounts:
             argv += operation
-        if fds[1] is not None:
-            argv += ["--seccomp", str(fds[1])]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         return [*argv, "--remount-ro", "/", "--chdir", "/", "--", self.setpriv, f"--reuid={SANDBOX_UID}",
                 f"--regid={SANDBOX_UID}", "--clear-groups", "--no-new-privs", "--bounding-set=-all",
                 "--inh-caps=-all", "--", *command]
@@ -225,9 +238,3 @@ async def _read(stream: asyncio.StreamReader) -> bytes:
 def copier_source() -> str:
     """The copier's source: passed with ``-c``, as the module's folder may be out of the sandbox user's reach."""
     return Path(source_copy.__file__).read_text()
-
-
-def copy_command(place: Placement, options: str) -> list[str]:
-    """The copier's command line: the agent's Python in isolated mode, without ``site``."""
-    return [sys.executable, "-I", "-S", "-c", copier_source(), str(place.source), str(place.destination), options]
-

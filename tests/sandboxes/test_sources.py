@@ -27,7 +27,7 @@ from devart.core.contracts import Source
 from devart.core.errors import SandboxError
 from devart.sandboxes import volumes
 from devart.sandboxes.bubblewrap import SANDBOX_UID
-from devart.sandboxes.source_copy import encode_options, read_report
+from devart.sandboxes.source_copy import Copy, encode_options, read_report
 from devart.sandboxes.source_sandbox import Jail, copier_source
 from devart.sandboxes.workspace import materialize, plan_checkout
 from tests.helpers import poll
@@ -338,3 +338,31 @@ def test_the_copiers_report_reads_back_any_file_name() -> None:
     assert report.unreadable_paths == names
     with pytest.raises(ValueError):
         read_report("__import__('os').system('true')")
+
+
+def test_a_folder_swapped_for_a_link_mid_copy_is_not_followed(tmp_path: Path) -> None:
+    """The copier walks the source by descriptor: a folder listed, then swapped for a link before its files are
+    copied, is skipped. A path would follow the link, and from the service's ``/proc/self/fd`` source a relative
+    link leads into the host's folders."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "a_sub").mkdir(parents=True)
+    (src / "a_sub" / "secret.txt").write_text("inside\n")
+    (src / "z.txt").write_text("z\n")
+    outside.mkdir()
+    (outside / "secret.txt").write_text("outside\n")
+
+    class Swapping(Copy):
+        """Swaps ``a_sub`` for a link to ``../outside`` once it has been listed (before ``z.txt`` is copied)."""
+
+        def poll(self) -> None:
+            if (src / "a_sub").is_dir() and not (src / "a_sub").is_symlink() and (tmp_path / "out").is_dir() \
+                    and (tmp_path / "out" / "a_sub").is_dir():
+                os.rename(src / "a_sub", tmp_path / "moved")
+                (src / "a_sub").symlink_to("../outside")
+
+    copy = Swapping()
+    copy.run(str(src), str(tmp_path / "out"))
+    assert (src / "a_sub").is_symlink()  # the swap happened mid-copy
+    assert not (tmp_path / "out" / "a_sub" / "secret.txt").exists()
+    assert copy.unreadable == 1 and copy.unreadable_paths == ["a_sub"]
+    assert (tmp_path / "out" / "z.txt").read_text() == "z\n"
