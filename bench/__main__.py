@@ -80,6 +80,10 @@ def machine() -> dict[str, Any]:
             "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+#: Runs per side whose histories ``breakdown`` reads at 1 in flight.
+BREAKDOWN_RUNS = 60
+
+
 async def ladder(stack: bench_stack.BenchStack, api: httpx.AsyncClient, client: Any, cfg: dict[str, Any], *,
                  queue: str, pipeline: str, repo: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The floor ladder at ``concurrency`` in flight, then (a) against (d) at 1 in flight; both in alternated
@@ -96,11 +100,14 @@ async def ladder(stack: bench_stack.BenchStack, api: httpx.AsyncClient, client: 
         steps_at_10 = await alternate(steps, rounds_=cfg["ladder_rounds"], per_round=cfg["ladder_runs"],
                                       concurrency=cfg["concurrency"], deadline=cfg["deadline"], pids=pids,
                                       own_only={"bench process"}, alive=[stack, hop.consumer])
-    at_1 = await alternate([Step("a", "bare workflow", baseline_run(client, queue)),
-                            Step("d", "devart, 1 noop stage", devart_run(api, client, pipeline, repo))],
-                           rounds_=cfg["latency_rounds"], per_round=cfg["latency_runs"], concurrency=1,
+    sides = [Step("a", "bare workflow", baseline_run(client, queue)),
+             Step("d", "devart, 1 noop stage", devart_run(api, client, pipeline, repo))]
+    at_1 = await alternate(sides, rounds_=cfg["latency_rounds"], per_round=cfg["latency_runs"], concurrency=1,
                            deadline=cfg["deadline"], pids={"bench process": [os.getpid()]},
                            own_only={"bench process"}, alive=[stack], name="1 in flight")
+    # Where a run's time goes at 1 in flight, where no step waits behind another run.
+    at_1["breakdown"] = {side.key: await breakdown(client, [i for r in side.rounds for i in r.ids][:BREAKDOWN_RUNS])
+                         for side in sides}
     return steps_at_10, at_1
 
 
@@ -279,6 +286,8 @@ def main() -> None:
             print(f"{step['key']} {step['label'][:40]:40} {step['per_s']:7.2f}/s p50 {step['p50_ms']:7.1f} ms "
                   f"throughput {rounds.describe(step['throughput_ratio'])} p50 {rounds.describe(step['p50_ratio'])}"
                   f" CPU ms/run {step.get('cpu_ms_per_run')}")
+        for key, steps in r.get("latency_1", {}).get("breakdown", {}).items():
+            print(f"at 1 in flight, ({key}), median ms: " + ", ".join(f"{k} {v}" for k, v in steps.items()))
         written = args.results / f"{args.name}.json"
         written.write_text(json.dumps(r, indent=2, default=str) + "\n")
         print(f"\nwrote {written}")

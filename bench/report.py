@@ -93,6 +93,12 @@ def _latency_1(lat: dict[str, Any]) -> list[str]:
             f"{s['errors']} | {', '.join(str(rd['p50_ms']) for rd in s['rounds'])} |" for s in (a, d)]
     out += ["", f"p50 ratio (d) ÷ (a) at 1 in flight: **{ratio(d['p50_ms'], a['p50_ms'])}×** pooled; per round "
             f"{rounds.describe(d['p50_ratio'])}."]
+    if steps := lat.get("breakdown"):
+        names = list(dict.fromkeys(name for side in steps.values() for name in side))
+        out += ["", "Where the time goes at 1 in flight (median ms per run, from the histories and the task rows):", "",
+                "| step | (a) | (d) |", "| --- | ---: | ---: |"]
+        out += [f"| {name} | {steps.get('a', {}).get(name, '')} | {steps.get('d', {}).get(name, '')} |"
+                for name in names]
     return out
 
 

@@ -24,10 +24,12 @@ async def breakdown(client: Client, run_ids: list[str]) -> dict[str, float]:
     (started → completed). Workflow tasks likewise (``queued`` is matching, ``running`` the worker's turn and the
     completion RPC). ``run_agent_task running`` splits into ``attempt recorded`` (activity started → the attempt
     row's created_at, just before the publish), ``published → claimed`` and ``claimed → reported`` (the skill,
-    and the API's completion through Temporal). ``workflow`` is start → close.
+    and the API's completion through Temporal). ``workflow`` is start → close; for devart runs,
+    ``run recorded → workflow started`` is the API's insert of the run → its workflow's first event.
     """
     per_step: dict[str, list[float]] = {}
     attempts = await _attempt_times(run_ids)
+    recorded = await _run_times(run_ids)
     for run_id in run_ids:
         history = await client.get_workflow_handle(run_id).fetch_history()
         scheduled: dict[int, tuple[str, float]] = {}
@@ -61,6 +63,8 @@ async def breakdown(client: Client, run_ids: list[str]) -> dict[str, float]:
                 steps["workflow tasks queued"] += at - task_scheduled
             elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
                 steps["workflow tasks running"] += at - task_started
+        if run_id in recorded:
+            steps["run recorded → workflow started"] += times[0] - recorded[run_id]
         steps["workflow"] = times[-1] - times[0]
         for step, ms in steps.items():
             per_step.setdefault(step, []).append(ms)
@@ -77,6 +81,13 @@ async def _attempt_times(run_ids: list[str]) -> dict[str, list[tuple[float, floa
         for r in (await s.execute(query, {"ids": run_ids})).all():
             out.setdefault(r.run_id, []).append((float(r.c), float(r.cl), float(r.f)))
     return out
+
+
+async def _run_times(run_ids: list[str]) -> dict[str, float]:
+    """When the API recorded each devart run (epoch ms), before it started the run's workflow."""
+    query = text("SELECT id, EXTRACT(EPOCH FROM created_at) * 1000 AS c FROM runs WHERE id = ANY(:ids)")
+    async with db.session() as s:
+        return {r.id: float(r.c) for r in (await s.execute(query, {"ids": run_ids})).all()}
 
 
 async def dispatch_delays(run_ids: list[str]) -> dict[str, float]:
