@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
@@ -175,23 +174,6 @@ def effective_status(agent: Agent, last_seen: datetime | None = None) -> str:
 
 async def stats(session: AsyncSession, name: str) -> list[AgentSkillStat]:
     return list((await session.exec(select(AgentSkillStat).where(AgentSkillStat.agent == name))).all())
-
-
-async def record_outcome(session: AsyncSession, agent: str, skill: str, succeeded: bool, seconds: float,
-                         cost: float = 0.0, org: str | None = None) -> None:
-    """Add one finished task to the agent's per-skill counters (atomically, in the caller's transaction).
-
-    ``org``: the task's organisation, for a caller acting for every organisation (the pipeline worker settling a
-    run's reports), whose transaction names none; unset, PostgreSQL takes the transaction's."""
-    values = {"org_id": org} if org else {}
-    stmt = insert(AgentSkillStat).values(agent=agent, skill=skill, tasks=1, successes=int(succeeded),
-                                         total_seconds=seconds, cost=cost, **values)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["agent", "skill"],
-        set_={"tasks": AgentSkillStat.tasks + 1, "successes": AgentSkillStat.successes + int(succeeded),
-              "total_seconds": AgentSkillStat.total_seconds + seconds, "cost": AgentSkillStat.cost + cost},
-    )
-    await session.exec(stmt)  # type: ignore[call-overload]
 
 
 async def keepalive(session: AsyncSession, agent: Agent, status: str, skills: list[str],

@@ -105,3 +105,41 @@ def test_a_runs_end_settles_the_reports_that_ended_its_stages(stack: Stack) -> N
     # And recording the end again settles nothing twice
     _record((finished.model_copy(update={"stages": stages}), 1))
     assert _feed(run_id) == ["run.started", "stage.attempt.succeeded", "run.finished"]
+
+
+def test_several_reports_of_one_agent_settle_at_once_with_their_sums_and_messages(stack: Stack) -> None:
+    """Settling is one statement over every attempt it ends: one agent's several reports of one skill add up in its
+    statistics, and each outcome reaches the feed with the error, the result's summary or the state as its
+    message."""
+    run_id = unique("summed")
+    started, finished = _records(run_id)
+    agent = unique("summing-agent")
+    register_agent(agent, ["summing"])
+    _record((started, 1))
+    insert = ("INSERT INTO task_attempts (id, run_id, stage, attempt, lane, skill, task_token, heartbeat_timeout, "
+              "wait_timeout, input, status, reported, result, error, claimed_by, claimed_at, late_reports, "
+              "cost_micros, created_at) VALUES (:id, :r, :stage, 1, 'x', 'noop', '\\x00', 30, 600, '{}', "
+              "'reporting', :reported, CAST(:result AS json), :error, :agent, now() - interval '2 seconds', 0, "
+              ":cost, now())")
+    summarised = StageResult(status="succeeded", summary="all 12 tests passed", attempt=1)
+    unsummarised = StageResult(status="succeeded", summary="", attempt=1)
+    failed = StageResult(status="failed", summary="3 tests failed", attempt=1)
+    sql(insert, id=f"{run_id}-a", r=run_id, stage="a", reported="succeeded", agent=agent, cost=1_500_000,
+        result=summarised.model_dump_json(), error=None)
+    sql(insert, id=f"{run_id}-b", r=run_id, stage="b", reported="succeeded", agent=agent, cost=500_000,
+        result=unsummarised.model_dump_json(), error=None)
+    sql(insert, id=f"{run_id}-c", r=run_id, stage="c", reported="failed", agent=agent, cost=0,
+        result=failed.model_dump_json(), error="TestsFailed: 3 tests failed")
+    stages = [StageState(name="a", status=StageStatus.SUCCEEDED, result=summarised),
+              StageState(name="b", status=StageStatus.SUCCEEDED, result=unsummarised),
+              StageState(name="c", status=StageStatus.FAILED, result=failed, error="3 tests failed")]
+    _record((finished.model_copy(update={"stages": stages, "status": RunStatus.FAILED}), 1))
+    stats = sql("SELECT tasks, successes, total_seconds, cost FROM agent_skill_stats WHERE agent = :n", n=agent)
+    assert len(stats) == 1 and (stats[0]["tasks"], stats[0]["successes"], stats[0]["cost"]) == (3, 2, 2.0)
+    assert 6.0 <= stats[0]["total_seconds"] < 60  # three tasks claimed two seconds before they were settled
+    told = sql("SELECT kind, stage, agent, message, data FROM events WHERE run_id = :r AND stage IS NOT NULL "
+               "ORDER BY id", r=run_id)
+    assert [(e["kind"], e["stage"], e["agent"], e["message"], e["data"]) for e in told] == [
+        ("stage.attempt.succeeded", "a", agent, "all 12 tests passed", {"attempt": 1}),
+        ("stage.attempt.succeeded", "b", agent, "succeeded", {"attempt": 1}),
+        ("stage.attempt.failed", "c", agent, "TestsFailed: 3 tests failed", {"attempt": 1})]
