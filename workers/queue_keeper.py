@@ -55,11 +55,15 @@ KEEP_AT_ONCE = 32
 ORPHANED_AFTER = 2 / 3
 
 _COLUMNS = "id, run_id, stage, lane, task_token, created_at, wait_timeout, waiting_reason, org_id"
-_MINE = text(
-    f"SELECT status, coalesce(heartbeat_at, created_at) < now() - make_interval(secs => heartbeat_timeout / 3.0) "
-    f"AS due, {_COLUMNS} "
-    "FROM task_attempts WHERE id = ANY(:ids)"
+#: Of this keeper's leases, those still waiting and due for a heartbeat (a third of their timeout since the last),
+#: and the ids of those that need no keeper any more (ended, or gone): with thousands waiting, a tick reads only
+#: the few due, not every lease.
+_DUE = text(
+    f"SELECT {_COLUMNS} FROM task_attempts WHERE id = ANY(:ids) AND status = 'queued' "
+    "AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => heartbeat_timeout / 3.0)"
 )
+_RELEASED = text("SELECT id FROM unnest(CAST(:ids AS text[])) AS leased(id) "
+                 "WHERE NOT EXISTS (SELECT FROM task_attempts a WHERE a.id = leased.id AND a.status = ANY(:kept))")
 _ORPHANED = text(
     f"SELECT heartbeat_at, {_COLUMNS} FROM task_attempts WHERE status = 'queued' AND heartbeat_at IS NOT NULL "
     "AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout * :share) LIMIT 100"
@@ -93,7 +97,7 @@ class Leases:
         return len(self._ids)
 
     def ids(self) -> list[str]:
-        return sorted(self._ids)
+        return list(self._ids)
 
 
 async def keep_queued_tasks_alive(client: Namespaces, stop: asyncio.Event, leases: Leases) -> None:
@@ -118,12 +122,11 @@ async def tick(client: Namespaces, leases: Leases) -> None:
     async with db.session() as s:
         due = await _adopt(s, leases)
         if leases:
-            mine = (await s.execute(_MINE, {"ids": leases.ids()})).all()
-            kept = {row.id for row in mine if row.status in _KEPT}
-            for task_id in set(leases.ids()) - kept:
+            ids = leases.ids()
+            for (task_id,) in (await s.execute(_RELEASED, {"ids": ids, "kept": list(_KEPT)})).all():
                 leases.drop(task_id)  # finished (or gone): nothing more to keep
             adopted = {row.id for row in due}
-            due += [row for row in mine if row.status == "queued" and row.due and row.id not in adopted]
+            due += [row for row in (await s.execute(_DUE, {"ids": ids})).all() if row.id not in adopted]
         if not due:
             return
         online = [(r[0], set(r[1])) for r in (await s.execute(_ONLINE, {"since": utcnow() - OFFLINE_AFTER})).all()]

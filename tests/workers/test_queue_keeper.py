@@ -100,3 +100,22 @@ async def test_each_keeper_keeps_its_own_attempts_and_adopts_those_of_a_dead_one
     assert b1 not in b_leases
     sql("UPDATE task_attempts SET status = 'superseded' WHERE id = ANY(:ids)", ids=[a1, a2])
 
+
+
+async def test_a_tick_heartbeats_only_the_due_and_keeps_the_leases_still_open(no_session_worker: None) -> None:
+    # Given a keeper's leases: one attempt due, one heartbeated a moment ago, one claimed, one deleted since
+    leases, client = Leases(), Recorder()
+    due, fresh, claimed, gone = (_attempt("due", TIMEOUT / 2), _attempt("fresh", 1), _attempt("claimed", TIMEOUT / 2),
+                                 _attempt("gone", TIMEOUT / 2))
+    names = {due: "due", fresh: "fresh", claimed: "claimed", gone: "gone"}
+    for task_id in names:
+        leases.take(task_id)
+    sql("UPDATE task_attempts SET status = 'claimed' WHERE id = :i", i=claimed)
+    sql("DELETE FROM task_attempts WHERE id = :i", i=gone)
+    # When it ticks
+    await tick(client, leases)  # type: ignore[arg-type]
+    # Then only the due one is heartbeated; the claimed one stays leased (a hand-back queues it again), the gone one
+    # does not
+    assert client.seen(names) == ["due"]
+    assert due in leases and fresh in leases and claimed in leases and gone not in leases
+    sql("UPDATE task_attempts SET status = 'superseded' WHERE id = ANY(:ids)", ids=[due, fresh, claimed])
