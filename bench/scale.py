@@ -42,8 +42,11 @@ RUN_DEADLINE_SECONDS = 300.0
 #: Starts on their way at once, per measurement: enough to keep the API's and the server's queues fed (the
 #: API's pool and the worker take far fewer at a time), few enough that no start waits on the client's side.
 STARTS_IN_FLIGHT = 64
-#: What a loaded server answers a long poll with that is worth asking again (within the run's deadline).
-RETRYABLE = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED}
+#: What a loaded server answers a result's long poll with that is worth asking again (within the run's deadline):
+#: under 5,000 runs in flight it refuses some for load and cancels others (CANCELLED, "operation was canceled");
+#: the run goes on either way, and its outcome is what counts.
+RETRYABLE = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
+             RPCStatusCode.CANCELLED}
 #: Pause before asking again after such an answer.
 RETRY_PAUSE_SECONDS = 0.5
 
