@@ -1,12 +1,12 @@
 """Where a one-stage run's time goes, span by span: devart's own traces at 1 in flight.
 
-    python -m bench.spans [--runs 30]
+    python -m bench.spans [--runs 30] [--in-flight 1]
 
-Starts the benchmark stack with its processes exporting their OpenTelemetry spans (OTLP/HTTP) to a receiver in
-this process, runs ``--runs`` one-stage noop runs one at a time, and prints, per process and span name, the median
-duration and the median start relative to the run's ``POST /v1/runs``: the API's answer, the workflow's steps, the
-agent's claim and report and what each spends in the API. No span is invented here: these are the spans every
-devart process exports to any OTLP collector. Writes ``bench/results/spans.json``.
+Starts the benchmark stack with its processes exporting their OpenTelemetry spans (OTLP/HTTP) to a receiver in this
+process, runs ``--runs`` one-stage noop runs, ``--in-flight`` at a time (one by default), and prints, per process
+and span name, the median duration and the median start relative to the run's ``POST /v1/runs``: the API's answer,
+the workflow's steps, the agent's claim and report and what each spends in the API. No span is invented here: these
+are the spans every devart process exports to any OTLP collector. Writes ``bench/results/spans.json``.
 """
 
 from __future__ import annotations
@@ -96,14 +96,14 @@ def table(spans: list[Span]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["starts_at_ms"], -r["median_ms"]))
 
 
-async def measure(runs: int) -> list[dict[str, Any]]:
+async def measure(runs: int, in_flight: int = 1) -> list[dict[str, Any]]:
     receiver = Receiver()
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.port}"
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"  # flush often, so the last runs' spans arrive quickly
     stack = bench_stack.start()
     try:
         client = await connect(stack.temporal_address)
-        await bench_stack.start_agents(stack, 2, 8)
+        await bench_stack.start_agents(stack, 4, 32)  # as python -m bench
         repo = stack.state / "repo"
         repo.mkdir()
         (repo / "README").write_text("benchmark repository\n")
@@ -112,8 +112,8 @@ async def measure(runs: int) -> list[dict[str, Any]]:
             await publish_pipeline(api, noop_pipeline(pipeline, stack.capability, 1))
             await closed_loop(devart_run(api, client, pipeline, str(repo)), 5, 1)  # warm-up
             warm = len(receiver.spans)
-            report.progress(f"warmed up; {runs} runs at 1 in flight")
-            sample = await closed_loop(devart_run(api, client, pipeline, str(repo)), runs, 1)
+            report.progress(f"warmed up; {runs} runs at {in_flight} in flight")
+            sample = await closed_loop(devart_run(api, client, pipeline, str(repo)), runs, in_flight)
         report.progress(f"{runs} runs: p50 {report.stats(sample)['p50_ms']} ms; waiting for the last spans")
         deadline, seen = time.monotonic() + 10, -1
         while time.monotonic() < deadline and seen != len(receiver.spans):
@@ -128,12 +128,13 @@ async def measure(runs: int) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--in-flight", type=int, default=1)
     args = parser.parse_args()
-    rows = asyncio.run(measure(args.runs))
+    rows = asyncio.run(measure(args.runs, args.in_flight))
     print("\n| process | span | runs | median ms | starts at ms |\n| --- | --- | ---: | ---: | ---: |")
     for row in rows:
         print(f"| {row['service']} | {row['span']} | {row['n']} | {row['median_ms']} | {row['starts_at_ms']} |")
-    written = report.RESULTS / "spans.json"
+    written = report.RESULTS / ("spans.json" if args.in_flight == 1 else f"spans-{args.in_flight}.json")
     written.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwrote {written}")
 
