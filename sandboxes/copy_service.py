@@ -65,23 +65,26 @@ class CopyService:
         command = [sys.executable, "-I", "-S", "-c", copier_source(), "--serve", str(theirs.fileno())]
         seccomp = no_user_namespaces() if self.jail is not None else None
         seccomp_fd = memfd(seccomp) if seccomp is not None else None
+        argv = command
         try:
-            argv = (self.jail.service_argv(command, hide=self.hide, seccomp_fd=seccomp_fd)
-                    if self.jail is not None else command)
+            if self.jail is not None:
+                argv = self.jail.service_argv(command, hide=self.hide, seccomp_fd=seccomp_fd)
             passed = [theirs.fileno(), *([seccomp_fd] if seccomp_fd is not None else [])]
             # Started from the caller's thread (bubblewrap's --die-with-parent watches that thread), in a session
             # of its own so that stopping it takes every copy with it.
             self._process = subprocess.Popen(
                 argv, cwd="/", env={"PATH": HELPER_PATH, "LC_ALL": "C"}, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, start_new_session=True, pass_fds=passed)
-        except FileNotFoundError:
+        except BaseException as exc:
             mine.close()
-            raise SandboxError(f"{argv[0]} is not installed: install it to provision from a local source") from None
+            if isinstance(exc, FileNotFoundError):
+                raise SandboxError(f"{argv[0]} is not installed: install it to provision from a local source") from None
+            raise
         finally:
             theirs.close()
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
-        mine.settimeout(SEND_TIMEOUT)
+        mine.setblocking(False)  # a full socket is waited for without holding up the event loop (``_send``)
         self._started, self._control = create_time(self._process.pid), mine
         return mine
 
@@ -108,19 +111,25 @@ class CopyService:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
-    def _send(self, message: bytes, fds: list[int]) -> None:
-        """Hand a request to the service, starting it (again) once if it is not running or has just died."""
+    def _control_socket(self) -> socket.socket:
         with self._lock:
-            for last in (False, True):
-                control = self._start()
-                try:
-                    socket.send_fds(control, [message], fds)
-                    return
-                except OSError as exc:
-                    log.warning("the copier service did not take a request (%s): starting it again", exc)
-                    self._stop()
-                    if last:
-                        raise
+            return self._start()
+
+    async def _send(self, message: bytes, fds: list[int]) -> None:
+        """Hand a request to the service, starting it (again) once if it is not running, has just died, or has not
+        taken a request for ``SEND_TIMEOUT`` seconds (its socket stays full)."""
+        for last in (False, True):
+            control = self._control_socket()
+            try:
+                await _send_fds(control, message, fds, SEND_TIMEOUT)
+                return
+            except OSError as exc:  # TimeoutError included
+                log.warning("the copier service did not take a request (%s): starting it again", exc or "timeout")
+                with self._lock:
+                    if self._control is control:  # not restarted meanwhile by another copy
+                        self._stop()
+                if last:
+                    raise
 
     async def copy(self, source: Path, destination: Path, options: dict[str, object], *, what: str,
                    timeout: float) -> JobResult:
@@ -145,7 +154,7 @@ class CopyService:
         try:
             message = marshal.dumps((destination.name, options, (str(source), str(destination))))
             try:
-                self._send(message, [theirs.fileno(), source_fd, parent_fd])
+                await self._send(message, [theirs.fileno(), source_fd, parent_fd])
             finally:
                 for fd in (source_fd, parent_fd):
                     os.close(fd)
@@ -182,6 +191,26 @@ class CopyService:
         except (ValueError, SyntaxError, UnicodeDecodeError, TypeError):
             return JobResult(returncode=1, stdout="", stderr="the copier's answer could not be read\n")
         return JobResult(returncode=int(code), stdout=str(out), stderr=str(err))
+
+
+#: Seconds between tries to hand a request to a service whose socket is full (a burst of copies).
+_FULL_PAUSE = 0.005
+
+
+async def _send_fds(sock: socket.socket, message: bytes, fds: list[int], timeout: float) -> None:
+    """``socket.send_fds`` on a non-blocking socket, trying again while it is full, for at most ``timeout``
+    seconds. asyncio's socket helpers carry no descriptors, and one writer callback per socket would leave all but
+    one of several waiting copies unwoken, so this tries again after a short pause."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            socket.send_fds(sock, [message], fds)
+            return
+        except BlockingIOError:
+            if loop.time() >= deadline:
+                raise TimeoutError(f"the copier service's socket stayed full for {timeout:g}s") from None
+        await asyncio.sleep(_FULL_PAUSE)
 
 
 async def _read_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, into: bytearray) -> None:

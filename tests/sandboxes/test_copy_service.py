@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,43 @@ async def test_a_copy_whose_service_dies_fails_clearly(service: CopyService, hug
     # Then the copy ends with an error that says so, not a hang or a report of a partial copy
     result = await asyncio.wait_for(copying, 10)
     assert result.returncode != 0 and "without answering" in result.stderr
+
+
+async def test_a_service_that_takes_no_request_is_started_again_without_holding_up_the_worker(
+        service: CopyService, source: Path, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy_service, "SEND_TIMEOUT", 0.5)
+    await service.copy(source, volume / "first", OPTIONS, what="copy", timeout=60)
+    first = service.pid
+    assert first is not None
+    # Given a service that stopped taking requests (stopped), whose socket fills after a few of them
+    server(first).suspend()
+    service._control_socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+    longest, ticking = 0.0, True
+
+    async def ticker() -> None:
+        nonlocal longest
+        loop = asyncio.get_running_loop()
+        while ticking:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            longest = max(longest, loop.time() - before)
+
+    watch = asyncio.create_task(ticker())
+    # When many copies are asked for at once
+    results = await asyncio.gather(*(service.copy(source, volume / f"w{i}", OPTIONS, what="copy", timeout=30)
+                                     for i in range(20)))
+    ticking = False
+    await watch
+    # Then the worker's event loop was never held up waiting for the full socket
+    assert longest < 0.3, f"the event loop stalled for {longest:.2f}s"
+    # And the service was started again: the copies asked of it succeed, those the stopped one held fail clearly
+    assert service.pid not in (None, first)
+    done = [r for r in results if r.returncode == 0]
+    lost = [r for r in results if r.returncode != 0]
+    assert done and all("without answering" in r.stderr for r in lost), [r.stderr for r in lost]
+    for i, result in enumerate(results):
+        if result.returncode == 0:
+            assert (volume / f"w{i}" / "README").read_text() == "hello\n"
 
 
 async def test_copy_tree_says_which_source_could_not_be_opened(volume: Path, tmp_path: Path) -> None:
