@@ -32,6 +32,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
 from devart.core.errors import SandboxError
 from devart.sandboxes.bubblewrap import HELPER_PATH, Confinement, interpreter_paths
 from devart.sandboxes.processes import create_time, kill_group, memfd
@@ -198,19 +200,16 @@ _FULL_PAUSE = 0.005
 
 
 async def _send_fds(sock: socket.socket, message: bytes, fds: list[int], timeout: float) -> None:
-    """``socket.send_fds`` on a non-blocking socket, trying again while it is full, for at most ``timeout``
-    seconds. asyncio's socket helpers carry no descriptors, and one writer callback per socket would leave all but
-    one of several waiting copies unwoken, so this tries again after a short pause."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            socket.send_fds(sock, [message], fds)
-            return
-        except BlockingIOError:
-            if loop.time() >= deadline:
-                raise TimeoutError(f"the copier service's socket stayed full for {timeout:g}s") from None
-        await asyncio.sleep(_FULL_PAUSE)
+    """``socket.send_fds`` on a non-blocking socket, tried again while it is full, for at most ``timeout`` seconds
+    (then ``TimeoutError``). asyncio's socket helpers carry no descriptors, and one writer callback per socket would
+    leave all but one of several waiting copies unwoken, so this tries again after a short pause."""
+    try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(BlockingIOError), wait=wait_fixed(_FULL_PAUSE),
+                                           stop=stop_after_delay(timeout), reraise=True):
+            with attempt:
+                socket.send_fds(sock, [message], fds)
+    except BlockingIOError:
+        raise TimeoutError(f"the copier service's socket stayed full for {timeout:g}s") from None
 
 
 async def _read_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, into: bytearray) -> None:
