@@ -27,6 +27,7 @@ from devart.core.devstack.embedded import stop_postgres
 from devart.core.devstack.services import free_port
 from devart.core.devstack.supervisor import Child, Supervisor, stop_child
 from devart.domain.bootstrap import prepare_schema
+from devart.sandboxes import volumes
 from tests.helpers import download_cache
 from tests.otlp_receiver import OtlpReceiver
 from tests.stack import (
@@ -53,6 +54,15 @@ def announce_plugins(sup: Supervisor) -> None:
     while not sql("SELECT 1 FROM agents WHERE name = :name AND CAST(skills AS jsonb) @> '[\"noop\"]'", name=name):
         assert child.proc.poll() is None and time.monotonic() < deadline, f"{name} did not announce its skills"
         time.sleep(0.2)
+
+
+def release_volumes(state: Path) -> list[Path]:
+    """Unmount every sandbox volume left under the session's state folder; what stays mounted."""
+    try:
+        volumes.release(state)
+    except OSError:
+        return volumes.mounts_under(state)
+    return []
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +125,11 @@ def stack() -> Iterator[Stack]:
         if s.temporal is not None:
             stop_child(s.temporal, grace=5)
         if not os.environ.get("DEVART_TEST_KEEP_STATE"):  # kept to read its logs after a failure
+            # A run still in flight when the session ends keeps its sandbox, volume mounted, as it would for a
+            # worker that comes back; nothing here comes back, so unmount them before the folder goes.
+            mounted = release_volumes(state)
             shutil.rmtree(state, ignore_errors=True)
+            assert not mounted, f"still mounted under {state}: {mounted}"
         assert not left, f"left on RabbitMQ: {left}"
 
 

@@ -86,7 +86,7 @@ async def test_a_claim_asked_again_with_its_claim_id_gets_the_claim_back(
     api: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     # Given a task claimed by an agent under a claim id of its own
-    _, row, _, claim_id = await _claimed_task(api, tmp_path)
+    run_id, row, _, claim_id = await _claimed_task(api, tmp_path)
     # When the same agent asks again with the same claim id (its answer was lost), it gets the same claim
     again = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=row["auth"], json={"claim_id": claim_id})
     assert again.status_code == 200, again.text
@@ -97,3 +97,9 @@ async def test_a_claim_asked_again_with_its_claim_id_gets_the_claim_back(
     # And a claim id that is not 32 hex digits is refused before anything is read
     bad = await api.post(f"/v1/agent/tasks/{row['id']}/claim", headers=row["auth"], json={"claim_id": "x\u0000"})
     assert bad.status_code == 422, bad.text
+    # And the claim asked again still finishes the task, which ends the run (and tears its sandbox down)
+    body = {"claim_id": claim_id, "result": {"status": "succeeded", "summary": "kept"}}
+    done = await api.post(f"/v1/agent/tasks/{row['id']}/complete", headers=row["auth"], json=body)
+    assert done.status_code == 204, done.text
+    run = await wait_run(api, run_id, deadline=60)
+    assert run["status"] == "succeeded" and run["stages"][0]["result"]["summary"] == "kept", run
