@@ -47,16 +47,17 @@ _DONE = ("RETURNING id, org_id, run_id, stage, attempt, skill, claimed_by, repor
          "extract(epoch FROM now() - claimed_at) AS seconds")
 _SETTLE = text("WITH done AS (UPDATE task_attempts SET status = reported, finished_at = now() "
                f"WHERE id = ANY(:ids) AND status = 'reporting' {_DONE}), {_CONSEQUENCES}")
-#: At the run's end: the reports that ended their stage, as the run's record shows (``stage/attempt/state``, or a
-#: cancelled stage's cancellation).
+#: At the run's end, in one statement: the reports that ended their stage, as the run's record shows
+#: (``stage/attempt/state``, or a cancelled stage's cancellation), settle as they reported; the others end superseded
+#: (Temporal never took them: the API stopped before it could say so). One statement sees one snapshot, and a row
+#: whose report the API is committing meanwhile is judged on that report once it is committed: two statements could
+#: judge it ``claimed`` in the first and ``reporting`` in the second, and supersede a report its stage ended with.
 _SETTLE_RUN = text(
-    "WITH done AS (UPDATE task_attempts SET status = reported, finished_at = now() WHERE run_id = :run "
-    "AND status = 'reporting' AND (stage || '/' || attempt || '/' || reported = ANY(:accepted) "
-    f"OR (reported = 'cancelled' AND stage = ANY(:cancelled))) {_DONE}), {_CONSEQUENCES}"
+    "WITH moved AS (UPDATE task_attempts SET status = CASE WHEN stage || '/' || attempt || '/' || reported = "
+    "ANY(:accepted) OR (reported = 'cancelled' AND stage = ANY(:cancelled)) THEN reported ELSE 'superseded' END, "
+    f"finished_at = now() WHERE run_id = :run AND status = 'reporting' {_DONE}, status), "
+    f"done AS (SELECT * FROM moved WHERE status <> 'superseded'), {_CONSEQUENCES}"
 )
-#: ... and the reports that did not: Temporal never took them (the API stopped before it could say so).
-_REFUSED_AT_END = text("UPDATE task_attempts SET status = 'superseded', finished_at = now() "
-                       "WHERE run_id = :run AND status = 'reporting'")
 
 
 async def settle(session: AsyncSession, ids: Sequence[str]) -> int:
@@ -73,9 +74,7 @@ async def settle_run(session: AsyncSession, run_id: str, accepted: Sequence[tupl
     (``(stage, attempt, state)``, or a stage in ``cancelled`` for a cancellation); the others end superseded."""
     params = {"run": run_id, "accepted": [f"{stage}/{attempt}/{state}" for stage, attempt, state in accepted],
               "cancelled": list(cancelled)}
-    settled = _count((await session.execute(_SETTLE_RUN, params)).all())
-    await session.execute(_REFUSED_AT_END, {"run": run_id})
-    return settled
+    return _count((await session.execute(_SETTLE_RUN, params)).all())
 
 
 def _count(rows: Sequence[Any]) -> int:
