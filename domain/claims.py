@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from devart.core.database import db
 from devart.core.database.models import Agent, TaskAttempt, utcnow
 from devart.core.errors import Conflict, Forbidden, NotFound
-from devart.domain.attempt_states import AttemptState, movable_from
+from devart.domain.attempt_states import ENDED, AttemptState, movable_from
 from devart.domain.events import add_event
 
 
@@ -47,9 +47,15 @@ async def read(session: AsyncSession, task_id: str) -> TaskAttempt:
 
 
 async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, *, forbidden: bool = False,
-                 close: AttemptState | None = None) -> TaskRefused | TaskForbidden:
+                 close: AttemptState | None = None, spent: int = 0) -> TaskRefused | TaskForbidden:
     """Record a refused report in its own transaction and build the error; ``close`` also ends the attempt in that
-    state if it is still open (Temporal no longer knows its activity)."""
+    state if it is still open (Temporal no longer knows its activity).
+
+    ``spent``: the cost (micro-units) of the refused report of the attempt's claim holder. Its result is not applied,
+    but its agent did the work and the model calls were paid for, so an attempt that ended without a report of its
+    own (timed out, superseded, cancelled) keeps that cost: the run's cost and its organisation's budgets count it.
+    Counted once: an attempt that already holds a cost is left as it is.
+    """
     name = agent.name  # read before the rollback expires every loaded object
     await session.rollback()
     async with db.session() as s:
@@ -60,6 +66,8 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, *,
         row = await s.get(TaskAttempt, task_id)
         if row is not None:
             row.late_reports += 1
+            if spent and row.status in ENDED and row.reported is None and not row.cost_micros:
+                row.cost_micros = spent
             add_event(
                 s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
             )
@@ -78,10 +86,11 @@ async def check_claim(session: AsyncSession, task_id: str, agent: Agent, claim_i
 
 
 async def check_report(session: AsyncSession, task_id: str, agent: Agent, claim_id: str,
-                       recorded: Recorded) -> TaskAttempt | None:
+                       recorded: Recorded, spent: int = 0) -> TaskAttempt | None:
     """``check_claim`` for a report. When ``recorded`` says the attempt already holds this very report, the claim
     holder asking again gets None if the attempt ended with it (nothing to do), or the row if it is still
-    ``reporting`` (Temporal may not have it yet: the caller sends it again); any other report is refused."""
+    ``reporting`` (Temporal may not have it yet: the caller sends it again); any other report is refused (a late
+    one keeps its cost ``spent``, see ``refuse``)."""
     row = await read(session, task_id)
     if row.claimed_by != agent.name:
         # Not this agent's task: refused without a trace, or any key could write to any task's record and feed.
@@ -102,7 +111,7 @@ async def check_report(session: AsyncSession, task_id: str, agent: Agent, claim_
         raise await refuse(session, task_id, agent, why)
     if row.status != AttemptState.CLAIMED:
         why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
-        raise await refuse(session, task_id, agent, why)
+        raise await refuse(session, task_id, agent, why, spent=spent)
     return row
 
 

@@ -158,14 +158,15 @@ def _holds(row: TaskAttempt, status: str, result: StageResult | None, error: str
 
 async def complete(session: AsyncSession, client: Client, task_id: str, agent: Agent, req: CompleteRequest) -> None:
     """Complete the attempt with the agent's result; a repeat of the recorded result is answered as done."""
+    spent = prices().cost_micros(req.result.usage)
     row = await check_report(session, task_id, agent, req.claim_id,
-                             lambda r: _holds(r, "succeeded", _stamped(r, agent, req.result), None))
+                             lambda r: _holds(r, "succeeded", _stamped(r, agent, req.result), None), spent)
     if row is None:
         return
     result = _stamped(row, agent, req.result)
     if row.status == AttemptState.CLAIMED:
         await _check_size(session, row, result)
-        await _record(session, row, agent, "succeeded", result, None)
+        await _record(session, row, agent, "succeeded", result, None, spent)
     await session.commit()
     handle = client.get_async_activity_handle(task_token=row.task_token)
     await _tell_temporal(session, row, agent, lambda: handle.complete(result),
@@ -178,15 +179,16 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
     """Fail the attempt with the agent's error; a repeat of the recorded failure is answered as done."""
     report = req.result or StageResult(status="failed", summary=req.message)
     error = f"{req.error_type}: {req.message}"
+    spent = prices().cost_micros(report.usage)
     row = await check_report(session, task_id, agent, req.claim_id,
-                             lambda r: _holds(r, "failed", _stamped(r, agent, report, status="failed"), error))
+                             lambda r: _holds(r, "failed", _stamped(r, agent, report, status="failed"), error), spent)
     if row is None:
         return
     result = _stamped(row, agent, report, status="failed")
     if row.status == AttemptState.CLAIMED:
         # A failure without a result is always taken (its message is bounded): the agent can always end the stage.
         await _check_size(session, row, result, req.message, whole_run=req.result is not None)
-        await _record(session, row, agent, "failed", result, error)
+        await _record(session, row, agent, "failed", result, error, spent)
     await session.commit()
     failure = ApplicationError(req.message, result, type=req.error_type, non_retryable=req.non_retryable)
     handle = client.get_async_activity_handle(task_token=row.task_token)
@@ -197,7 +199,7 @@ async def fail(session: AsyncSession, client: Client, task_id: str, agent: Agent
 
 
 async def _record(session: AsyncSession, row: TaskAttempt, agent: Agent, status: str, result: StageResult | None,
-                  error: str | None) -> None:
+                  error: str | None, spent: int = 0) -> None:
     """Write the report (the attempt becomes ``reporting``) if this claim still holds the attempt; else refused."""
     won = (await session.execute(
         update(TaskAttempt)
@@ -205,17 +207,19 @@ async def _record(session: AsyncSession, row: TaskAttempt, agent: Agent, status:
                col(TaskAttempt.status) == AttemptState.CLAIMED)
         .values(status=AttemptState.REPORTING.value, reported=status, error=error,
                 result=result.model_dump(mode="json") if result is not None else None,
-                cost_micros=prices().cost_micros(result.usage) if result is not None else 0)
+                cost_micros=spent)
         .returning(col(TaskAttempt.id)))).first()
     if won is None:  # a concurrent call of the same claim came first, or the attempt ended meanwhile
         now = await read(session, row.id)
-        raise await check_report_lost(session, now, agent)
+        raise await check_report_lost(session, now, agent, spent)
 
 
-async def check_report_lost(session: AsyncSession, row: TaskAttempt, agent: Agent) -> TaskRefused | TaskForbidden:
-    """The refusal for a report whose attempt moved on between the fence and the write."""
+async def check_report_lost(session: AsyncSession, row: TaskAttempt, agent: Agent,
+                            spent: int = 0) -> TaskRefused | TaskForbidden:
+    """The refusal for a report whose attempt moved on between the fence and the write (keeping its cost ``spent``
+    where the attempt ended without one, see ``claims.refuse``)."""
     why = f"attempt {row.attempt} of stage '{row.stage}' is {row.status}; a late report is not applied"
-    return await refuse(session, row.id, agent, why)
+    return await refuse(session, row.id, agent, why, spent=spent)
 
 
 async def _tell_temporal(session: AsyncSession, row: TaskAttempt, agent: Agent, report: Callable[[], Awaitable[None]],

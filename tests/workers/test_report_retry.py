@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from devart.core.contracts import StageResult
+from devart.core.contracts import StageResult, Usage
 from devart.domain.costs import prices, to_money
 from tests.helpers import noop_stage, poll, publish, start, unique, wait_run
 from tests.stack import register_agent, sql
@@ -67,19 +67,43 @@ async def test_a_report_temporal_applied_but_the_api_never_recorded_is_taken_whe
     assert run["status"] == status and run["stages"][0]["result"]["summary"] == "done", run
 
 
-async def test_a_report_on_an_attempt_that_timed_out_is_still_refused(
-    api: httpx.AsyncClient, temporal: Client, tmp_path: Path
+@pytest.mark.parametrize("learned", [False, True], ids=["first-heard-from-temporal", "already-recorded-as-over"])
+@pytest.mark.parametrize("outcome", ["complete", "fail"])
+async def test_a_report_on_an_attempt_that_timed_out_is_still_refused_and_keeps_its_cost(
+    api: httpx.AsyncClient, temporal: Client, tmp_path: Path, outcome: str, learned: bool
 ) -> None:
     # Given a claimed task whose activity closed without this report (here: failed for another reason)
-    _, row, _, claim_id = await _claimed_task(api, tmp_path, retry={"maximum_attempts": 1})
+    run_id, row, _, claim_id = await _claimed_task(api, tmp_path, retry={"maximum_attempts": 1})
     await temporal.get_async_activity_handle(task_token=bytes(row["task_token"])).fail(
         ApplicationError("something else ended it", type="Elsewhere", non_retryable=True))
-    # When the agent reports a result Temporal never took
-    body = {"claim_id": claim_id, "result": {"status": "succeeded", "summary": "late"}}
-    late = await api.post(f"/v1/agent/tasks/{row['id']}/complete", headers=row["auth"], json=body)
-    # Then it is refused, as before
+    if learned:  # the agent's heartbeat already told the API that the attempt is over
+        beat = await api.post(f"/v1/agent/tasks/{row['id']}/heartbeat", headers=row["auth"],
+                              json={"claim_id": claim_id, "details": {}})
+        assert beat.status_code == 409, beat.text
+    # When the agent reports a result Temporal never took, after paying for 1,500 tokens of a model
+    result = {"status": "succeeded" if outcome == "complete" else "failed", "summary": "late",
+              "usage": {"model_tokens": {"test-model": 1500}}}
+    body: dict[str, Any] = {"claim_id": claim_id, "result": result}
+    if outcome == "fail":
+        body |= {"error_type": "Broken", "message": "late too"}
+    url = f"/v1/agent/tasks/{row['id']}/{outcome}"
+    late = await api.post(url, headers=row["auth"], json=body)
+    # Then it is refused, as before: the attempt is superseded and the stage's outcome is Temporal's
     assert late.status_code == 409, late.text
-    assert sql("SELECT status FROM task_attempts WHERE id = :i", i=row["id"]) == [{"status": "superseded"}]
+    spent = prices().cost_micros(Usage(model_tokens={"test-model": 1500}))
+    assert spent == 3_000_000  # the suite's price: 2.0 per 1,000 tokens
+    recorded = sql("SELECT status, result->>'summary' AS summary, late_reports, cost_micros FROM task_attempts "
+                   "WHERE id = :i", i=row["id"])
+    # (a report recorded before Temporal refused it stays on the attempt for the record; one refused first is not)
+    assert recorded == [{"status": "superseded", "summary": None if learned else "late",
+                         "late_reports": 2 if learned else 1, "cost_micros": spent}]
+    # But what the agent spent counts in the run's cost, once, however often the late report is sent again
+    assert (await api.post(url, headers=row["auth"], json=body)).status_code == 409
+    assert sql("SELECT late_reports, cost_micros FROM task_attempts WHERE id = :i", i=row["id"]) == [
+        {"late_reports": 3 if learned else 2, "cost_micros": spent}]
+    run = await wait_run(api, run_id, deadline=60)
+    assert run["status"] == "failed" and run["cost"] == to_money(spent) == 3.0, run
+    assert run["stages"][0]["cost"] == 3.0, run["stages"]
 
 
 async def test_a_claim_asked_again_with_its_claim_id_gets_the_claim_back(
