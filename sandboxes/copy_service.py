@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 ANSWER_LIMIT = 1 << 20
 #: Seconds a request may wait to be handed to a service too busy to take it, before the service is started again.
 SEND_TIMEOUT = 10.0
+#: The return code of a copy whose service ended before it answered (killed, or stopped for a copy that hung): the
+#: copy says nothing of the source, and the next copy gets a new service.
+NO_ANSWER = -9
 
 
 class CopyService:
@@ -187,7 +190,7 @@ class CopyService:
                 raise SandboxError(f"{what} took longer than {timeout:g}s") from None
             raise
         if not answer:
-            return JobResult(returncode=-9, stdout="", stderr="the copier ended without answering\n")
+            return JobResult(returncode=NO_ANSWER, stdout="", stderr="the copier ended without answering\n")
         try:
             code, out, err = ast.literal_eval(answer.decode("ascii"))  # literals only: nothing in it can run
         except (ValueError, SyntaxError, UnicodeDecodeError, TypeError):

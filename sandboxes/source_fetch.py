@@ -82,6 +82,9 @@ async def copy_tree(src: Path, dest: Path, *, options: dict[str, object], hide: 
     said = result.stderr.strip().splitlines()[0] if result.stderr.strip() else f"exit code {result.returncode}"
     if result.returncode == source_copy.OVER_LIMIT:
         raise TooBig(f"copying {str(src)!r} stopped: {said}")
+    if result.returncode == copy_service.NO_ANSWER:  # nothing wrong with the source: a new service tries again
+        raise SandboxError(f"copying {str(src)!r} was cut short: the copier service stopped before it answered; "
+                           "the next try gets a new one", retryable=True, reason="CopierStopped")
     if result.returncode != 0:
         raise SandboxError(f"copying {str(src)!r} into the sandbox failed: {said}. Check the files are readable "
                            "and the disk has room")

@@ -198,6 +198,23 @@ async def test_a_service_that_takes_no_request_is_started_again_without_holding_
             assert (volume / f"w{i}" / "README").read_text() == "hello\n"
 
 
+async def test_copy_tree_calls_a_copy_cut_short_by_its_service_retryable(huge: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "disk"
+    volume.mkdir()
+    if os.geteuid() == 0:
+        os.chown(volume, SANDBOX_UID, SANDBOX_UID)
+    hide = [tmp_path / "hidden-by-this-test"]
+    copying = asyncio.create_task(source_fetch.copy_tree(huge, volume / "w", options=OPTIONS, hide=hide))
+    await poll(lambda: asyncio.sleep(0, any((volume / "w").glob("*.bin")) if (volume / "w").is_dir() else False),
+               deadline=15, what="the copy to start", every=0.02)
+    # When the worker's service is stopped mid-copy
+    await asyncio.to_thread(copy_service.service(Jail.detect(volume / "w"), hide).stop)
+    # Then the stage's error says what happened, not that the files were unreadable, and may be tried again
+    with pytest.raises(SandboxError, match="copier service stopped before it answered") as failed:
+        await asyncio.wait_for(copying, 10)
+    assert failed.value.retryable and "readable" not in str(failed.value)
+
+
 async def test_copy_tree_says_which_source_could_not_be_opened(volume: Path, tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match=r"No such file or directory: .*nowhere"):
         await source_fetch.copy_tree(tmp_path / "nowhere", volume / "w", options=OPTIONS, hide=[tmp_path / "h"])
