@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import text, update
-from sqlmodel import col, select
+from sqlalchemy import text
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.service import RPCError, RPCStatusCode
 
 from devart.core.database import db
-from devart.core.database.models import Agent, TaskAttempt, utcnow
+from devart.core.database.models import Agent, TaskAttempt
 from devart.core.errors import Conflict, Forbidden, NotFound
 from devart.domain.attempt_states import ENDED, AttemptState, movable_from
 from devart.domain.events import add_event
@@ -58,21 +58,27 @@ async def refuse(session: AsyncSession, task_id: str, agent: Agent, why: str, *,
     """
     name = agent.name  # read before the rollback expires every loaded object
     await session.rollback()
+    params = {"id": task_id, "close": close.value if close is not None else None, "spent": spent,
+              "movable": movable_from(close) if close is not None else [], "ended": _ENDED}
     async with db.session() as s:
-        if close is not None:
-            await s.exec(update(TaskAttempt)  # type: ignore[call-overload]
-                         .where(col(TaskAttempt.id) == task_id, col(TaskAttempt.status).in_(movable_from(close)))
-                         .values(status=close.value, finished_at=utcnow()))
-        row = await s.get(TaskAttempt, task_id)
+        row = (await s.execute(_REFUSED, params)).first()
         if row is not None:
-            row.late_reports += 1
-            if spent and row.status in ENDED and row.reported is None and not row.cost_micros:
-                row.cost_micros = spent
-            add_event(
-                s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name, attempt=row.attempt
-            )
+            add_event(s, "task.report_refused", why, run_id=row.run_id, stage=row.stage, agent=name,
+                      attempt=row.attempt)
     return TaskForbidden(why) if forbidden else TaskRefused(why)
 
+
+_ENDED = sorted(state.value for state in ENDED)
+#: A refusal's write in one statement, so that concurrent refusals all count: the attempt closed as ``close`` if it
+#: is still open, its late reports counted, and the refused report's cost kept where the attempt ends without one.
+_REFUSED = text(
+    "UPDATE task_attempts SET "
+    "status = CASE WHEN status = ANY(:movable) THEN CAST(:close AS varchar) ELSE status END, "
+    "finished_at = CASE WHEN status = ANY(:movable) THEN now() ELSE finished_at END, "
+    "late_reports = late_reports + 1, "
+    "cost_micros = CASE WHEN :spent > 0 AND reported IS NULL AND cost_micros = 0 "
+    "AND (status = ANY(:ended) OR status = ANY(:movable)) THEN :spent ELSE cost_micros END "
+    "WHERE id = :id RETURNING run_id, stage, attempt")
 
 #: Whether an attempt already holds exactly the report being made (its answer was lost and it is sent again).
 Recorded = Callable[[TaskAttempt], bool]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,14 @@ async def test_a_report_on_an_attempt_that_timed_out_is_still_refused_and_keeps_
     # (a report recorded before Temporal refused it stays on the attempt for the record; one refused first is not)
     assert recorded == [{"status": "superseded", "summary": None if learned else "late",
                          "late_reports": 2 if learned else 1, "cost_micros": spent}]
-    # But what the agent spent counts in the run's cost, once, however often the late report is sent again
-    assert (await api.post(url, headers=row["auth"], json=body)).status_code == 409
+    # But what the agent spent counts in the run's cost, once, however often the late report is sent again; and
+    # sent five times at once, each refusal is counted
+    again = await asyncio.gather(*(api.post(url, headers=row["auth"], json=body) for _ in range(5)))
+    assert [r.status_code for r in again] == [409] * 5, [r.text for r in again]
     assert sql("SELECT late_reports, cost_micros FROM task_attempts WHERE id = :i", i=row["id"]) == [
-        {"late_reports": 3 if learned else 2, "cost_micros": spent}]
+        {"late_reports": 7 if learned else 6, "cost_micros": spent}]
+    refused = sql("SELECT count(*) AS n FROM events WHERE run_id = :r AND kind = 'task.report_refused'", r=run_id)
+    assert refused == [{"n": 7 if learned else 6}]
     run = await wait_run(api, run_id, deadline=60)
     assert run["status"] == "failed" and run["cost"] == to_money(spent) == 3.0, run
     assert run["stages"][0]["cost"] == 3.0, run["stages"]
