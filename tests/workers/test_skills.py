@@ -269,6 +269,20 @@ async def test_declared_test_dependencies_are_installed(
     assert any(line.startswith("tomli-w==1.") for line in result.output["environment"]["installed"])
 
 
+async def test_the_tests_run_with_their_environment_active(sandbox: Sandbox, provision: Provision,
+                                                          tmp_path: Path) -> None:
+    """A suite that runs a tool its test dependencies installed (mypy through pytest-mypy-plugins, say) finds the
+    test environment's, as it does when a developer runs it from an activated environment or through tox."""
+    project = small_project(tmp_path, '\n[project.optional-dependencies]\ntests = ["tomli-w>=1"]\n', backend="flit")
+    (project / "tests" / "test_environment.py").write_text(
+        "import os, shutil, subprocess, sys\n\n\ndef test_the_environment_is_active():\n"
+        "    assert os.environ['VIRTUAL_ENV'] == sys.prefix != sys.base_prefix\n"
+        "    assert shutil.which('pytest') == os.path.join(sys.prefix, 'bin', 'pytest')\n"
+        "    assert subprocess.run(['pytest', '--version'], capture_output=True).returncode == 0\n")
+    result = await run_skill(sandbox, await provision(project), "test")
+    assert (result.output["passed"], result.output["failed"], result.output["errors"]) == (3, 0, 0), result.output
+
+
 async def test_a_backend_that_does_not_exist_fails_the_build_with_the_reason(
     sandbox: Sandbox, provision: Provision, tmp_path: Path
 ) -> None:

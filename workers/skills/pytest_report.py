@@ -66,6 +66,19 @@ class Report:
             json.dump(data, f)
 
 
+def activate() -> None:
+    """Make this interpreter's environment the active one, as ``activate`` (and tox, and nox) do: its scripts first
+    on ``PATH``, its folder in ``VIRTUAL_ENV``. Suites that run a tool their test dependencies install (mypy through
+    pytest-mypy-plugins, a project's own console script) find this environment's, as they do when a developer runs
+    them; without it they found the host's tools, or none ("mypy executable is not found")."""
+    import os
+
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]).rstrip(":")
+    if sys.prefix != sys.base_prefix:
+        os.environ["VIRTUAL_ENV"] = sys.prefix
+    os.environ.pop("PYTHONHOME", None)
+
+
 def main(argv: list[str]) -> int:
     """``argv``: the report's path, the project folder (pytest starts there, to find its configuration), then
     pytest's arguments."""
@@ -73,6 +86,7 @@ def main(argv: list[str]) -> int:
 
     import pytest
 
+    activate()
     report, project = os.path.abspath(argv[0]), argv[1]
     os.chdir(project)
     return int(pytest.main(argv[2:], plugins=[Report(report)]))
