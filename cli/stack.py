@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -101,10 +100,14 @@ def down() -> None:
     """Stop everything ``devart up`` started, also when its supervisor is gone, and the embedded PostgreSQL."""
     from devart.core import settings
     from devart.core.devstack import stackctl
+    from devart.core.errors import DevartError
 
     state = settings.state().root
     supervised = stackctl.supervisor_alive(state)
-    stopped = stackctl.stop(state)
+    try:
+        stopped = stackctl.stop(state)
+    except DevartError as exc:
+        fail(str(exc))
     if supervised:
         console.print("stopped devart's supervisor and the processes it ran")
     for name in stopped:
@@ -137,7 +140,9 @@ def supervise(lock_fd: int = typer.Option(None, help="Descriptor of the held sup
 def _uptime(started: float | None) -> str:
     if not started:
         return "-"
-    seconds = int(time.time() - started)
+    from devart.core import process_start
+
+    seconds = int(process_start.age(started))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 

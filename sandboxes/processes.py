@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from devart.core import process_start
 from devart.core.contracts import SandboxSpec
 from devart.core.errors import SandboxError
 from devart.sandboxes.base import OutputCallback, current_store_secrets, secret_variable, store_name, store_value
@@ -83,11 +84,9 @@ class OutputBuffer:
 
 
 def create_time(pid: int) -> float | None:
-    """When ``pid`` started: with the pid, it names the process even after the number is reused."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+    """When ``pid`` started (seconds from boot, ``core.process_start``): with the pid, it names the process even
+    after the number is reused, and whatever the wall clock does meanwhile."""
+    return process_start.since_boot(pid)
 
 
 def kill_group(pid: int, started: float | None) -> None:
@@ -101,7 +100,7 @@ def kill_group(pid: int, started: float | None) -> None:
     victims: list[psutil.Process] = []
     try:
         leader = psutil.Process(pid)
-        if started is None or abs(leader.create_time() - started) > 0.05:
+        if not process_start.is_start_of(pid, started):
             return  # that number now names another process
         victims = leader.children(recursive=True)
     except psutil.Error:

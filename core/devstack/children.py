@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devart.core import process_start
 from devart.core.devstack.stackfile import ChildRecord
 from devart.core.devstack.stackplan import ChildSpec
 from devart.core.devstack.statedir import PRIVATE_UMASK, open_private
@@ -56,7 +57,7 @@ def started(child: Child, proc: subprocess.Popen[bytes]) -> None:
     spec, record = child.spec, child.record
     ref = ProcessRef.of(proc.pid)
     child.proc, child.began = proc, time.monotonic()
-    record.pid, record.started = proc.pid, ref.started if ref else time.time()
+    record.pid, record.started = proc.pid, ref.started if ref else process_start.now()
     record.restarts += 1 if child.starts else 0
     child.starts += 1
     record.status, record.message = ("starting" if spec.ready else "running"), ""

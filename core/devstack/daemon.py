@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from devart.core import settings
+from devart.core import process_start, settings
 from devart.core.devstack import children, services, stackfile, stackplan
 from devart.core.devstack.children import Child
 from devart.core.devstack.stackfile import ChildRecord, StackRecord, StackStatus
@@ -153,7 +153,7 @@ class Daemon:
         if found is not None:
             record.pid, record.started, record.argv = found.pid, found.started, orphan.argv if orphan else []
             record.status = "starting" if spec.ready else "running"
-            child.began = time.monotonic() - max(0.0, time.time() - found.started)
+            child.began = time.monotonic() - max(0.0, process_start.age(found.started))
             log.info("adopted %s (pid %d), already running", spec.name, found.pid)
         elif spec.port is not None and services.port_open(*spec.port):
             host, port = spec.port

@@ -197,8 +197,8 @@ def running(state: Path) -> ProcessRef | None:
             return None
     except (OSError, ValueError, psutil.Error):
         return None
-    ref = ProcessRef(pid, proc.create_time())
-    return ref if ref.alive() else None
+    ref = ProcessRef.of(pid)
+    return ref if ref is not None and ref.alive() else None
 
 
 def accepting(state: Path) -> bool:

@@ -114,6 +114,12 @@ def wait_running(state: Path, name: str, not_pid: int | None = None, timeout: fl
         time.sleep(0.1)
 
 
+#: Seconds ``stop`` gives the supervisor beyond its three rounds of the grace period before killing it.
+STOP_MARGIN = 30.0
+#: Seconds ``stop`` waits for the lock after killing the supervisor, before it says what holds the stack.
+KILLED_SECONDS = 10.0
+
+
 def stop(state: Path, grace: float | None = None) -> list[str]:
     """Stop the stack of ``state``: its supervisor, then whatever a dead supervisor left running (pid and start
     time checked), then an embedded PostgreSQL started outside it. Returns the names of what this call stopped
@@ -127,10 +133,17 @@ def stop(state: Path, grace: float | None = None) -> list[str]:
         if record is not None and record.supervisor.ref:
             record.supervisor.ref.signal(signal.SIGTERM, group=False)
         # The supervisor stops its processes in at most three rounds of the grace period (devart's, then each server).
-        deadline = time.monotonic() + 3 * grace + 30
+        deadline = time.monotonic() + 3 * grace + STOP_MARGIN
         while (fd := stackfile.try_lock(state)) is None:
-            if time.monotonic() > deadline and record is not None and record.supervisor.ref:
-                record.supervisor.ref.signal(signal.SIGKILL, group=False)
+            if time.monotonic() > deadline:
+                if record is not None and record.supervisor.ref:
+                    record.supervisor.ref.signal(signal.SIGKILL, group=False)
+                if time.monotonic() > deadline + KILLED_SECONDS:  # not the process recorded, or not ours to kill
+                    pid = record.supervisor.pid if record is not None else None
+                    raise ServiceUnavailable(
+                        f"the stack's supervisor{f' (pid {pid})' if pid else ''} still holds {state} after "
+                        f"{3 * grace + STOP_MARGIN + KILLED_SECONDS:.0f}s and is not the process its record names: "
+                        f"stop it by hand{f' (kill {pid})' if pid else ''}, then run devart down again")
             time.sleep(0.1)
     try:
         return _stop_orphans(state, grace)

@@ -42,7 +42,8 @@ class ChildRecord(BaseModel):
     name: str
     status: ChildStatus = "starting"
     pid: int | None = None
-    started: float | None = Field(default=None, description="Its start time (epoch seconds): with pid, its identity.")
+    started: float | None = Field(default=None, description="Its start time (seconds from boot, core.process_start; "
+                                  "epoch seconds from earlier versions): with pid, its identity.")
     restarts: int = 0
     last_exit: int | None = Field(default=None, description="Exit code of its last run (negative: the signal).")
     message: str = ""

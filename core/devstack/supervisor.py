@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from devart.core import process_start
 from devart.core.errors import ServiceUnavailable
 
 
@@ -140,10 +141,6 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-#: Two readings of one process's start time differ by less than this (psutil derives it from clock ticks).
-_SAME_START = 0.05
-
-
 @dataclass(frozen=True)
 class ProcessRef:
     """A process known by its pid *and* start time, so that a pid the kernel has since reused is never signalled.
@@ -152,21 +149,20 @@ class ProcessRef:
     """
 
     pid: int
+    #: Seconds from boot to its start (``core.process_start``; a wall-clock time in records of earlier versions).
     started: float
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef | None:
         """The running process ``pid``, or None."""
-        try:
-            return cls(pid, psutil.Process(pid).create_time())
-        except psutil.Error:
-            return None
+        started = process_start.since_boot(pid)
+        return cls(pid, started) if started is not None else None
 
     def alive(self) -> bool:
         """Whether this very process still runs (a zombie, exited but not yet reaped, does not)."""
         try:
-            proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.started) < _SAME_START and proc.status() != psutil.STATUS_ZOMBIE
+            return (process_start.is_start_of(self.pid, self.started)
+                    and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 
@@ -186,7 +182,9 @@ class ProcessRef:
         found = []
         for proc in psutil.process_iter():
             with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getpgid(proc.pid) == self.pid and proc.create_time() >= self.started - _SAME_START:
+                started = process_start.started_like(proc.pid, self.started)
+                if (os.getpgid(proc.pid) == self.pid and started is not None
+                        and started >= self.started - process_start.SAME_START):
                     found.append(proc)
         return found
 
