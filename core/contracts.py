@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -98,11 +98,22 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-class Usage(Strict):
-    """Resources one task consumed; costs are derived from these."""
+#: Most tokens of one model a task may report: a trillion, far beyond any task, within what costs can hold.
+MAX_TOKENS = 10**12
+#: Most CPU-seconds a task may report: a year of one CPU.
+MAX_CPU_SECONDS = 366 * 86400.0
 
-    model_tokens: dict[str, int] = Field(default_factory=dict, description="Tokens by model name.")
-    sandbox_cpu_seconds: float = 0.0
+
+class Usage(Strict):
+    """Resources one task consumed; costs are derived from these.
+
+    Agents report it, so it is bounded: a negative count would lower its run's cost and its budget's spending,
+    and an endless one would overflow the cost's column (a server error where a 422 is due).
+    """
+
+    model_tokens: dict[str, Annotated[int, Field(ge=0, le=MAX_TOKENS)]] = Field(
+        default_factory=dict, description="Tokens by model name.")
+    sandbox_cpu_seconds: float = Field(default=0.0, ge=0.0, le=MAX_CPU_SECONDS, allow_inf_nan=False)
 
 
 class AppliedRemedy(Strict):

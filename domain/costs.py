@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from devart.core import settings
+from devart.core.bounds import MAX_MONEY
 from devart.core.contracts import Usage
 
 MICROS = 1_000_000
@@ -27,9 +28,12 @@ class PriceTable(BaseModel):
     sandbox_cpu_second: float = 0.00002
 
     def cost_micros(self, usage: Usage) -> int:
+        """The cost of ``usage``, at most ``MAX_MONEY``: a task's bounded usage at an operator's price (unbounded,
+        say a typo's) still fits the ``bigint`` it is stored in."""
         tokens = sum(round(n * self.models.get(model, self.default_per_1k_tokens) * MICROS / 1000)
                      for model, n in usage.model_tokens.items())
-        return int(tokens + round(usage.sandbox_cpu_seconds * self.sandbox_cpu_second * MICROS))
+        total = int(tokens + round(usage.sandbox_cpu_seconds * self.sandbox_cpu_second * MICROS))
+        return min(total, int(MAX_MONEY * MICROS))
 
 
 @lru_cache

@@ -230,3 +230,26 @@ def test_the_sdk_refuses_a_skill_name_the_api_would() -> None:
         else:
             raise AssertionError(f"{bad!r} was accepted")
 
+
+
+async def test_reported_usage_is_bounded_so_no_report_lowers_or_overflows_a_cost(
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # Given a task claimed through the API
+    cap = unique("usage")
+    key = bearer(register_agent(unique("reporter"), [cap]))
+    _, task_id = await queued_task(api, tmp_path, cap)
+    claim = await api.post(f"/v1/agent/tasks/{task_id}/claim", headers=key)
+    assert claim.status_code == 200, claim.text
+    claim_id = claim.json()["claim_id"]
+    # When its agent reports negative usage (which would lower the run's cost and its budget's spending), usage
+    # whose cost overflows the cost's column, or a CPU time that is not a number
+    for usage in ({"model_tokens": {"test-model": -1_000_000}}, {"model_tokens": {"test-model": 10**20}},
+                  {"sandbox_cpu_seconds": -5.0}, {"sandbox_cpu_seconds": "Infinity"}):
+        answer = await api.post(f"/v1/agent/tasks/{task_id}/complete", headers=key, json={
+            "claim_id": claim_id, "result": {"status": "succeeded", "summary": "done", "usage": usage}})
+        # Then it is refused at the edge with the field named, nothing is stored, and the task is still claimed
+        assert answer.status_code == 422, (usage, answer.status_code, answer.text)
+        assert "usage" in answer.text, answer.text
+        assert attempt_row(task_id)["status"] == "claimed"
+    assert sql("SELECT cost_micros FROM task_attempts WHERE id = :i", i=task_id) == [{"cost_micros": 0}]

@@ -38,3 +38,15 @@ def test_defaults_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("DEVART_PRICES", raising=False)
     monkeypatch.delenv("DEVART_PRICES_FILE", raising=False)
     assert costs.prices() == costs.PriceTable()
+
+
+def test_a_cost_always_fits_its_column() -> None:
+    from devart.core.bounds import INT8_MAX, MAX_MONEY
+    from devart.core.contracts import MAX_TOKENS
+
+    # The most usage an agent may report, at a price far beyond any model's, is held to the largest amount
+    table = costs.PriceTable(models={f"m{i}": 1e9 for i in range(50)})
+    usage = Usage(model_tokens={f"m{i}": MAX_TOKENS for i in range(50)})
+    assert table.cost_micros(usage) == int(MAX_MONEY * costs.MICROS) < INT8_MAX
+    # And an ordinary report is priced exactly
+    assert costs.PriceTable(models={"m": 2.0}).cost_micros(Usage(model_tokens={"m": 1500})) == 3_000_000
