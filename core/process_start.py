@@ -34,8 +34,8 @@ def since_boot(pid: int) -> float | None:
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: the fields after it follow its last ')'.
-    fields = line[line.rindex(b")") + 2:].split()
-    return int(fields[19]) / _TICKS
+    fields = line[line.rfind(b")") + 2:].split()
+    return int(fields[19]) / _TICKS if len(fields) > 19 else None
 
 
 def started_like(pid: int, recorded: float) -> float | None:

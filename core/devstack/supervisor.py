@@ -182,9 +182,10 @@ class ProcessRef:
         found = []
         for proc in psutil.process_iter():
             with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(proc.pid) != self.pid:  # cheap, and true of almost every process: asked first
+                    continue
                 started = process_start.started_like(proc.pid, self.started)
-                if (os.getpgid(proc.pid) == self.pid and started is not None
-                        and started >= self.started - process_start.SAME_START):
+                if started is not None and started >= self.started - process_start.SAME_START:
                     found.append(proc)
         return found
 
