@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from temporalio import activity
 
@@ -11,12 +11,10 @@ from devart.core.database import db
 from devart.core.database.models import Run, utcnow
 from devart.core.orgs import DEFAULT_ORG
 from devart.core.telemetry import metrics
+from devart.domain import run_feed
 from devart.domain.events import add_event
 from devart.domain.settle import settle_run
 from devart.github import reporter as github_reporter
-
-#: Whether the run's start (or end) is in the feed already; the upsert before it holds the run's row lock.
-_IN_FEED = text("SELECT 1 FROM events WHERE run_id = :run_id AND kind = :kind LIMIT 1")
 
 
 @activity.defn
@@ -27,7 +25,8 @@ async def record_run(rec: RunRecord) -> None:
     completed runs again on the next worker, as a first attempt again, and an attempt that failed after its commit
     is retried. The upsert locks the run's row, so writers of one run take turns, and only the one that finds no
     event of its kind adds it (and counts the run's end in the metrics). Counting attempts instead wrote a second
-    event after such a replay, and none at all when the first attempt failed before committing.
+    event after such a replay, and none at all when the first attempt failed before committing. The run's end also
+    adds its start when the feed lacks it (``domain.run_feed``): every run's feed has both, in that order.
     """
     finished = rec.status != RunStatus.RUNNING
     values = {
@@ -49,7 +48,7 @@ async def record_run(rec: RunRecord) -> None:
                         func.nullif(func.current_setting("devart.org_id", True), ""), DEFAULT_ORG)
     stmt = insert(Run).values(**values, created_at=utcnow(), org_id=org)
     stmt = stmt.on_conflict_do_update(index_elements=["id"], set_=values)
-    kind = "run.finished" if finished else "run.started"
+    kind = run_feed.FINISHED if finished else run_feed.STARTED
     async with db.session() as s:
         if finished:
             # The workflow may hear of a stage's end before the API settled the agent's report (``domain.settle``):
@@ -57,7 +56,10 @@ async def record_run(rec: RunRecord) -> None:
             # stage's outcome, and its end follows them in the feed.
             await settle_run(s, rec.run_id, *_accepted(rec))
         await s.exec(stmt)  # type: ignore[call-overload]
-        first = (await s.execute(_IN_FEED, {"run_id": rec.run_id, "kind": kind})).first() is None
+        recorded = await run_feed.in_feed(s, rec.run_id)
+        if finished and run_feed.STARTED not in recorded:  # the API stopped before it recorded the start
+            run_feed.add_started(s, rec.run_id, rec.pipeline, late="at the run's end: the API did not record it")
+        first = kind not in recorded
         if first:
             message = f"run {rec.status.value}" + (f": {rec.error}" if rec.error else "")
             add_event(s, kind, message, run_id=rec.run_id, pipeline=rec.pipeline, status=rec.status.value)

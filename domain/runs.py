@@ -32,7 +32,7 @@ from devart.core.errors import Conflict, DevartError, InvalidPipeline, RunNotFou
 from devart.core.orgs import DEFAULT_ORG
 from devart.core.telemetry import metrics
 from devart.core.temporal import search_attributes, ui_link
-from devart.domain import catalog
+from devart.domain import catalog, run_feed
 from devart.domain.costs import to_money
 from devart.domain.events import add_event
 from devart.domain.sources import SourcePolicy, check_source
@@ -100,12 +100,13 @@ async def start(session: AsyncSession, client: Client, req: RunRequest, *,
         if (refusal := await _not_started(session, client, run_id, exc)) is not None:
             raise refusal from exc
     # The run's start, once, now that its workflow exists: from engine 9 the workflow records none of its own. Under
-    # load it waits for a connection: the run is started, an error now would make the client start it twice.
+    # load it waits for a connection: the run is started, an error now would make the client start it twice. Should
+    # this process die first, the run's end or the sweep records it (``domain.run_feed``).
     org = run.org_id
 
     async def started(s: AsyncSession) -> None:
         await tenancy.switch(s, tenancy.system_in(org or DEFAULT_ORG))
-        add_event(s, "run.started", "run running", run_id=run_id, pipeline=definition.name, status="running")
+        await run_feed.record_started(s, run_id)
 
     await db.patiently(started)
     metrics.RUNS_STARTED.labels(definition.name, req.trigger).inc()

@@ -5,7 +5,9 @@ Teardown in the workflow's ``finally`` covers every normal path; this catches th
 outside, a worker that died between provision and teardown and never came back for it), for every backend. The
 API records a run before it starts the run's workflow, two writes no transaction spans: an API that dies between
 them leaves a run that says "running" with no workflow to ever end it. Once such a run is older than the grace
-period and Temporal does not know its workflow, the sweep fails it and says why in the feed.
+period and Temporal does not know its workflow, the sweep fails it and says why in the feed. The API records the
+run's start after its workflow started, another pair of writes: a run that goes on without its start in the feed gets
+it from the sweep (or from its own end, ``domain.run_feed``).
 
 It is housekeeping, not a run, so it is no workflow: a periodic task in each pipeline worker, of which only one
 sweeps at a time (a PostgreSQL advisory lock), keeps Temporal's workflow list to the runs. Releases before it ran
@@ -32,6 +34,7 @@ from devart.core.database.models import Run, utcnow
 from devart.core.orgs import DEFAULT_ORG
 from devart.core.settings import SweepSettings
 from devart.core.temporal_namespaces import Namespaces
+from devart.domain import run_feed
 from devart.domain.events import add_event
 from devart.sandboxes import artifacts
 from devart.sandboxes.base import Sandbox
@@ -52,12 +55,18 @@ UNSTARTED_BATCH = 200
 NEVER_STARTED = "Temporal has no workflow for it: the API stopped between recording the run and starting it"
 _FAIL_UNSTARTED = text("UPDATE runs SET status = 'failed', error = :error, finished_at = now() "
                        "WHERE id = :id AND status = 'running' RETURNING pipeline")
+#: Why the sweep, not the API, recorded a run's start.
+LATE_START = "the API stopped between starting the run's workflow and recording its start"
+#: Which of these runs have their start in the feed.
+_STARTED_OF = text("SELECT DISTINCT run_id FROM events WHERE run_id = ANY(:ids) AND kind = 'run.started'")
 
 
 class SweepResult(BaseModel):
     removed: dict[str, str] = Field(default_factory=dict, description="Sandbox id -> why it was removed.")
     runs_failed: list[str] = Field(default_factory=list, description="Runs failed because their workflow never "
                                    "started.")
+    runs_started: list[str] = Field(default_factory=list, description="Runs going whose start the sweep put in the "
+                                    "feed, the API having stopped before it did.")
     kept: int = 0
     artifacts_removed: list[str] = Field(default_factory=list, description="Runs whose handed-on files were dropped.")
 
@@ -85,39 +94,52 @@ async def _temporal_status(temporal: Namespaces, run_id: str, org: str | None) -
     return described.status.name.lower()
 
 
-async def _unstarted(temporal: Namespaces, cfg: SweepSettings) -> list[str]:
-    """Fail the runs older than the grace period that still say "running" but whose workflow Temporal does not know.
+async def _unstarted(temporal: Namespaces, cfg: SweepSettings) -> tuple[list[str], list[str]]:
+    """Fail the runs older than the grace period that still say "running" but whose workflow Temporal does not know,
+    and record the start of those it knows whose start the feed lacks: ``(failed, started)``.
 
-    The grace period covers a start in progress (recorded, its workflow about to start). A run whose workflow ended
-    without recording it is left to the API, which reads its end from Temporal; an unreachable Temporal fails
-    nothing, the next sweep looks again.
+    The grace period covers a start in progress (recorded, its workflow about to start, its start about to be
+    recorded). A run whose workflow ended without recording it is left to the API, which reads its end from
+    Temporal; an unreachable Temporal fails nothing, the next sweep looks again.
     """
     cutoff = utcnow() - timedelta(seconds=cfg.grace_seconds)
     async with db.session() as s:
         candidates = (await s.exec(select(Run.id, Run.org_id).where(Run.status == "running", Run.created_at < cutoff)
                                    .order_by(func.random()).limit(UNSTARTED_BATCH))).all()
-    failed = []
+        ids = [run_id for run_id, _ in candidates]
+        in_feed = set((await s.execute(_STARTED_OF, {"ids": ids})).scalars()) if ids else set()
+    failed, started = [], []
     for run_id, org in candidates:
         try:
             await (await temporal.for_org(org or DEFAULT_ORG)).get_workflow_handle(run_id).describe()
-            continue
         except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                continue
-        async with db.session() as s:
-            changed = (await s.execute(_FAIL_UNSTARTED, {"id": run_id, "error": f"could not start: {NEVER_STARTED}"}
-                                       )).first()
-            if changed is not None:  # still running: nothing else ended it meanwhile
-                add_event(s, "run.finished", f"run failed: could not start: {NEVER_STARTED}", run_id=run_id,
-                          pipeline=changed.pipeline, status="failed")
+            if exc.status == RPCStatusCode.NOT_FOUND and await _fail_unstarted(run_id):
                 failed.append(run_id)
-    return failed
+            continue
+        if run_id not in in_feed:
+            async with db.session() as s:
+                if await run_feed.record_started(s, run_id, late=f"by the sweep: {LATE_START}"):
+                    started.append(run_id)
+    return failed, started
+
+
+async def _fail_unstarted(run_id: str) -> bool:
+    """Fail a run whose workflow Temporal does not know, unless something else ended it meanwhile."""
+    async with db.session() as s:
+        changed = (await s.execute(_FAIL_UNSTARTED, {"id": run_id, "error": f"could not start: {NEVER_STARTED}"}
+                                   )).first()
+        if changed is None:
+            return False
+        add_event(s, "run.finished", f"run failed: could not start: {NEVER_STARTED}", run_id=run_id,
+                  pipeline=changed.pipeline, status="failed")
+        return True
 
 
 
 async def sweep(temporal: Namespaces, cfg: SweepSettings) -> SweepResult:
     """Fail the runs whose workflow never started, tear down every leftover sandbox, and report each in the feed."""
-    result = SweepResult(runs_failed=await _unstarted(temporal, cfg))
+    failed, started = await _unstarted(temporal, cfg)
+    result = SweepResult(runs_failed=failed, runs_started=started)
     sandbox = get_sandbox()
     handles = await sandbox.list()
     run_ids = {h.run_id for h in handles if h.run_id}
@@ -182,6 +204,9 @@ async def keep_sweeping(temporal: Namespaces, stop: asyncio.Event, cfg: SweepSet
             result = await sweep_if_alone(temporal, cfg)
             if result is not None and result.removed:
                 log.info("swept %d sandbox(es): %s", len(result.removed), result.removed)
+            if result is not None and result.runs_started:
+                log.warning("recorded the start of %d run(s) the API had not: %s", len(result.runs_started),
+                            result.runs_started)
             if result is not None and result.runs_failed:
                 log.warning("failed %d run(s) whose workflow never started: %s", len(result.runs_failed),
                             result.runs_failed)

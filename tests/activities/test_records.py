@@ -15,6 +15,7 @@ from temporalio.testing import ActivityEnvironment
 from devart.activities.records import record_run
 from devart.core.contracts import RunRecord, RunStatus, StageResult, StageState, StageStatus
 from devart.core.database import db, tenancy
+from devart.domain import run_feed
 from tests.helpers import unique
 from tests.stack import Stack, register_agent, sql
 
@@ -66,6 +67,53 @@ def test_a_retry_after_a_failed_first_attempt_adds_the_event(stack: Stack) -> No
     started, finished = _records(run_id)
     _record((started, 2), (finished, 3))
     # Then the retries put the start and the end in the feed all the same
+    assert _feed(run_id) == ["run.started", "run.finished"]
+
+
+def test_a_runs_end_records_its_start_when_the_api_did_not(stack: Stack) -> None:
+    """The API records a run's start after Temporal started its workflow; killed in between (seen in the chaos
+    suite), it left a run whose feed never had its start. The run's end adds it, once, before the end."""
+    # Given a run the API recorded, whose workflow runs, but whose start never reached the feed
+    run_id = unique("unannounced")
+    started, finished = _records(run_id)
+    sql("INSERT INTO runs (id, pipeline, pipeline_version, repository, trigger, params, status, stages, created_at) "
+        "VALUES (:id, 'recorded', 1, '/srv/repo', 'api', '{}', 'running', '[]', now())", id=run_id)
+    # When its end is recorded, twice (a replayed local activity)
+    _record((finished, 1), (finished, 1))
+    # Then the feed has its start, saying who recorded it and why, and then its end, once each
+    feed = sql("SELECT kind, data FROM events WHERE run_id = :r ORDER BY id", r=run_id)
+    assert [e["kind"] for e in feed] == ["run.started", "run.finished"]
+    assert "the API did not record it" in feed[0]["data"]["recorded_late"]
+
+
+def test_concurrent_writers_of_a_runs_start_add_it_once(stack: Stack) -> None:
+    """The API, the sweep and the run's end may all try to record a start the feed lacks, at the same moment."""
+    run_id = unique("raced")
+    sql("INSERT INTO runs (id, pipeline, pipeline_version, repository, trigger, params, status, stages, created_at) "
+        "VALUES (:id, 'recorded', 1, '/srv/repo', 'api', '{}', 'running', '[]', now())", id=run_id)
+
+    async def race() -> list[bool]:
+        db.engine.cache_clear()
+        db._sessions.cache_clear()
+
+        async def write() -> bool:
+            with tenancy.acting_as(tenancy.SYSTEM):
+                async with db.session() as s:
+                    return await run_feed.record_started(s, run_id)
+
+        try:
+            return list(await asyncio.gather(*(write() for _ in range(6))))
+        finally:
+            await db.engine().dispose()
+            db.engine.cache_clear()
+            db._sessions.cache_clear()
+
+    with ThreadPoolExecutor(1) as pool:
+        added = pool.submit(asyncio.run, race()).result()
+    assert sorted(added) == [False] * 5 + [True]
+    assert _feed(run_id) == ["run.started"]
+    # And the run's end adds no second start
+    _record((_records(run_id)[1], 1))
     assert _feed(run_id) == ["run.started", "run.finished"]
 
 

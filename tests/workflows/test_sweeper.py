@@ -172,8 +172,8 @@ async def test_handed_on_files_go_when_their_run_has_ended(
     await api.post(f"/v1/runs/{going}/cancel")
 
 
-async def test_a_run_whose_workflow_never_started_is_failed(
-    api: httpx.AsyncClient, stack: Stack, tmp_path: Path, fast_sweeps: None
+async def test_the_sweep_fails_a_run_never_started_and_records_a_start_never_recorded(
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path, fast_sweeps: None
 ) -> None:
     # Given a run the API recorded but whose workflow it never started (it died in between), and a run that is
     # going, both older than the grace period
@@ -183,6 +183,8 @@ async def test_a_run_whose_workflow_never_started_is_failed(
         id=orphan)
     going = await start_busy_run(api, stack, tmp_path)
     sql("UPDATE runs SET created_at = now() - interval '5 minutes' WHERE id = :r", r=going)
+    # whose start the API never recorded (it died after starting the workflow)
+    sql("DELETE FROM events WHERE run_id = :r AND kind = 'run.started'", r=going)
     # When the worker sweeps
     restart_worker(stack, DEVART_SWEEP_EVERY="1")
 
@@ -193,6 +195,29 @@ async def test_a_run_whose_workflow_never_started_is_failed(
     await poll(failed, deadline=60, every=0.5, what="the sweeper to fail the run that never started")
     assert "Temporal has no workflow for it" in sql("SELECT error FROM runs WHERE id = :r", r=orphan)[0]["error"]
     assert len(sql("SELECT 1 FROM events WHERE kind = 'run.finished' AND run_id = :r", r=orphan)) == 1
-    # And the run that has its workflow goes on
+    # And the run that has its workflow goes on, its start now in the feed, once, saying why it came late
+    def starts() -> list[str]:
+        return [r["late"] for r in sql("SELECT data->>'recorded_late' AS late FROM events "
+                                       "WHERE kind = 'run.started' AND run_id = :r", r=going)]
+
+    async def announced() -> bool:
+        return bool(starts())
+
+    await poll(announced, deadline=60, every=0.5, what="the sweeper to record the going run's start")
     assert sql("SELECT status FROM runs WHERE id = :r", r=going) == [{"status": "running"}]
+    assert len(starts()) == 1 and starts()[0].startswith("by the sweep")
+    # And a later sweep adds no second one
+    try:
+        again = await poll(lambda: sweep_if_alone(Namespaces(temporal), SweepSettings()), deadline=30,
+                           what="a turn to sweep")
+    finally:
+        await db.engine().dispose()
+        db.engine.cache_clear()
+        db._sessions.cache_clear()
+    assert going not in again.runs_started and len(starts()) == 1
     await api.post(f"/v1/runs/{going}/cancel")
+
+    async def ended() -> bool:
+        return bool(sql("SELECT 1 FROM events WHERE kind = 'run.finished' AND run_id = :r", r=going))
+
+    await poll(ended, deadline=60, what="the cancelled run to end")  # nothing of it reaches the next test's feed
