@@ -34,6 +34,7 @@ from devart.core import bounds, settings
 from devart.core.database import db
 from devart.core.telemetry import tracing as telemetry
 from devart.core.temporal import connect
+from devart.domain import costs
 from devart.domain.identity import Role
 
 #: The error answers each router gives beside the app-wide 400, 413 and 422 (api/errors.py has their bodies).
@@ -56,6 +57,7 @@ ROUTER_ERRORS = {
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    costs.prices()  # an operator's price table no report could be costed with stops the start, with the reason
     telemetry.setup("devart-api")
     # Migrating is `devart db upgrade`'s job, done once before the services start; the API only checks.
     await asyncio.to_thread(db.require_current_schema)
