@@ -38,6 +38,8 @@ class Project:
     sources: tuple[str, ...]
     #: Part of the node id of a test that genuinely fails at this date, if one does.
     failing: str = ""
+    #: Its source distribution ships no tests: the test stage must fail saying so, not pass on nothing.
+    no_tests: bool = False
 
     @property
     def id(self) -> str:
@@ -62,6 +64,12 @@ PROJECTS = [
     Project("dep-logic", "0.4.11", "6084c81ce683943a60394ca0f8531ff803dfd955b5d7f52fb0571b53b930a182",
             "2026-11-30", "pdm-backend, resolved later: one genuinely failing test", ("PDM dev group 'dev'",),
             failing="tests/specifier/test_arbitrary.py::test_arbitrary_unsupported"),
+    Project("simplejson", "3.19.3", "8e086896c36210ab6050f2f9f095a5f1e03c83fa0e7f296d6cba425411364680",
+            "2024-08-15", "setup.py alone (no pyproject.toml) with an optional C extension; unittest tests inside the "
+            "package", ()),
+    # Its sdist holds the package and nothing else: pytest collects nothing, and the verdict must not be green.
+    Project("iniconfig", "2.0.0", "2d91e135bf72d31a410b17c16da610a82cb55f6b0477d1a902134b24a455b8b3", "2023-01-10",
+            "hatchling with hatch-vcs; no tests in the sdist", (), no_tests=True),
 ]
 
 

@@ -3,7 +3,7 @@
 Each project goes through a build → test pipeline on the real stack (agents, sandboxes in ``network: packages``
 mode, the package index proxy), then pytest runs directly on the same source in a fresh virtualenv holding the
 packages devart's test stage recorded. The two sets of counts must be equal, and the run's verdict must follow
-them: a failing test fails the run, its workflow and names the test.
+them: a failing test fails the run, its workflow and names the test, and so does a suite of no tests.
 """
 
 from __future__ import annotations
@@ -65,9 +65,15 @@ async def test_counts_equal_pytest_run_directly(project: Project, pipeline: str,
                                  getattr(sys, "_base_executable", sys.executable))
     devart = {key: report[key] for key in direct}
     assert devart == direct, f"{project.id}: devart {devart} vs pytest {direct}"
-    assert devart["passed"] > 0
 
     status = (await temporal.get_workflow_handle(run_id).describe()).status
+    if project.no_tests:  # nothing ran, directly or in devart: a failed run, not a green one on nothing
+        assert not any(devart.values()) and report["exit_code"] == 5, report
+        assert run["status"] == "failed" and test["status"] == "failed", describe(run)
+        assert status == WorkflowExecutionStatus.FAILED
+        assert test["error"].startswith("NoTestsCollected: no tests were collected"), describe(run)
+        return
+    assert devart["passed"] > 0
     if direct["failed"] or direct["errors"]:
         assert run["status"] == "failed" and test["status"] == "failed", describe(run)
         assert status == WorkflowExecutionStatus.FAILED

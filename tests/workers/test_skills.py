@@ -196,8 +196,17 @@ async def test_runxfail_turns_the_known_bug_into_a_failure(sandbox: Sandbox, pro
     assert (out["passed"], out["failed"], out["skipped"], out["total"]) == (18, 1, 1, 20)
 
 
-async def test_no_tests_collected_succeeds_with_zero(sandbox: Sandbox, provision: Provision) -> None:
-    result = await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test"})
+async def test_no_tests_collected_fails_unless_the_stage_accepts_it(sandbox: Sandbox, provision: Provision) -> None:
+    # Given a run of pytest that selects no test (as a project whose tests are not in its sources does)
+    with pytest.raises(SkillError) as caught:
+        await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test"})
+    # Then the stage fails, once (a rerun collects nothing again), saying why and how to accept it
+    assert caught.value.error_type == "NoTestsCollected" and caught.value.non_retryable
+    assert str(caught.value).startswith("no tests were collected") and "allow_no_tests: true" in str(caught.value)
+    assert caught.value.output["total"] == 0 and caught.value.output["exit_code"] == 5
+    # And a stage that accepts it succeeds with zero
+    result = await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test",
+                                                                  "allow_no_tests": "true"})
     assert result.output["total"] == 0 and result.output["exit_code"] == 5
     assert result.summary == "no tests were collected"
 

@@ -17,7 +17,8 @@ broken. An unreachable package index and a timed-out run are retried.
 Inputs: ``pytest_args`` (a string split like a shell would, may be empty), ``path`` (the project folder inside
 the repository), ``timeout`` (seconds, default 600), ``exclude_newer`` (a date: resolve as the index was then),
 ``rerun_tests`` (node ids: run only these, up to ``rerun_times`` times, default 2, and tell flaky from broken;
-set by the remedy, kept beside ``pytest_args``).
+set by the remedy, kept beside ``pytest_args``), ``allow_no_tests`` (false by default: a run that collects no
+test fails the stage, as pytest's exit code 5 fails a CI job; a green verdict on nothing tested would mislead).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from devart.sandboxes import artifacts
 from devart.sandboxes.base import ExecResult
 from devart.workers.skills import project_deps, pytest_report, reruns
 from devart.workers.skills.base import SkillContext
-from devart.workers.skills.common import Commands, input_float, input_subdir, invalid_input
+from devart.workers.skills.common import Commands, input_bool, input_float, input_subdir, invalid_input
 from devart.workers.skills.environments import create_venv, freeze, install
 
 #: The tests' virtualenv and pytest's report, relative to the workspace.
@@ -43,6 +44,10 @@ VENV = ".devart/test-venv"
 REPORT_PATH = ".devart/pytest-report.json"
 #: pytest's exit codes (``pytest.ExitCode``) the skill tells apart.
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_NO_TESTS = 0, 1, 2, 5
+#: Why a run of pytest that collected nothing fails its stage, as pytest's exit code 5 fails a CI job.
+NO_TESTS = ("no tests were collected: pytest found no test to run in the project (its exit code 5), and a test stage "
+            "passes only on tests that ran; give the stage the input allow_no_tests: true to accept a project "
+            "without tests")
 #: Failures listed in the output; the counts always cover all of them.
 MAX_FAILURES_LISTED = pytest_report.MAX_LISTED
 COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")
@@ -102,6 +107,9 @@ async def run(ctx: SkillContext) -> StageResult:
     if code not in (EXIT_OK, EXIT_NO_TESTS) or report["errors"]:
         raise _run_error(code, report, summary, cmd)
     if code == EXIT_NO_TESTS:
+        if not input_bool(ctx, "allow_no_tests"):
+            raise SkillError(NO_TESTS, error_type="NoTestsCollected", non_retryable=True, output=report,
+                             log_tail=cmd.log_tail)
         summary = "no tests were collected"
     return StageResult(status="succeeded", summary=summary, output=report, log_tail=cmd.log_tail,
                        usage=cmd.usage())
