@@ -55,8 +55,9 @@ UNSTARTED_BATCH = 200
 NEVER_STARTED = "Temporal has no workflow for it: the API stopped between recording the run and starting it"
 _FAIL_UNSTARTED = text("UPDATE runs SET status = 'failed', error = :error, finished_at = now() "
                        "WHERE id = :id AND status = 'running' RETURNING pipeline")
-#: Why the sweep, not the API, recorded a run's start.
-LATE_START = "the API stopped between starting the run's workflow and recording its start"
+#: Why the sweep, not the API, recorded a run's start: the API stopped after starting the workflow (or, under
+#: heavy load, still waits for a database connection to record it).
+LATE_START = "the API had not recorded it within the grace period"
 #: Which of these runs have their start in the feed.
 _STARTED_OF = text("SELECT DISTINCT run_id FROM events WHERE run_id = ANY(:ids) AND kind = 'run.started'")
 
