@@ -121,6 +121,29 @@ async def test_a_ref_that_does_not_exist(api: httpx.AsyncClient, temporal: Clien
     assert events and "run failed" in events[0]["message"] and "nope-branch" in events[0]["message"]
 
 
+async def test_a_project_without_tests_fails_its_test_stage_unless_the_run_accepts_it(
+    api: httpx.AsyncClient, temporal: Client, stack: Stack, pool: dict[str, Child], tmp_path: Path
+) -> None:
+    # Given a package with no test at all (as iniconfig's sdist is)
+    repo = tmp_path / "untested"
+    (repo / "untested").mkdir(parents=True)
+    (repo / "untested" / "__init__.py").write_text('"""Nothing here is tested."""\n\nANSWER = 42\n')
+    # When lint-test runs on it, the run fails on its test stage: a green verdict on nothing tested would mislead
+    run = await failed_run(stack, api, temporal, "lint-test", "--repo", str(repo))
+    stages = {s["name"]: s for s in run["stages"]}
+    assert stages["lint"]["status"] == "succeeded"
+    assert stages["test"]["status"] == "failed" and len(stages["test"]["attempt_log"]) == 1  # not retried
+    assert stages["test"]["error"].startswith("NoTestsCollected: no tests were collected"), stages["test"]
+    assert "allow_no_tests" in run["error"]
+    events = sql("SELECT message FROM events WHERE kind = 'run.finished' AND run_id = :r", r=run["run_id"])
+    assert len(events) == 1 and "no tests were collected" in events[0]["message"]
+    # And a run told that a project without tests is fine passes, saying what it found
+    code, printed = await run_cli(stack, "lint-test", "--repo", str(repo), "-p", "allow_no_tests=true")
+    assert code == 0, printed
+    run = await assert_verdict(api, temporal, printed["run_id"], "succeeded")
+    assert {s["name"]: s["result"]["summary"] for s in run["stages"]}["test"] == "no tests were collected"
+
+
 async def test_a_repository_that_does_not_exist(
     api: httpx.AsyncClient, temporal: Client, stack: Stack, tmp_path: Path
 ) -> None:
