@@ -22,11 +22,19 @@ FINISHED = "run.finished"
 _LOCK = text("SELECT pipeline FROM runs WHERE id = :run_id FOR UPDATE")
 #: The run's start and end as far as the feed has them.
 _IN_FEED = text("SELECT DISTINCT kind FROM events WHERE run_id = :run_id AND kind IN ('run.started', 'run.finished')")
+#: Which of these runs have their start in the feed.
+_STARTED_AMONG = text("SELECT DISTINCT run_id FROM events WHERE run_id = ANY(:ids) AND kind = 'run.started'")
 
 
 async def in_feed(session: AsyncSession, run_id: str) -> set[str]:
     """Which of the run's start and end the feed has; read with the run's row locked, or a writer may be missed."""
     return {str(kind) for kind in (await session.execute(_IN_FEED, {"run_id": run_id})).scalars()}
+
+
+async def started_among(session: AsyncSession, run_ids: list[str]) -> set[str]:
+    """Those of ``run_ids`` whose start the feed has, in one query: a hint for choosing whom to look at, read
+    without locks (``record_started`` looks again under the row's lock)."""
+    return {str(r) for r in (await session.execute(_STARTED_AMONG, {"ids": run_ids})).scalars()} if run_ids else set()
 
 
 def add_started(session: AsyncSession, run_id: str, pipeline: str, *, late: str | None = None) -> None:

@@ -58,8 +58,6 @@ _FAIL_UNSTARTED = text("UPDATE runs SET status = 'failed', error = :error, finis
 #: Why the sweep, not the API, recorded a run's start: the API stopped after starting the workflow (or, under
 #: heavy load, still waits for a database connection to record it).
 LATE_START = "the API had not recorded it within the grace period"
-#: Which of these runs have their start in the feed.
-_STARTED_OF = text("SELECT DISTINCT run_id FROM events WHERE run_id = ANY(:ids) AND kind = 'run.started'")
 
 
 class SweepResult(BaseModel):
@@ -67,7 +65,7 @@ class SweepResult(BaseModel):
     runs_failed: list[str] = Field(default_factory=list, description="Runs failed because their workflow never "
                                    "started.")
     runs_started: list[str] = Field(default_factory=list, description="Runs going whose start the sweep put in the "
-                                    "feed, the API having stopped before it did.")
+                                    "feed, the API not having recorded it within the grace period.")
     kept: int = 0
     artifacts_removed: list[str] = Field(default_factory=list, description="Runs whose handed-on files were dropped.")
 
@@ -107,8 +105,7 @@ async def _unstarted(temporal: Namespaces, cfg: SweepSettings) -> tuple[list[str
     async with db.session() as s:
         candidates = (await s.exec(select(Run.id, Run.org_id).where(Run.status == "running", Run.created_at < cutoff)
                                    .order_by(func.random()).limit(UNSTARTED_BATCH))).all()
-        ids = [run_id for run_id, _ in candidates]
-        in_feed = set((await s.execute(_STARTED_OF, {"ids": ids})).scalars()) if ids else set()
+        in_feed = await run_feed.started_among(s, [run_id for run_id, _ in candidates])
     failed, started = [], []
     for run_id, org in candidates:
         try:

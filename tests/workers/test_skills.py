@@ -202,13 +202,17 @@ async def test_no_tests_collected_fails_unless_the_stage_accepts_it(sandbox: San
         await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test"})
     # Then the stage fails, once (a rerun collects nothing again), saying why and how to accept it
     assert caught.value.error_type == "NoTestsCollected" and caught.value.non_retryable
-    assert str(caught.value).startswith("no tests were collected") and "allow_no_tests: true" in str(caught.value)
+    assert str(caught.value).startswith("no tests were collected") and "-p allow_no_tests=true" in str(caught.value)
     assert caught.value.output["total"] == 0 and caught.value.output["exit_code"] == 5
     # And a stage that accepts it succeeds with zero
     result = await run_skill(sandbox, await provision(), "test", {"pytest_args": "-k no_such_test",
                                                                   "allow_no_tests": "true"})
     assert result.output["total"] == 0 and result.output["exit_code"] == 5
     assert result.summary == "no tests were collected"
+    # And a value that is neither true nor false is refused before anything runs, whatever pytest would find
+    with pytest.raises(SkillError) as refused:
+        await run_skill(sandbox, await provision(), "test", {"allow_no_tests": "maybe"})
+    assert refused.value.error_type == "InvalidInput" and "allow_no_tests" in str(refused.value)
 
 
 async def test_pytest_usage_error_is_not_retried(sandbox: Sandbox, provision: Provision) -> None:

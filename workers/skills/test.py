@@ -46,8 +46,8 @@ REPORT_PATH = ".devart/pytest-report.json"
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_INTERRUPTED, EXIT_NO_TESTS = 0, 1, 2, 5
 #: Why a run of pytest that collected nothing fails its stage, as pytest's exit code 5 fails a CI job.
 NO_TESTS = ("no tests were collected: pytest found no test to run in the project (its exit code 5), and a test stage "
-            "passes only on tests that ran; give the stage the input allow_no_tests: true to accept a project "
-            "without tests")
+            "passes only on tests that ran; to accept a project without tests, give the stage the input "
+            "allow_no_tests: true (with the built-in pipelines: -p allow_no_tests=true)")
 #: Failures listed in the output; the counts always cover all of them.
 MAX_FAILURES_LISTED = pytest_report.MAX_LISTED
 COUNTS = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")
@@ -65,6 +65,7 @@ async def run(ctx: SkillContext) -> StageResult:
         raise invalid_input(f"input 'pytest_args' is not valid shell syntax: {exc}") from None
     project = input_subdir(ctx)
     timeout = input_float(ctx, "timeout", 600.0)
+    allow_no_tests = input_bool(ctx, "allow_no_tests")  # read first: a bad value is refused whatever pytest finds
     workspace = ctx.workspace
     cmd = Commands(ctx)
 
@@ -107,7 +108,7 @@ async def run(ctx: SkillContext) -> StageResult:
     if code not in (EXIT_OK, EXIT_NO_TESTS) or report["errors"]:
         raise _run_error(code, report, summary, cmd)
     if code == EXIT_NO_TESTS:
-        if not input_bool(ctx, "allow_no_tests"):
+        if not allow_no_tests:
             raise SkillError(NO_TESTS, error_type="NoTestsCollected", non_retryable=True, output=report,
                              log_tail=cmd.log_tail)
         summary = "no tests were collected"
