@@ -67,9 +67,6 @@ PROJECTS = [
     Project("simplejson", "3.19.3", "8e086896c36210ab6050f2f9f095a5f1e03c83fa0e7f296d6cba425411364680",
             "2024-08-15", "setup.py alone (no pyproject.toml) with an optional C extension; unittest tests inside the "
             "package", ()),
-    Project("zipp", "3.20.2", "bc9eb26f4506fda01b81bcde0ca78103b6e62f991b381fec825435c836edbc29", "2024-09-14",
-            "setuptools-scm, jaraco's layout: pytest.ini with doctest modules, extra 'test' (jaraco.*, big-O)",
-            ("extra 'test'",)),
     Project("wrapt", "1.16.0", "5f370f952971e7d17c7d1ead40e49f32345a7f7a5373571ef44d800d06b1899d", "2023-11-10",
             "setup.py with a C extension; tests/requirements.txt", ("requirements file tests/requirements.txt",)),
     # Its sdist holds the package and nothing else: pytest collects nothing, and the verdict must not be green.
