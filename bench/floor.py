@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class FloorHop:
 
     @activity.defn(name=HOP_ACTIVITY)
     async def hop(self, token: str, claim: bool) -> str:
-        body = {"token": base64.b64encode(activity.info().task_token).decode(), "claim": claim, "result": token}
+        body = {"token": base64.b64encode(activity.info().task_token).decode(), "claim": claim, "result": token,
+                "queued_at": time.time()}
         await self.channel.default_exchange.publish(
             aio_pika.Message(body=json.dumps(body).encode(), content_type="application/json",
                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=self.queue)
@@ -114,6 +116,9 @@ class Floor:
     client: Client
     task_queue: str
     consumer: Consumer
+    #: Queued → claimed (ms) of every claimed hop, by workflow id: from the activity's start to the answer of the
+    #: consumer's heartbeat, which is where devart's claim stands (``bench.timeline.dispatch_delays``).
+    claimed_ms: dict[str, float] = field(default_factory=dict)
 
     def run(self, claim: bool) -> One:
         """One hop run: start → result, through the queue and the consumer (and the claim, when asked)."""
@@ -121,8 +126,11 @@ class Floor:
             workflow_id = f"bench-floor-{'claim' if claim else 'hop'}-{uuid.uuid4().hex[:12]}"
             result = await self.client.execute_workflow(FloorHopWorkflow.run, args=[workflow_id, claim],
                                                         id=workflow_id, task_queue=self.task_queue)
-            if result != workflow_id:
+            returned, _, claimed = result.partition(" ")
+            if returned != workflow_id or bool(claimed) != claim:
                 raise RuntimeError(f"floor hop returned {result!r} for {workflow_id!r}")
+            if claim:
+                self.claimed_ms[workflow_id] = float(claimed)
             return workflow_id
 
         return one

@@ -2,7 +2,9 @@
 
 It consumes the quorum queue ``bench.floor`` publishes to and, for each message, completes the activity with the
 Temporal client by its task token; a message asking for the claim first heartbeats the activity by token, as
-devart's claim does (``domain.tasks.claim``), and completes it after. It is a process of its own, as devart's
+devart's claim does (``domain.tasks.claim``), and completes it after, with the milliseconds from the activity's
+start (as devart's attempt row is written, before the publish) to the heartbeat's answer appended to the result:
+the floor of devart's queued → claimed. It is a process of its own, as devart's
 agents and API are, so the hop pays a real process boundary and its CPU is counted apart (``bench.floor``).
 
 It prints ``ready`` on stdout once it consumes; it stops on SIGTERM or SIGINT.
@@ -15,6 +17,7 @@ import asyncio
 import base64
 import json
 import signal
+import time
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -31,9 +34,11 @@ async def complete(client: Client, message: AbstractIncomingMessage) -> None:
     """Heartbeat (the claim) when asked, complete by token, then acknowledge the message."""
     body = json.loads(message.body)
     handle = client.get_async_activity_handle(task_token=base64.b64decode(body["token"]))
+    result = body["result"]
     if body["claim"]:
         await handle.heartbeat({"claimed_by": "bench-floor"})
-    await handle.complete(body["result"])
+        result += f" {(time.time() - body['queued_at']) * 1e3:.3f}"  # one machine, one clock
+    await handle.complete(result)
     await message.ack()
 
 

@@ -104,17 +104,23 @@ def _latency_1(lat: dict[str, Any]) -> list[str]:
 
 def _dispatch(d: dict[str, Any]) -> list[str]:
     out = ["", "| dispatch | p50 ms | p99 ms | n |", "| --- | ---: | ---: | ---: |"]
-    if d.get("in_stack"):
-        s = d["in_stack"]
-        out.append(f"| **judged**: in the stack, queued → claimed (the claim included), {d['in_stack_in_flight']} "
-                   f"runs in flight, from the task rows | {s.get('p50')} | {s.get('p99')} | {s.get('n')} |")
+    if load := d.get("under_load"):
+        s, f = load["devart"], load["floor"]
+        rounds_ = f"{load['rounds']} alternated rounds of {load['runs_per_round']} runs per side"
+        out += [f"| **judged**: devart in the stack, queued → claimed (the claim included), {load['in_flight']} runs "
+                f"in flight, from the task rows ({rounds_}; p99 per round: "
+                f"{', '.join(str(x.get('p99')) for x in load['devart_rounds'])}) | {s.get('p50')} | {s.get('p99')} | "
+                f"{s.get('n')} |",
+                f"| floor at the same load: the ladder's (c), activity start → claim's heartbeat answered (p99 per "
+                f"round: {', '.join(str(x.get('p99')) for x in load['floor_rounds'])}) | {f.get('p50')} | "
+                f"{f.get('p99')} | {f.get('n')} |"]
     f = d["fleet"]
     if f.get("error"):
         out.append(f"| floor: bench.fleet failed: {f['error']} | | | |")
     else:
-        out += [f"| floor: publish → agent receives, devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) "
+        out += [f"| paced: publish → agent receives, devart lane (bench.fleet, {d['concurrent_runs']} runs, paced) "
                 f"| {f['devart_ms']['p50']} | {f['devart_ms']['p99']} | {f['devart_ms']['n']} |",
-                f"| floor: the same on raw aio-pika | {f['raw_ms']['p50']} | {f['raw_ms']['p99']} "
+                f"| paced: the same on raw aio-pika | {f['raw_ms']['p50']} | {f['raw_ms']['p99']} "
                 f"| {f['raw_ms']['n']} |"]
     return out
 

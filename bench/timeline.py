@@ -90,13 +90,17 @@ async def _run_times(run_ids: list[str]) -> dict[str, float]:
         return {r.id: float(r.c) for r in (await s.execute(query, {"ids": run_ids})).all()}
 
 
-async def dispatch_delays(run_ids: list[str]) -> dict[str, float]:
-    """Queued → claimed of the runs' first attempts, from ``task_attempts`` (created_at is set just before the
-    publish; claimed_at after the agent's claim went through the API, Temporal's heartbeat and the commit)."""
+async def claim_seconds(run_ids: list[str]) -> list[float]:
+    """Queued → claimed (seconds) of the runs' first attempts, from ``task_attempts`` (created_at is set just before
+    the publish; claimed_at after the agent's claim went through the API, Temporal's heartbeat and the commit)."""
     if not run_ids:
-        return {}
+        return []
     query = text("SELECT EXTRACT(EPOCH FROM (claimed_at - created_at)) AS s FROM task_attempts "
                  "WHERE run_id = ANY(:ids) AND attempt = 1 AND claimed_at IS NOT NULL")
     async with db.session() as s:
-        seconds = [float(r.s) for r in (await s.execute(query, {"ids": run_ids})).all()]
-    return report.latency(seconds)
+        return [float(r.s) for r in (await s.execute(query, {"ids": run_ids})).all()]
+
+
+async def dispatch_delays(run_ids: list[str]) -> dict[str, float]:
+    """``claim_seconds`` summarised: p50 / p99 / mean in milliseconds."""
+    return report.latency(await claim_seconds(run_ids))

@@ -47,6 +47,9 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     per_side = r["settings"]["latency_rounds"] * r["settings"]["latency_runs"]
     assert [s["n"] for s in r["latency_1"]["steps"]] == [per_side, per_side]
     assert r["dispatch"]["in_stack"]["p99"] > 0
+    load, per_side = r["dispatch"]["under_load"], r["settings"]["dispatch_rounds"] * r["settings"]["dispatch_runs"]
+    assert load["devart"]["n"] == load["floor"]["n"] == per_side  # every run of both sides was claimed and timed
+    assert 0 < load["floor"]["p50"] <= load["floor"]["p99"]
     assert r["dispatch"]["fleet"]["devart_ms"]["p99"] > 0 and r["dispatch"]["fleet"]["raw_ms"]["p99"] > 0
     assert r["api"]["statuses"].get("201", 0) > 0 and r["api"]["drain"]["failed"] == 0
     assert [p["in_flight"] for p in r["sweep"]] == r["settings"]["levels"]
@@ -57,4 +60,5 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     markdown = (tmp_path / "quick.md").read_text()
     assert "Floor ladder" in markdown and "median of rounds" in markdown and "| goal |" in markdown
     assert "1 in flight" in markdown and "rabbitmq: the whole broker" in markdown
+    assert "floor at the same load" in markdown
     assert "could not remove" not in done.stderr + done.stdout  # its RabbitMQ objects are gone again
