@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -58,7 +59,7 @@ ROUTER_ERRORS = {
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     costs.prices()  # an operator's price table no report could be costed with stops the start, with the reason
-    telemetry.setup("devart-api")
+    telemetry.setup(app.state.service)
     # Migrating is `devart db upgrade`'s job, done once before the services start; the API only checks.
     await asyncio.to_thread(db.require_current_schema)
     app.state.temporal = await connect()
@@ -67,23 +68,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     telemetry.shutdown()
 
 
-def create_app() -> FastAPI:
+#: The routes agents call, and the errors they answer beside the app-wide ones: the agents' API serves these alone.
+AGENT_ROUTERS: list[tuple[APIRouter, tuple[int, ...]]] = [
+    (agent_tasks.router, ROUTER_ERRORS[agent_tasks]), (secrets.agent_router, ROUTER_ERRORS[secrets])]
+
+
+def agents_app() -> FastAPI:
+    """The agents' API (``devart api --agents-only``): the agent routes alone, with health and metrics.
+
+    Agents call it in a process of its own, so under load a claim or a report waits only behind other agents' calls,
+    never behind the run starts, reads and streams of the main API; and a key taken from an agent reaches no other
+    route there. It keeps nothing of its own (the database and Temporal hold everything), like any API replica.
+    """
+    return create_app(service="devart-agent-api", routers=AGENT_ROUTERS, docs=False)
+
+
+def create_app(service: str = "devart-api", routers: list[tuple[APIRouter, tuple[int, ...]]] | None = None,
+               docs: bool = True) -> FastAPI:
+    """The API serving ``routers`` (default: every router), its traces named ``service``."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served by the API itself (from the fastapi-offline
     # wheel, under /static-offline-docs) rather than from a CDN, so the docs work on a machine with no internet.
-    app = FastAPIOffline(
-        title="devart",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="Durable multi-stage pipelines run by teams of agents.",
-        responses=errors.responses(400, 413, 422),
-    )
+    make: Callable[..., FastAPI] = (
+        FastAPIOffline if docs else partial(FastAPI, docs_url=None, redoc_url=None, openapi_url=None))
+    app = make(title="devart", version="0.1.0", lifespan=lifespan, responses=errors.responses(400, 413, 422),
+               description="Durable multi-stage pipelines run by teams of agents.")
+    app.state.service = service  # the name its traces carry (lifespan)
     errors.install(app)
     app.add_middleware(AuditTrail)  # inside the guard: what the guard refuses never reached a route
     app.add_middleware(RequestGuard, default_limit=bounds.MAX_BODY_BYTES,
                        limits={"/v1/github/webhook": bounds.MAX_WEBHOOK_BYTES})
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
-    for module, codes in ROUTER_ERRORS.items():
-        app.include_router(module.router, responses=errors.responses(*codes))
+    every = [(module.router, codes) for module, codes in ROUTER_ERRORS.items()] + [(secrets.agent_router,
+                                                                                     ROUTER_ERRORS[secrets])]
+    for router, codes in every if routers is None else routers:
+        app.include_router(router, responses=errors.responses(*codes))
 
     metrics_access = [] if settings.api().metrics_public else [Depends(requires(Role.VIEWER))]
 

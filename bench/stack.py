@@ -1,10 +1,11 @@
 """The benchmark's stack: devart's real processes on servers of their own, started as the test suite starts them.
 
 ``start`` brings up a Temporal dev server on a free port with its db file under a temporary state folder, the
-embedded PostgreSQL in that folder (``core.db.database_url``), and the API and pipeline worker as subprocesses
-through ``core.supervisor.Supervisor``; RabbitMQ is the machine's, under a throwaway ``AMQP_PREFIX``.
-``start_agents`` registers and starts noop agents with a capability no other agent has. ``stop`` takes it all
-down again, including the prefix's exchanges and queues and the embedded PostgreSQL.
+embedded PostgreSQL in that folder (``core.db.database_url``), and the API, the agents' API and the pipeline
+worker as subprocesses through ``core.supervisor.Supervisor``, laid out as ``devart up`` lays them out; RabbitMQ is
+the machine's, under a throwaway ``AMQP_PREFIX``. ``start_agents`` registers and starts noop agents with a
+capability no other agent has, calling the agents' API. ``stop`` takes it all down again, including the prefix's
+exchanges and queues and the embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class BenchStack:
     supervisor: Supervisor
     temporal: subprocess.Popen[bytes]
     api: Child
+    #: The agents' API (``devart api --agents-only``), which the agents call, as under ``devart up``.
+    agents_api: Child
     worker: Child
     capability: str
     keep_state: bool = False
@@ -77,7 +80,7 @@ class BenchStack:
 
     def pids(self) -> dict[str, list[int]]:
         """The process ids of devart's own processes, by role (for memory sampling)."""
-        return {"api": [self.api.proc.pid], "worker": [self.worker.proc.pid],
+        return {"api": [self.api.proc.pid], "agents api": [self.agents_api.proc.pid], "worker": [self.worker.proc.pid],
                 "agents": [a.proc.pid for a in self.agents]}
 
     def server_pids(self) -> dict[str, list[int]]:
@@ -91,9 +94,13 @@ class BenchStack:
 
     def check_alive(self) -> None:
         """Fail with the log tail of any devart process that died during the benchmark."""
-        for child in [self.api, self.worker, *self.agents]:
+        for child in [self.api, self.agents_api, self.worker, *self.agents]:
             if child.proc.poll() is not None:
                 raise ServiceUnavailable(f"{child.name} exited ({child.proc.returncode}):\n{tail(child.log)}")
+
+
+def agents_api_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['DEVART_API_AGENT_PORT']}"
 
 
 def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
@@ -123,14 +130,17 @@ def start(amqp_url: str | None = None, keep_state: bool = False) -> BenchStack:
         prepare_schema()  # and the first administrator, holding env's DEVART_ADMIN_TOKEN
         tenancy.serve_all(DEFAULT_ORG)  # the benchmark's agents are the default organisation's
         api = sup.api("127.0.0.1", api_port)
+        agents_api = sup.agents_api("127.0.0.1", int(env["DEVART_API_AGENT_PORT"]))
         sup.wait_healthy(env["DEVART_API_URL"], api)
+        sup.wait_healthy(agents_api_url(env), agents_api)
         worker = sup.worker()
     except BaseException:
         sup.stop_all(grace=5)
         stop_child(temporal, grace=5)
         _stop_embedded_postgres(state)
         raise
-    return BenchStack(state=state, env=env, supervisor=sup, temporal=temporal, api=api, worker=worker,
+    return BenchStack(state=state, env=env, supervisor=sup, temporal=temporal, api=api, agents_api=agents_api,
+                      worker=worker,
                       capability=f"bench{tag}", keep_state=keep_state)
 
 
@@ -140,7 +150,8 @@ async def start_agents(stack: BenchStack, count: int, concurrency: int) -> None:
     for name in names:
         async with db.session() as s:
             key = await create_or_rotate(s, name, [stack.capability])
-        stack.agents.append(stack.supervisor.agent(name, [stack.capability], key, "--concurrency", str(concurrency)))
+        stack.agents.append(stack.supervisor.agent(name, [stack.capability], key, "--concurrency", str(concurrency),
+                                                   DEVART_AGENT_API_URL=agents_api_url(stack.env)))
     # An agent's first keepalive comes after it bound its control queue: from then on it hears of new lanes.
     deadline = time.monotonic() + AGENTS_READY_SECONDS
     while time.monotonic() < deadline:

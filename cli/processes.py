@@ -28,6 +28,9 @@ KEEP_ALIVE_SECONDS = 65
 def api(
     host: str = typer.Option(None, help="Listen address (default DEVART_API_HOST)."),
     port: int = typer.Option(None, help="Listen port (default DEVART_API_PORT)."),
+    agents_only: bool = typer.Option(False, "--agents-only", help=(
+        "Serve the agents' routes alone (/v1/agent/…, with /healthz and /metrics): the agents' API, which agents "
+        "reach through DEVART_AGENT_API_URL.")),
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs); refuses to start unless `devart db upgrade` migrated the database."""
     import uvicorn
@@ -43,7 +46,8 @@ def api(
         fail(str(exc))
     # Idle keep-alive connections stay open longer than a client keeps them (httpx: 5 s), so the client always closes
     # first: with equal timeouts a request sent on a connection the server is closing fails with a ReadError.
-    uvicorn.run("devart.api.main:app", host=host or cfg.host, port=port or cfg.port, log_level="warning",
+    target = "devart.api.main:agents_app" if agents_only else "devart.api.main:app"
+    uvicorn.run(target, factory=agents_only, host=host or cfg.host, port=port or cfg.port, log_level="warning",
                 timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
@@ -124,7 +128,7 @@ async def _run_agent(name: str, caps: list[str], key: str, concurrency: int, cus
     from devart.workers.agent_client import AgentClient, Refused
 
     telemetry.setup("devart-agent")
-    client = AgentClient(settings.api().url, key)
+    client = AgentClient(settings.agent().api_url or settings.api().url, key)
     try:
         me = await client.me()
         broker = await client.broker()

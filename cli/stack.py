@@ -166,10 +166,12 @@ def _print_status(record: StackRecord) -> None:
 
 def _print_addresses(api_url: str, state: object) -> None:
     from devart.core import settings
-    from devart.core.devstack.stackplan import DEFAULT_POOL
+    from devart.core.devstack.stackplan import DEFAULT_POOL, agent_api_url
 
     table = Table(title="devart is up", show_header=False)
     table.add_row("API", f"{api_url}  (OpenAPI: {api_url}/docs)")
+    if agents_url := agent_api_url():
+        table.add_row("Agents' API", f"{agents_url}  (/v1/agent/… alone: the agents call it)")
     table.add_row("Temporal Web UI", settings.temporal().ui_url)
     table.add_row("Temporal", settings.temporal().address)
     table.add_row(

@@ -112,6 +112,9 @@ class ApiSettings(BaseSettings):
     url: str = Field(default="http://127.0.0.1:8000", description="Base URL clients use.")
     metrics_public: bool = Field(default=True, description="Serve /metrics without a token (for a Prometheus "
                                  "scraper); false: a viewer's token is needed.")
+    agent_port: int = Field(default=8001, ge=0, le=65535, description=(
+        "Where `devart up` serves the agents' API (the agent routes alone, in a process of their own, so a claim "
+        "never waits behind run starts and reads); 0: its agents use the main API."))
 
 
 class SupervisorSettings(BaseSettings):
@@ -172,6 +175,8 @@ class AgentSettings(BaseSettings):
 
     model_config = _config("DEVART_AGENT_")
     key: str | None = Field(default=None, description="The agent's API key (shown once at creation).")
+    api_url: str | None = Field(default=None, description="Base URL of the API the agent calls: the agents' API "
+                                "where one runs (`devart api --agents-only`); default DEVART_API_URL.")
     heartbeat_interval: float = Field(default=3.0, gt=0, description="Seconds between heartbeats.")
     keepalive_interval: float = Field(default=2.0, gt=0, description="Seconds between liveness/activation checks.")
     drain_grace: float = Field(default=30.0, ge=0, description="On SIGTERM, seconds to finish before handing back.")

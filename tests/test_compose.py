@@ -36,13 +36,13 @@ SPEC_CANDIDATES: tuple[Path, ...] = (
 )
 
 INFRA = ("temporal", "postgres", "rabbitmq")
-APP_SERVICES = ("migrate", "api", "worker", "agent")
+APP_SERVICES = ("migrate", "api", "agents-api", "worker", "agent")
 OBSERVABILITY = ("otel-collector", "tempo", "prometheus", "grafana")
 #: The app services that emit traces, so must know where the collector is.
-TRACED_SERVICES = ("api", "worker", "agent")
+TRACED_SERVICES = ("api", "agents-api", "worker", "agent")
 OTLP_ENDPOINT = "http://otel-collector:4318"
-#: What Prometheus must scrape: the API, the pipeline worker and the Temporal SDK metrics it serves.
-SCRAPE_TARGETS = frozenset({"api:8000", "worker:9464", "worker:9465"})
+#: What Prometheus must scrape: the APIs, the pipeline worker and the Temporal SDK metrics it serves.
+SCRAPE_TARGETS = frozenset({"api:8000", "agents-api:8000", "worker:9464", "worker:9465"})
 
 HEALTHY = "service_healthy"
 COMPLETED = "service_completed_successfully"
@@ -51,7 +51,8 @@ REQUIRED_DEPENDENCIES: dict[str, dict[str, str]] = {
     "migrate": {"postgres": HEALTHY},
     "api": {"migrate": COMPLETED, "postgres": HEALTHY, "rabbitmq": HEALTHY, "temporal": HEALTHY},
     "worker": {"migrate": COMPLETED, "postgres": HEALTHY, "rabbitmq": HEALTHY, "temporal": HEALTHY},
-    "agent": {"api": HEALTHY, "rabbitmq": HEALTHY},
+    "agents-api": {"migrate": COMPLETED, "postgres": HEALTHY, "rabbitmq": HEALTHY, "temporal": HEALTHY},
+    "agent": {"agents-api": HEALTHY, "rabbitmq": HEALTHY},
 }
 
 #: The only environment variables the app services may set; each must be read by a class in core.settings, except
@@ -64,6 +65,7 @@ ALLOWED_ENV = frozenset(
         "TEMPORAL_ADDRESS",
         "DEVART_UI_URL",
         "DEVART_API_URL",
+        "DEVART_AGENT_API_URL",
         "DEVART_SANDBOX_ROOT",
         "DEVART_SANDBOX_ISOLATION",
         "DEVART_AGENT_KEY",
@@ -204,6 +206,7 @@ def test_app_services_run_devart(compose: dict[str, Any]) -> None:
     expected = {
         "migrate": ["devart", "db", "upgrade"],
         "api": ["devart", "api", "--host", "0.0.0.0", "--port", "8000"],
+        "agents-api": ["devart", "api", "--agents-only", "--host", "0.0.0.0", "--port", "8000"],
         "worker": ["devart", "worker"],
     }
     for name in APP_SERVICES:
@@ -240,7 +243,7 @@ def test_app_environment_uses_only_known_names(compose: dict[str, Any]) -> None:
         assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
         unknown = set(environment) - ALLOWED_ENV
         assert not unknown, f"{name} sets unknown variables {sorted(unknown)}"
-        needed = ("AMQP_URL", "DEVART_API_URL") if name == "agent" else (
+        needed = ("AMQP_URL", "DEVART_AGENT_API_URL") if name == "agent" else (
             "DATABASE_URL", "AMQP_URL", "TEMPORAL_ADDRESS", "DEVART_API_URL")
         for required in needed:
             assert required in environment, f"{name} lacks {required}"

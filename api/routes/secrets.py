@@ -24,6 +24,8 @@ from devart.domain.identity import Role
 from devart.sandboxes.base import store_name
 
 router = APIRouter(prefix="/v1", tags=["secrets (admin)"])
+#: The agents' route, apart: the agents' API serves it and no other route of this module.
+agent_router = APIRouter(prefix="/v1", tags=["agents"])
 
 SecretName = Annotated[str, Path(pattern=secrets.NAME_PATTERN, description="Like an environment variable's name.")]
 
@@ -79,7 +81,7 @@ async def delete_secret(name: SecretName, session: SessionDep) -> None:
     await session.commit()
 
 
-@router.get("/agent/tasks/{task_id}/secrets", response_model=TaskSecrets, tags=["agents"], **declared(AGENT))
+@agent_router.get("/agent/tasks/{task_id}/secrets", response_model=TaskSecrets, **declared(AGENT))
 async def task_secrets(task_id: str, agent: IdentifiedAgent, session: SessionDep,
                        claim_id: Annotated[str, Query(max_length=64)]) -> TaskSecrets:
     """The values of the task's ``secret:`` references, for the agent holding its current claim only (403 for

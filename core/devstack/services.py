@@ -55,6 +55,7 @@ def isolated_env(state: Path, name: str, amqp_url: str) -> dict[str, str]:
         "DEVART_API_HOST": "127.0.0.1",
         "DEVART_API_PORT": str(api_port),
         "DEVART_API_URL": f"http://127.0.0.1:{api_port}",
+        "DEVART_API_AGENT_PORT": str(free_port()),
         "DEVART_WORKER_METRICS_PORT": str(free_port()),
         "DEVART_WORKER_SDK_METRICS_PORT": str(free_port()),
         "DEVART_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",

@@ -65,7 +65,8 @@ class ChildSpec:
 
 def stop_order(names: list[str]) -> list[list[str]]:
     """The order to stop children in, batch by batch: the agents first (draining, they still report to the API),
-    then the API and the worker, then the servers in the reverse order of their start."""
+    then the APIs (``agents-api`` is not an agent) and the worker, then the servers in the reverse order of their
+    start."""
     agents = [n for n in names if n.startswith("agent-")]
     rest = [n for n in names if n not in agents and n not in SERVERS]
     return [b for b in (agents, rest) if b] + [[n] for n in reversed(names) if n in SERVERS]
@@ -112,20 +113,35 @@ def prepare_database(state: Path) -> str:
     return url
 
 
+def agent_api_url() -> str | None:
+    """Where ``devart up``'s agents reach the agents' API, or None when it runs none (``DEVART_API_AGENT_PORT=0``)."""
+    api = settings.api()
+    if not api.agent_port:
+        return None
+    host = api.host if api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{api.agent_port}"
+
+
 def processes(state: Path) -> list[ChildSpec]:
-    """The API, the pipeline worker and the default agent pool."""
+    """The API, the agents' API, the pipeline worker and the default agent pool."""
     cli = [sys.executable, "-m", "devart.cli"]
     api = settings.api()
     host = api.host if api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     specs = [
         ChildSpec("api", lambda: [*cli, "api", "--host", api.host, "--port", str(api.port)],
                   ready=lambda: api_healthy(api.url), port=(host, api.port)),
-        ChildSpec("worker", lambda: [*cli, "worker"]),
     ]
+    agents_url = agent_api_url()
+    if agents_url is not None:
+        specs.append(ChildSpec(
+            "agents-api", lambda: [*cli, "api", "--agents-only", "--host", api.host, "--port", str(api.agent_port)],
+            ready=partial(api_healthy, agents_url), port=(host, api.agent_port)))
+    specs.append(ChildSpec("worker", lambda: [*cli, "worker"]))
     for name, caps in DEFAULT_POOL.items():
         command = [*cli, "agent", "--name", name, "--capabilities", ",".join(caps), "--key-file",
                    str(key_file(state, name))]
-        specs.append(ChildSpec(f"agent-{name}", partial(list, command), env={"DEVART_AGENT_KEY": ""},
+        env = {"DEVART_AGENT_KEY": "", **({"DEVART_AGENT_API_URL": agents_url} if agents_url else {})}
+        specs.append(ChildSpec(f"agent-{name}", partial(list, command), env=env,
                                prepare=partial(ensure_key, state, name, caps)))
     return specs
 

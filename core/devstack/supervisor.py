@@ -57,6 +57,10 @@ class Supervisor:
     def api(self, host: str, port: int) -> Child:
         return self.spawn("api", "api", "--host", host, "--port", str(port))
 
+    def agents_api(self, host: str, port: int) -> Child:
+        """The agents' API: the agent routes alone, in a process of their own (``api.main.agents_app``)."""
+        return self.spawn("agents-api", "api", "--agents-only", "--host", host, "--port", str(port))
+
     def worker(self) -> Child:
         return self.spawn("worker", "worker")
 

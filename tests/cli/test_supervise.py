@@ -36,7 +36,7 @@ from devart.core.messaging.topology import Topology
 from tests.stack import delete_broker_users, require
 
 POOL = ("agent-builder", "agent-tester", "agent-reviewer")
-EVERY = {"supervisor", "postgres", "temporal", "api", "worker", *POOL}
+EVERY = {"supervisor", "postgres", "temporal", "api", "agents-api", "worker", *POOL}
 #: Seconds a killed process may take to be started again and serve (imports, Temporal's db file).
 REVIVE = 60.0
 
@@ -87,6 +87,8 @@ def stack_processes(state: Path) -> dict[str, list[int]]:
                     role = {"supervise": "supervisor"}.get(command, command)
                     if command == "agent":
                         role = f"agent-{cmd[cmd.index('--name') + 1]}"
+                    elif command == "api" and "--agents-only" in cmd:
+                        role = "agents-api"
         except (psutil.Error, IndexError, ValueError):
             continue
         if role is not None:
@@ -111,11 +113,22 @@ def wait_for(what: str, check: object, deadline: float = REVIVE) -> None:
         time.sleep(0.1)
 
 
-def api_healthy(up: Up) -> bool:
+def agents_api(up: Up) -> str:
+    return f"http://127.0.0.1:{up.env['DEVART_API_AGENT_PORT']}"
+
+
+def api_healthy(up: Up, url: str | None = None) -> bool:
     try:
-        return httpx.get(f"{up.env['DEVART_API_URL']}/healthz", timeout=1.0).status_code == 200
+        return httpx.get(f"{url or up.env['DEVART_API_URL']}/healthz", timeout=1.0).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def reported(url: str, skill: str) -> float:
+    """The tasks of ``skill`` that the API at ``url`` accepted a success report for (its Prometheus counter)."""
+    text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    wanted = f'devart_tasks_reported_total{{outcome="succeeded",skill="{skill}"}}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(wanted))
 
 
 def isolated_env(state: Path) -> dict[str, str]:
@@ -183,6 +196,27 @@ def test_up_runs_each_process_once(up: Up) -> None:
         assert f"{name} " in done.stdout and str(up.pid(name)) in done.stdout
 
 
+def test_the_pools_agents_claim_and_report_through_the_agents_api(up: Up, tmp_path: Path) -> None:
+    """`devart up` serves the agents' routes in a process of their own, so a claim never queues behind run starts:
+    its agents claim and report there, not on the main API, and that process answers nothing but agents."""
+    pipeline = tmp_path / "one-command.yaml"
+    pipeline.write_text("name: supervise-one-command\nversion: 1\nstages:\n  - name: run\n    skill: shell\n"
+                        "    requires: [shell]\n    inputs: {command: 'test -f README'}\n")
+    done = devart("pipelines", "publish", str(pipeline), env=up.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    repo = up.state.parent / "repo"  # inside the folders runs may use
+    repo.mkdir()
+    (repo / "README").write_text("a repository\n")
+    done = devart("run", "supervise-one-command", "--repo", str(repo), "--wait", env=up.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert reported(agents_api(up), "shell") >= 1
+    assert reported(up.env["DEVART_API_URL"], "shell") == 0
+    admin = {"Authorization": f"Bearer {(up.state / 'admin-token').read_text().strip()}"}
+    assert httpx.get(f"{agents_api(up)}/v1/runs", headers=admin, timeout=5.0).status_code == 404
+    assert httpx.get(f"{agents_api(up)}/docs", timeout=5.0).status_code == 404
+    assert httpx.get(f"{agents_api(up)}/v1/agent/me", timeout=5.0).status_code == 401  # a key is still needed
+
+
 def test_state_folder_and_database_are_private(up: Up) -> None:
     assert_private(up.state)
     for name in ("temporal.db", "temporal.db-wal", "admin-token", "supervisor.json", "logs/api.log",
@@ -232,7 +266,7 @@ def _acl_users(path: Path) -> dict[int, int]:
 def test_what_is_killed_comes_back(up: Up) -> None:
     key_before = (up.state / "keys" / "builder").read_text()
     prefix_before = up.sql("SELECT key_prefix FROM agents WHERE name = 'builder'")
-    for name in ("worker", "agent-builder", "api", "temporal"):
+    for name in ("worker", "agent-builder", "api", "agents-api", "temporal"):
         killed = up.pid(name)
         os.kill(killed, signal.SIGKILL)
         since = up.sql("SELECT now()")[0][0] if name != "api" else None
@@ -240,6 +274,8 @@ def test_what_is_killed_comes_back(up: Up) -> None:
         assert back.restarts == 1 and back.last_exit == -signal.SIGKILL
         if name == "api":
             wait_for("the API answers again", lambda: api_healthy(up))
+        if name == "agents-api":
+            wait_for("the agents' API answers again", lambda: api_healthy(up, agents_api(up)))
         if name == "agent-builder":  # it serves again, with the key it had
             wait_for("the restarted agent calls the API", lambda since=since: up.sql(
                 "SELECT 1 FROM agents WHERE name = 'builder' AND last_seen_at > %(since)s", since=since))
@@ -247,7 +283,7 @@ def test_what_is_killed_comes_back(up: Up) -> None:
     assert up.sql("SELECT key_prefix FROM agents WHERE name = 'builder'") == prefix_before
     assert_each_once(up)
     log = (up.state / "logs" / "supervisor.log").read_text()
-    for name in ("worker", "agent-builder", "api", "temporal"):
+    for name in ("worker", "agent-builder", "api", "agents-api", "temporal"):
         assert f"{name} exited with code -9" in log
 
 
