@@ -158,8 +158,9 @@ class Daemon:
         elif spec.port is not None and services.port_open(*spec.port):
             host, port = spec.port
             if spec.port_taken == "error":
+                setting = f" with {spec.port_setting}" if spec.port_setting else ""
                 raise BringUpFailed(f"{spec.name}: {host}:{port} is already in use by another process: stop it, "
-                                    "or give devart another port")
+                                    f"or give devart another port{setting}")
             record.status, record.message = "external", f"already served on {host}:{port} by another process"
             log.info("%s: using the server already listening on %s:%d", spec.name, host, port)
         else:

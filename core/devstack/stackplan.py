@@ -61,6 +61,8 @@ class ChildSpec:
     #: (``external``) or bring-up fails naming the port (``error``).
     port: tuple[str, int] | None = None
     port_taken: Literal["external", "error"] = "error"
+    #: The setting that moves it to another port, named when the port is taken.
+    port_setting: str = ""
 
 
 def stop_order(names: list[str]) -> list[list[str]]:
@@ -129,13 +131,14 @@ def processes(state: Path) -> list[ChildSpec]:
     host = api.host if api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     specs = [
         ChildSpec("api", lambda: [*cli, "api", "--host", api.host, "--port", str(api.port)],
-                  ready=lambda: api_healthy(api.url), port=(host, api.port)),
+                  ready=lambda: api_healthy(api.url), port=(host, api.port), port_setting="DEVART_API_PORT"),
     ]
     agents_url = agent_api_url()
     if agents_url is not None:
         specs.append(ChildSpec(
             "agents-api", lambda: [*cli, "api", "--agents-only", "--host", api.host, "--port", str(api.agent_port)],
-            ready=partial(api_healthy, agents_url), port=(host, api.agent_port)))
+            ready=partial(api_healthy, agents_url), port=(host, api.agent_port),
+            port_setting="DEVART_API_AGENT_PORT (0: the agents call the main API)"))
     specs.append(ChildSpec("worker", lambda: [*cli, "worker"]))
     for name, caps in DEFAULT_POOL.items():
         command = [*cli, "agent", "--name", name, "--capabilities", ",".join(caps), "--key-file",

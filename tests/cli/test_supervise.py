@@ -346,3 +346,24 @@ def test_down_leaves_nothing_even_without_its_supervisor(up: Up) -> None:
     assert up.record.status == "stopped"
     assert devart("status", env=up.env).returncode == 1
     assert_private(up.state)  # also after a supervisor adopted what another left running
+
+
+def test_a_taken_agents_port_fails_up_naming_the_setting(tmp_path: Path) -> None:
+    """Another program on the agents' API port: `devart up` says which process and which setting, exits non-zero,
+    and leaves nothing running behind it."""
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    require(services.amqp_reachable(amqp_url), f"RabbitMQ is not reachable at {amqp_url}")
+    state = tmp_path / "state"
+    env = isolated_env(state)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(env["DEVART_API_AGENT_PORT"])))
+        taken.listen()
+        try:
+            done = devart("up", "--detach", env=env)
+            assert done.returncode != 0
+            out = " ".join((done.stdout + done.stderr).split())
+            assert f"agents-api: 127.0.0.1:{env['DEVART_API_AGENT_PORT']} is already in use" in out, out
+            assert "DEVART_API_AGENT_PORT" in out, out
+        finally:
+            devart("down", env=env)
+    assert stack_processes(state) == {}
