@@ -68,9 +68,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     telemetry.shutdown()
 
 
-#: The routes agents call, and the errors they answer beside the app-wide ones: the agents' API serves these alone.
-AGENT_ROUTERS: list[tuple[APIRouter, tuple[int, ...]]] = [
-    (agent_tasks.router, ROUTER_ERRORS[agent_tasks]), (secrets.agent_router, ROUTER_ERRORS[secrets])]
+Routers = list[tuple[APIRouter, tuple[int, ...]]]
+#: Every router the API serves, with the errors it answers beside the app-wide ones.
+ROUTERS: Routers = [(module.router, codes) for module, codes in ROUTER_ERRORS.items()] + [
+    (secrets.agent_router, ROUTER_ERRORS[secrets])]
+#: The routes agents call: the agents' API serves these alone.
+AGENT_ROUTERS: Routers = [(agent_tasks.router, ROUTER_ERRORS[agent_tasks]),
+                          (secrets.agent_router, ROUTER_ERRORS[secrets])]
 
 
 def agents_app() -> FastAPI:
@@ -83,9 +87,8 @@ def agents_app() -> FastAPI:
     return create_app(service="devart-agent-api", routers=AGENT_ROUTERS, docs=False)
 
 
-def create_app(service: str = "devart-api", routers: list[tuple[APIRouter, tuple[int, ...]]] | None = None,
-               docs: bool = True) -> FastAPI:
-    """The API serving ``routers`` (default: every router), its traces named ``service``."""
+def create_app(service: str = "devart-api", routers: Routers = ROUTERS, docs: bool = True) -> FastAPI:
+    """The API serving ``routers``, its traces named ``service``."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served by the API itself (from the fastapi-offline
     # wheel, under /static-offline-docs) rather than from a CDN, so the docs work on a machine with no internet.
     make: Callable[..., FastAPI] = (
@@ -98,9 +101,7 @@ def create_app(service: str = "devart-api", routers: list[tuple[APIRouter, tuple
     app.add_middleware(RequestGuard, default_limit=bounds.MAX_BODY_BYTES,
                        limits={"/v1/github/webhook": bounds.MAX_WEBHOOK_BYTES})
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
-    every = [(module.router, codes) for module, codes in ROUTER_ERRORS.items()] + [(secrets.agent_router,
-                                                                                     ROUTER_ERRORS[secrets])]
-    for router, codes in every if routers is None else routers:
+    for router, codes in routers:
         app.include_router(router, responses=errors.responses(*codes))
 
     metrics_access = [] if settings.api().metrics_public else [Depends(requires(Role.VIEWER))]

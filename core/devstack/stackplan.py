@@ -115,20 +115,23 @@ def prepare_database(state: Path) -> str:
     return url
 
 
+def _reachable_host() -> str:
+    """The address this host's processes reach the APIs on: loopback where they listen on every interface."""
+    host = settings.api().host
+    return host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+
+
 def agent_api_url() -> str | None:
     """Where ``devart up``'s agents reach the agents' API, or None when it runs none (``DEVART_API_AGENT_PORT=0``)."""
-    api = settings.api()
-    if not api.agent_port:
-        return None
-    host = api.host if api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{api.agent_port}"
+    port = settings.api().agent_port
+    return f"http://{_reachable_host()}:{port}" if port else None
 
 
 def processes(state: Path) -> list[ChildSpec]:
     """The API, the agents' API, the pipeline worker and the default agent pool."""
     cli = [sys.executable, "-m", "devart.cli"]
     api = settings.api()
-    host = api.host if api.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = _reachable_host()
     specs = [
         ChildSpec("api", lambda: [*cli, "api", "--host", api.host, "--port", str(api.port)],
                   ready=lambda: api_healthy(api.url), port=(host, api.port), port_setting="DEVART_API_PORT"),
