@@ -289,13 +289,13 @@ def main() -> None:
                          "machine": machine(), "settings": cfg}
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the stack below is always taken down.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args.results.mkdir(parents=True, exist_ok=True)  # before minutes of measuring, not when they are written
     report.progress("starting the stack (Temporal, PostgreSQL, API, worker)")
     stack = bench_stack.start(keep_state=args.keep_state)
     try:
         asyncio.run(run(stack, cfg, r))
     except BaseException:
         partial = args.results / f"{args.name}.partial.json"
-        partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(r, indent=2, default=str) + "\n")
         report.progress(f"failed; the figures measured so far are in {partial}")
         raise
