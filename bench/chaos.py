@@ -74,7 +74,8 @@ class BenchTarget:
         return next(a for a in self.stack.agents if a.name == f"agent-{name}")
 
     def _child(self, part: str) -> Child:
-        return {"api": self.stack.api, "worker": self.stack.worker}.get(part) or self._agent(part)
+        parts = {"api": self.stack.api, "agents-api": self.stack.agents_api, "worker": self.stack.worker}
+        return parts.get(part) or self._agent(part)
 
     def pid(self, part: str) -> int:
         return self.stack.temporal.pid if part == "temporal" else self._child(part).proc.pid
@@ -98,6 +99,9 @@ class BenchTarget:
         elif part == "api":
             s.api = s.supervisor.api("127.0.0.1", int(s.env["DEVART_API_PORT"]))
             s.supervisor.wait_healthy(s.api_url, s.api)
+        elif part == "agents-api":
+            s.agents_api = s.supervisor.agents_api("127.0.0.1", int(s.env["DEVART_API_AGENT_PORT"]))
+            s.supervisor.wait_healthy(bench_stack.agents_api_url(s.env), s.agents_api)
         elif part == "worker":
             s.worker = s.supervisor.worker()
         else:
@@ -106,19 +110,21 @@ class BenchTarget:
 
     def _start_agent(self, name: str) -> Child:
         return self.stack.supervisor.agent(name, [self.stack.capability], self.keys[name], "--concurrency",
-                                           str(self.concurrency))
+                                           str(self.concurrency),
+                                           DEVART_AGENT_API_URL=bench_stack.agents_api_url(self.stack.env))
 
 
 async def batch(target: Target, cfg: dict[str, Any], seed: int, settle: float, *, agents: list[str],
                 capability: str, state: Path) -> tuple[Verdict, dict[str, Any]]:
-    """Run the seed's batch on a started stack whose agents are ``agents``, and check it."""
+    """Run the seed's batch on a started stack whose agents are ``agents`` (reporting to its agents' API), and
+    check it."""
     repo = state / "repo"
     repo.mkdir()
     (repo / "README").write_text("a repository for chaos runs\n")
     plan = make_plan(seed, runs=cfg["runs"], kills=cfg["kills"], window=cfg["window"], agents=agents,
                      cancels=cfg["cancels"], outage=cfg.get("outage", (0.3, 2.5)))
     harness = Harness(target, plan, prefix=f"chaos-{uuid.uuid4().hex[:6]}", capability=capability, agents=agents,
-                      repo=repo)
+                      repo=repo, agents_api_url=bench_stack.agents_api_url(dict(target.env)))
     try:
         async def serving() -> bool:
             rows = await harness.db.rows("SELECT 1 FROM agents WHERE name = ANY(:n) AND last_seen_at IS NOT NULL",
@@ -168,7 +174,7 @@ class SupervisedTarget:
 
     @staticmethod
     def _child(part: str) -> str:
-        return part if part in ("temporal", "api", "worker") else f"agent-{part}"
+        return part if part in ("temporal", "api", "agents-api", "worker") else f"agent-{part}"
 
     def pid(self, part: str) -> int:
         record = stackctl.read(self.state)

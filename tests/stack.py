@@ -67,6 +67,9 @@ class Stack:
     agents: dict[str, Child] = field(default_factory=dict)
     #: How each agent of ``agents`` was started (capabilities, key, arguments, environment), so it can be revived.
     agent_launches: dict[str, tuple[list[str], str, tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
+    #: The agents' API (``devart api --agents-only``) once ``start_agents_api`` started it: the session's other
+    #: agents report to the main API, those started with ``DEVART_AGENT_API_URL`` set to this address to it.
+    agents_api_url: str | None = None
 
     def restart_temporal(self) -> None:
         if self.temporal is not None:
@@ -91,8 +94,20 @@ class Stack:
         self.agent_launches[name] = (capabilities, key, args, env)
         return child
 
+    def start_agents_api(self) -> str:
+        """Start the agents' API, as ``devart up`` runs it beside the API, once per session; returns its address."""
+        if self.agents_api_url is None:
+            url = f"http://127.0.0.1:{services.free_port()}"
+            self.supervisor.wait_healthy(url, self._spawn_agents_api(url))
+            self.agents_api_url = url
+        return self.agents_api_url
+
+    def _spawn_agents_api(self, url: str) -> Child:
+        return self.supervisor.agents_api("127.0.0.1", int(url.rsplit(":", 1)[1]))
+
     def pid(self, part: str) -> int:
-        """The process id of one part: ``temporal``, ``api``, ``worker`` or the name of an agent of ``agents``."""
+        """The process id of one part: ``temporal``, ``api``, ``agents-api``, ``worker`` or the name of an agent of
+        ``agents``."""
         if part == "temporal":
             assert self.temporal is not None, "Temporal is not running"
             return self.temporal.pid
@@ -123,6 +138,9 @@ class Stack:
         elif part == "api":
             child = self.supervisor.api(self.env["DEVART_API_HOST"], int(self.env["DEVART_API_PORT"]))
             self.supervisor.wait_healthy(self.api_url, child)
+        elif part == "agents-api":
+            assert self.agents_api_url is not None, "the agents' API was never started"
+            self.supervisor.wait_healthy(self.agents_api_url, self._spawn_agents_api(self.agents_api_url))
         elif part == "worker":
             self.worker = self.supervisor.worker()
         else:
@@ -133,8 +151,8 @@ class Stack:
         if part == "worker":
             assert self.worker is not None, "the worker is not running"
             return self.worker
-        if part == "api":
-            return next(c for c in self.supervisor.children if c.name == "api")
+        if part in ("api", "agents-api"):
+            return next(c for c in self.supervisor.children if c.name == part)
         return self.agents[part]
 
 

@@ -232,7 +232,8 @@ async def _none_running(h: Harness, v: Verdict) -> None:
 def _processes(h: Harness, temporal_db: Path, v: Verdict) -> None:
     found = stack_processes(h.target.env["DEVART_HOME"], temporal_db)
     duplicates = {key: n for key, n in found.items() if n > 1}
-    missing = [key for key in ["temporal", "api", "worker", *(f"agent {a}" for a in h.agents)] if not found[key]]
+    missing = [key for key in ["temporal", "api", "agents-api", "worker", *(f"agent {a}" for a in h.agents)]
+               if not found[key]]
     v.figures["duplicate_processes"] = sum(n - 1 for n in duplicates.values())
     if duplicates:
         v.problems.append(f"processes running more than once: {duplicates}")

@@ -91,7 +91,7 @@ class Batch:
 
 class Harness:
     def __init__(self, target: Target, plan: Plan, *, prefix: str, capability: str, agents: list[str],
-                 repo: Path) -> None:
+                 repo: Path, agents_api_url: str) -> None:
         self.target = target
         self.plan = plan
         self.agents = agents
@@ -101,12 +101,15 @@ class Harness:
         self.temporal = Temporal(target.env["TEMPORAL_ADDRESS"])
         self.api = httpx.AsyncClient(base_url=target.env["DEVART_API_URL"], timeout=60.0,
                                      headers={"Authorization": f"Bearer {target.env['DEVART_ADMIN_TOKEN']}"})
+        #: The agents' API, where the batch's agents claim and report: only its health is asked, with no key.
+        self.agents_api = httpx.AsyncClient(base_url=agents_api_url, timeout=60.0)
         self._ends = 0.0  #: when the batch's deadline passes (monotonic clock)
         self.batch = Batch(plan=plan, pipelines={k: d["name"] for k, d in self.definitions.items()},
                            runs=[TrackedRun(r) for r in plan.runs])
 
     async def close(self) -> None:
         await self.api.aclose()
+        await self.agents_api.aclose()
         self.db.close()
 
     async def run_batch(self, settle: float) -> Batch:
@@ -277,13 +280,15 @@ class Harness:
         return record
 
     async def _serving(self, part: str, since: Any) -> bool:
-        """Whether a revived part does its job again: Temporal and the API answer, the worker polls its task
+        """Whether a revived part does its job again: Temporal and both APIs answer, the worker polls its task
         queue, an agent has told the API it is alive."""
         if part == "temporal":
             await (await self.temporal.client()).workflow_service.get_system_info(GetSystemInfoRequest())
             return True
         if part == "api":
             return (await self.api.get("/healthz")).status_code == 200
+        if part == "agents-api":
+            return (await self.agents_api.get("/healthz")).status_code == 200
         if part == "worker":
             client = await self.temporal.client()
             reply = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(

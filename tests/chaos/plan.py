@@ -17,8 +17,9 @@ HEARTBEAT_TIMEOUT = 6
 #: Attempts a stage may take: every kill of an agent, the API or Temporal can cost a claimed task one attempt, and
 #: a run that succeeds by design must not fail because the chaos used up its retries.
 MAX_ATTEMPTS = 40
-#: The parts killed, each at least once per batch; ``agent`` is one of the batch's agents, chosen by the seed.
-PARTS = ("agent", "worker", "api", "temporal")
+#: The parts killed, each at least once per batch; ``agent`` is one of the batch's agents, chosen by the seed, and
+#: ``agents-api`` the API process the agents claim and report through (``devart api --agents-only``).
+PARTS = ("agent", "worker", "api", "agents-api", "temporal")
 #: How each kind of run must end: the run's status in the API, its workflow's status in Temporal, and every stage's.
 EXPECTED: dict[str, tuple[str, str, dict[str, str]]] = {
     "chain": ("succeeded", "COMPLETED", {"work": "succeeded", "report": "succeeded"}),
@@ -40,7 +41,7 @@ class PlannedRun:
 class PlannedKill:
     at: float  #: seconds after the batch starts (later if the previous kill's part is not back yet)
     role: str  #: a key of ``PARTS``
-    part: str  #: what the stack kills: ``temporal``, ``api``, ``worker`` or an agent's name
+    part: str  #: what the stack kills: ``temporal``, ``api``, ``agents-api``, ``worker`` or an agent's name
     outage: float  #: seconds the part stays down before it is started again
 
 
@@ -56,7 +57,7 @@ def make_plan(seed: int, *, runs: int, kills: int, window: float, agents: list[s
               nap: tuple[float, float] = (3.0, 10.0)) -> Plan:
     """Spread ``runs`` starts over the first 80 % of ``window`` seconds and ``kills`` kills over all of it.
 
-    Every part of ``PARTS`` is killed at least once (so ``kills`` must be at least 4), in an order the seed picks.
+    Every part of ``PARTS`` is killed at least once (so ``kills`` must be at least 5), in an order the seed picks.
     """
     if kills < len(PARTS):
         raise ValueError(f"a batch kills each of {', '.join(PARTS)} at least once: kills must be >= {len(PARTS)}")

@@ -44,6 +44,7 @@ def stack_processes(home: str, temporal_db: Path) -> Counter[str]:
             found["temporal"] += 1
         elif "devart.cli" in argv[1:3] and want in _proc(pid, "environ").split(b"\0"):
             role = argv[argv.index("devart.cli") + 1] if argv.index("devart.cli") + 1 < len(argv) else "?"
+            role = "agents-api" if role == "api" and "--agents-only" in argv else role
             name = argv[argv.index("--name") + 1] if "--name" in argv else ""
             found[f"{role} {name}".strip()] += 1
     return found

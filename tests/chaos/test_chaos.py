@@ -2,7 +2,8 @@
 
 Twenty runs (chains and fan-outs that must succeed, runs whose stage exits 1 that must fail, one cancelled while
 its command runs) start over 40 seconds while eight kills over 50 seconds, in an order drawn from the seed, take down
-an agent, the worker, the API and the Temporal dev server, each at least once, for a short outage each. Then every
+an agent, the worker, the API, the agents' API (where the agents claim and report, as under ``devart up``) and the
+Temporal dev server, each at least once, for a short outage each. Then every
 run must have ended as designed in the API, in Temporal and in the feed, no result may have been applied twice, no
 sandbox or sandboxed process may be left after the sweep, and every part must run exactly once.
 
@@ -46,9 +47,10 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     # Given agents of a lane of their own, and a small repository
     capability = unique("chaos")
     agents = [unique("chaos-agent") for _ in range(AGENTS)]
+    agents_api = stack.start_agents_api()
     since = time.time()
     for name in agents:
-        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY))
+        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY), DEVART_AGENT_API_URL=agents_api)
 
     async def serving() -> bool:
         rows = sql("SELECT name FROM agents WHERE name = ANY(:n) AND extract(epoch FROM last_seen_at) > :t",
@@ -63,7 +65,8 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     plan = make_plan(seed, runs=RUNS, kills=KILLS, window=WINDOW, agents=agents)
     sandbox = get_sandbox()
     assert isinstance(sandbox, LocalSandbox), "the chaos test counts sandboxes of the local backend"
-    harness = Harness(stack, plan, prefix=unique("chaos"), capability=capability, agents=agents, repo=repo)
+    harness = Harness(stack, plan, prefix=unique("chaos"), capability=capability, agents=agents, repo=repo,
+                      agents_api_url=agents_api)
     try:
         await harness.run_batch(settle=SETTLE)
         verdict = await verify(harness, sandbox_root=sandbox.root, temporal_db=stack.temporal_db)
