@@ -1,4 +1,4 @@
-"""Where devart's CPU goes: py-spy samples the API, the pipeline worker and an agent under a no-op load.
+"""Where devart's CPU goes: py-spy samples both APIs, the pipeline worker and an agent under a no-op load.
 
     python -m bench.profile [--seconds 20] [--concurrency 10]
 
@@ -115,7 +115,8 @@ async def load(stack: bench_stack.BenchStack, seconds: float, concurrency: int) 
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60.0, headers=bench_stack.bearer()) as api:
         await publish_pipeline(api, noop_pipeline(pipeline, stack.capability, 1))
         await closed_loop(devart_run(api, client, pipeline, str(repo)), 10, 5)  # warm-up
-        targets = {"api": stack.api.proc.pid, "worker": stack.worker.proc.pid, "agent": stack.agents[0].proc.pid}
+        targets = {"api": stack.api.proc.pid, "agents-api": stack.agents_api.proc.pid,
+                   "worker": stack.worker.proc.pid, "agent": stack.agents[0].proc.pid}
         PROFILES.mkdir(parents=True, exist_ok=True)
         spies = [record(pid, seconds, PROFILES / f"{name}.txt", "raw") for name, pid in targets.items()]
         spies += [record(pid, seconds, PROFILES / f"{name}.speedscope.json", "speedscope")
@@ -150,7 +151,7 @@ def main() -> None:
     lines = [f"# Where devart's CPU goes ({done} runs in {args.seconds:g} s, {args.concurrency} in flight)", "",
              "Shares of py-spy samples (200 Hz, idle excluded) per process. Self time counts a sample once, under the",
              "library of its innermost frame; inclusive time counts it under every devart function on its stack.", ""]
-    for name in ("api", "worker", "agent"):
+    for name in ("api", "agents-api", "worker", "agent"):
         path = PROFILES / f"{name}.txt"
         if not path.exists():
             continue
