@@ -74,6 +74,34 @@ PROJECTS = [
             "hatchling with hatch-vcs; no tests in the sdist", (), no_tests=True),
 ]
 
+#: More projects, run by ``scripts/projects`` (``DEVART_PROJECTS=all``) and not by the test command, which keeps to
+#: ``PROJECTS``: each adds up to a minute, and what they cover is covered there or in the skills' own tests (the
+#: environment's scripts on ``PATH``: ``tests/workers/test_skills.py``).
+EXTENDED = [
+    Project("attrs", "24.2.0", "5cfb1b9148b5b086569baec03f20d7b6bf3bcacc9a42bebf87ffaaca362f6346", "2024-08-07",
+            "hatchling with hatch-vcs and hatch-fancy-pypi-readme; extra 'tests' with pytest-mypy-plugins, whose YAML "
+            "cases run the environment's mypy; one test failing at this date", ("extra 'tests'",),
+            failing="tests/test_converters.py::TestPipe::test_wrapped_annotation"),
+    Project("more-itertools", "10.5.0", "5482bfef7849c25dc3c6dd53a6173ae4795da2a41a80faea6700d9f5846c5da6",
+            "2024-09-06", "flit_core; unittest test cases and no test dependencies", ()),
+    Project("msgpack", "1.1.0", "dd432ccc2c72b914e4cb77afce64aab761c1137cc698be3984eee260bcb2896e", "2024-09-11",
+            "setuptools with a Cython extension compiled at build time", ()),
+    Project("python-dateutil", "2.9.0.post0", "37dd54208da7e1cd875388217d5e00ebd4179249f90fb72437e91a35459a0ad3",
+            "2024-03-02", "setuptools with setuptools-scm and setup.cfg; requirements-dev.txt (hypothesis, freezegun)",
+            ("requirements file requirements-dev.txt",)),
+    Project("pyyaml", "6.0.2", "d584d9ec91ad65861cc08d42e834324ef890a082e591037abe114850ff7bbc3e", "2024-08-07",
+            "setuptools with an optional Cython extension for libyaml; tests collected by a pytest plugin of its own",
+            ()),
+]
+
+
+def selected() -> list[Project]:
+    """``PROJECTS``, and ``EXTENDED`` too when ``DEVART_PROJECTS=all`` (``scripts/projects``)."""
+    wanted = os.environ.get("DEVART_PROJECTS", "")
+    if wanted not in ("", "all"):
+        raise ValueError(f"DEVART_PROJECTS is {wanted!r}: leave it unset for the test command's projects, or 'all'")
+    return PROJECTS + EXTENDED if wanted == "all" else PROJECTS
+
 
 def _client() -> httpx.Client:
     return httpx.Client(verify=ssl.create_default_context(), timeout=60.0, follow_redirects=True)
@@ -116,7 +144,8 @@ def pytest_counts(closing_line: str) -> dict[str, int]:
 
 def run_pytest_directly(source: Path, installed: list[str], exclude_newer: str, python: str) -> dict[str, int]:
     """pytest as a developer runs it: a fresh virtualenv with the same packages, the project installed from its
-    folder, ``pytest`` from the project folder; the counts of its closing line."""
+    folder, the virtualenv activated (its scripts first on ``PATH``: a suite may run a tool its test dependencies
+    install, as attrs runs mypy), ``pytest`` from the project folder; the counts of its closing line."""
     from uv import find_uv_bin
 
     uv = str(find_uv_bin())
@@ -135,7 +164,8 @@ def run_pytest_directly(source: Path, installed: list[str], exclude_newer: str, 
                           capture_output=True, text=True, timeout=900,
                           # A temporary folder of its own: pytest run as root makes /tmp/pytest-of-root 0700,
                           # which would cut the suite's own PostgreSQL off from its data folder.
-                          env={"PATH": os.environ["PATH"], "HOME": str(source), "TMPDIR": str(baseline_tmp)})
+                          env={"PATH": os.pathsep.join([str(venv / "bin"), os.environ["PATH"]]),
+                               "VIRTUAL_ENV": str(venv), "HOME": str(source), "TMPDIR": str(baseline_tmp)})
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert lines, done.stderr[-2000:]
     return pytest_counts(lines[-1])

@@ -16,7 +16,7 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from tests.helpers import publish, unique, wait_run
-from tests.projects.sources import PROJECTS, Project, describe, fetch_sdist, run_pytest_directly, unpack
+from tests.projects.sources import Project, describe, fetch_sdist, run_pytest_directly, selected, unpack
 from tests.stack import Stack
 
 
@@ -43,7 +43,7 @@ async def pipeline(api: httpx.AsyncClient, stack: Stack, pool: dict) -> str:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("project", PROJECTS, ids=[p.id for p in PROJECTS])
+@pytest.mark.parametrize("project", selected(), ids=[p.id for p in selected()])
 async def test_counts_equal_pytest_run_directly(project: Project, pipeline: str, api: httpx.AsyncClient,
                                                 temporal: Client, tmp_path: Path) -> None:
     source = unpack(fetch_sdist(project), tmp_path)
