@@ -113,6 +113,9 @@ def stack() -> Iterator[Stack]:
         api_child = sup.api("127.0.0.1", int(env["DEVART_API_PORT"]))
         sup.wait_healthy(s.api_url, api_child)
         s.worker = sup.worker()
+        # Agents claim and report through an agents' API of their own, as under `devart up` and docker compose;
+        # a test that points an agent elsewhere sets DEVART_AGENT_API_URL itself.
+        sup.env = {**sup.env, "DEVART_AGENT_API_URL": s.start_agents_api()}
         announce_plugins(sup)
         yield s
     finally:

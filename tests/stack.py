@@ -67,8 +67,8 @@ class Stack:
     agents: dict[str, Child] = field(default_factory=dict)
     #: How each agent of ``agents`` was started (capabilities, key, arguments, environment), so it can be revived.
     agent_launches: dict[str, tuple[list[str], str, tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
-    #: The agents' API (``devart api --agents-only``) once ``start_agents_api`` started it: the session's other
-    #: agents report to the main API, those started with ``DEVART_AGENT_API_URL`` set to this address to it.
+    #: The agents' API (``devart api --agents-only``) once ``start_agents_api`` started it; the session's agents
+    #: claim and report through it (``DEVART_AGENT_API_URL``, set in the supervisor's environment).
     agents_api_url: str | None = None
 
     def restart_temporal(self) -> None:

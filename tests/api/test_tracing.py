@@ -1,4 +1,4 @@
-"""One run, one trace: API → workflow → activities → AMQP publish → agent → sandbox commands → back to the API."""
+"""One run, one trace: API → workflow → activities → AMQP publish → agent → sandbox commands → the agents' API."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path
         spans = stack.receiver.trace(trace_id)
         names = {s.name for s in spans}
         done = any("complete" in n for n in names) and {"RunWorkflow:PipelineWorkflow", "report"} <= names
-        if not done or not {"devart-api", "devart-worker", "devart-agent"} <= services():
+        if not done or not {"devart-api", "devart-worker", "devart-agent", "devart-agent-api"} <= services():
             return None
         # Each process exports in its own batches: wait until the report's chain has reached the receiver whole
         by_id = {s.span_id: s for s in spans}
-        completion = [s for s in spans if s.service == "devart-api" and "complete" in s.name
+        completion = [s for s in spans if s.service == "devart-agent-api" and "complete" in s.name
                       and s.name.startswith("POST")]
         return spans if completion and "POST /v1/runs" in ancestors(completion[0], by_id) else None
 
@@ -60,7 +60,7 @@ async def test_a_run_is_one_trace(api: httpx.AsyncClient, stack: Stack, tmp_path
     assert agent_task.service == "devart-agent" and by_id[agent_task.parent_id] == publish_span
     exec_span = next(s for s in spans if s.name == "sandbox exec sandbox_command")
     assert "agent task" in ancestors(exec_span, by_id)
-    completion = next(s for s in spans if s.service == "devart-api" and "complete" in s.name
+    completion = next(s for s in spans if s.service == "devart-agent-api" and "complete" in s.name
                       and s.name.startswith("POST"))
     assert {"report", "agent task", "POST /v1/runs"} <= set(ancestors(completion, by_id))
 

@@ -50,7 +50,7 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     agents_api = stack.start_agents_api()
     since = time.time()
     for name in agents:
-        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY), DEVART_AGENT_API_URL=agents_api)
+        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY))  # reporting to agents_api
 
     async def serving() -> bool:
         rows = sql("SELECT name FROM agents WHERE name = ANY(:n) AND extract(epoch FROM last_seen_at) > :t",
