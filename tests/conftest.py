@@ -22,7 +22,7 @@ from temporalio.client import Client
 
 from devart.core.database import db, tenancy
 from devart.core.database.tenancy import DEFAULT_ORG
-from devart.core.devstack import services
+from devart.core.devstack import services, stackplan
 from devart.core.devstack.embedded import stop_postgres
 from devart.core.devstack.services import free_port
 from devart.core.devstack.supervisor import Child, Supervisor, stop_child
@@ -101,21 +101,24 @@ def stack() -> Iterator[Stack]:
     embedded = not os.environ.get("DATABASE_URL")
     os.environ.update(env)
     clear_settings_caches()
+    # Agents claim and report through an agents' API of their own, as under `devart up` and docker compose; a test
+    # that points an agent elsewhere sets DEVART_AGENT_API_URL itself.
+    agents_api_url = stackplan.agent_api_url()
+    assert agents_api_url, "services.isolated_env gives the agents' API a port"
+    env["DEVART_AGENT_API_URL"] = agents_api_url
     env["DATABASE_URL"] = db.database_url()
     prepare_schema()
     tenancy.serve_all(DEFAULT_ORG)  # what the tests write directly (agents' keys) is the default organisation's
     sup = Supervisor(state / "logs", env=env)
     temporal_port = int(env["TEMPORAL_ADDRESS"].rsplit(":", 1)[1])
     s = Stack(receiver=receiver, state=state, env=env, supervisor=sup, temporal_port=temporal_port,
-              temporal_db=state / "temporal.db", api_url=env["DEVART_API_URL"])
+              temporal_db=state / "temporal.db", api_url=env["DEVART_API_URL"], agents_api_url=agents_api_url)
     try:
         s.restart_temporal()
         api_child = sup.api("127.0.0.1", int(env["DEVART_API_PORT"]))
         sup.wait_healthy(s.api_url, api_child)
+        s.start_agents_api()
         s.worker = sup.worker()
-        # Agents claim and report through an agents' API of their own, as under `devart up` and docker compose;
-        # a test that points an agent elsewhere sets DEVART_AGENT_API_URL itself.
-        sup.env = {**sup.env, "DEVART_AGENT_API_URL": s.start_agents_api()}
         announce_plugins(sup)
         yield s
     finally:

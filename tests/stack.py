@@ -62,14 +62,14 @@ class Stack:
     temporal_port: int
     temporal_db: Path
     api_url: str
+    #: The agents' API (``devart api --agents-only``, on ``DEVART_API_AGENT_PORT``): the session's agents claim and
+    #: report through it, as under ``devart up`` (``DEVART_AGENT_API_URL`` in the stack's environment).
+    agents_api_url: str
     temporal: subprocess.Popen[bytes] | None = None
     worker: Child | None = None
     agents: dict[str, Child] = field(default_factory=dict)
     #: How each agent of ``agents`` was started (capabilities, key, arguments, environment), so it can be revived.
     agent_launches: dict[str, tuple[list[str], str, tuple[str, ...], dict[str, str]]] = field(default_factory=dict)
-    #: The agents' API (``devart api --agents-only``) once ``start_agents_api`` started it; the session's agents
-    #: claim and report through it (``DEVART_AGENT_API_URL``, set in the supervisor's environment).
-    agents_api_url: str | None = None
 
     def restart_temporal(self) -> None:
         if self.temporal is not None:
@@ -94,16 +94,10 @@ class Stack:
         self.agent_launches[name] = (capabilities, key, args, env)
         return child
 
-    def start_agents_api(self) -> str:
-        """Start the agents' API, as ``devart up`` runs it beside the API, once per session; returns its address."""
-        if self.agents_api_url is None:
-            url = f"http://127.0.0.1:{services.free_port()}"
-            self.supervisor.wait_healthy(url, self._spawn_agents_api(url))
-            self.agents_api_url = url
-        return self.agents_api_url
-
-    def _spawn_agents_api(self, url: str) -> Child:
-        return self.supervisor.agents_api("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    def start_agents_api(self) -> None:
+        """Start the agents' API (again) and return once it answers its health check."""
+        child = self.supervisor.agents_api(self.env["DEVART_API_HOST"], int(self.env["DEVART_API_AGENT_PORT"]))
+        self.supervisor.wait_healthy(self.agents_api_url, child)
 
     def pid(self, part: str) -> int:
         """The process id of one part: ``temporal``, ``api``, ``agents-api``, ``worker`` or the name of an agent of
@@ -139,8 +133,7 @@ class Stack:
             child = self.supervisor.api(self.env["DEVART_API_HOST"], int(self.env["DEVART_API_PORT"]))
             self.supervisor.wait_healthy(self.api_url, child)
         elif part == "agents-api":
-            assert self.agents_api_url is not None, "the agents' API was never started"
-            self.supervisor.wait_healthy(self.agents_api_url, self._spawn_agents_api(self.agents_api_url))
+            self.start_agents_api()
         elif part == "worker":
             self.worker = self.supervisor.worker()
         else:

@@ -47,10 +47,9 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     # Given agents of a lane of their own, and a small repository
     capability = unique("chaos")
     agents = [unique("chaos-agent") for _ in range(AGENTS)]
-    agents_api = stack.start_agents_api()
     since = time.time()
     for name in agents:
-        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY))  # reporting to agents_api
+        stack.start_agent(name, [capability], "--concurrency", str(CONCURRENCY))
 
     async def serving() -> bool:
         rows = sql("SELECT name FROM agents WHERE name = ANY(:n) AND extract(epoch FROM last_seen_at) > :t",
@@ -66,7 +65,7 @@ async def test_runs_survive_sigkills(stack: Stack, tmp_path: Path, caplog: pytes
     sandbox = get_sandbox()
     assert isinstance(sandbox, LocalSandbox), "the chaos test counts sandboxes of the local backend"
     harness = Harness(stack, plan, prefix=unique("chaos"), capability=capability, agents=agents, repo=repo,
-                      agents_api_url=agents_api)
+                      agents_api_url=stack.agents_api_url)
     try:
         await harness.run_batch(settle=SETTLE)
         verdict = await verify(harness, sandbox_root=sandbox.root, temporal_db=stack.temporal_db)

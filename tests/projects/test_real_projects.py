@@ -19,6 +19,9 @@ from tests.helpers import publish, unique, wait_run
 from tests.projects.sources import Project, describe, fetch_sdist, run_pytest_directly, selected, unpack
 from tests.stack import Stack
 
+#: The projects this session runs: the test command's, or all of them under ``scripts/projects``.
+SELECTED = selected()
+
 
 def build_test_pipeline(name: str) -> dict:
     """build → test, both with the package index and nothing else; the index date comes from a parameter."""
@@ -43,7 +46,7 @@ async def pipeline(api: httpx.AsyncClient, stack: Stack, pool: dict) -> str:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("project", selected(), ids=[p.id for p in selected()])
+@pytest.mark.parametrize("project", SELECTED, ids=[p.id for p in SELECTED])
 async def test_counts_equal_pytest_run_directly(project: Project, pipeline: str, api: httpx.AsyncClient,
                                                 temporal: Client, tmp_path: Path) -> None:
     source = unpack(fetch_sdist(project), tmp_path)

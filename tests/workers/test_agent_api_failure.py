@@ -82,7 +82,7 @@ async def test_a_task_the_agent_cannot_claim_is_given_back_until_dead_lettered(
         channel = await connection.channel(publisher_confirms=True)
         exchange = await topology.declare_exchanges(channel)
         await topology.declare_lane(channel, lane)
-        stack.start_agent(unique("agent"), [cap], DEVART_API_URL=failing_api, DEVART_AGENT_API_URL=failing_api)
+        stack.start_agent(unique("agent"), [cap], DEVART_AGENT_API_URL=failing_api)
         # When a task arrives on its lane, sent as the dispatcher sends one (a dead letter without its user_id is
         # dropped: workers.dead_letters)
         task = AgentTaskMessage(task_id=unique("task"), run_id="r", stage="s", attempt=1, lane=lane)

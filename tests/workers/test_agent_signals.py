@@ -25,7 +25,7 @@ async def _idle_agent_exit_seconds(stack: Stack, api: httpx.AsyncClient, *, cut_
     relay = Relay("127.0.0.1", int(stack.env["DEVART_API_PORT"]))
     await relay.start()
     name = unique("idle")
-    agent = stack.start_agent(name, [unique("idle-cap")], DEVART_API_URL=relay.url, DEVART_AGENT_API_URL=relay.url)
+    agent = stack.start_agent(name, [unique("idle-cap")], DEVART_AGENT_API_URL=relay.url)
 
     async def idle() -> bool:
         return (await api.get(f"/v1/agents/{name}", headers=admin(stack))).json().get("status") == "idle"
